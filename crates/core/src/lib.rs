@@ -1,0 +1,47 @@
+//! The lock model and rules of locksmith, with no I/O of their own: keys,
+//! modes, scopes, leases, fences, reasons, events, the pure decision rules,
+//! the [`Store`](store::Store) trait every backend implements, and the
+//! acquire loop that front ends share.
+
+pub mod key;
+pub mod model;
+pub mod rules;
+pub mod store;
+pub mod sys;
+pub mod time;
+pub mod wait;
+
+pub use key::{Key, KeyError};
+pub use model::{
+    Event, EventKind, Fence, Health, HeldLock, Holder, LeaseHandle, Mode, ReleaseReason, Scope,
+};
+pub use store::{
+    AcquireRequest, Attempt, Blocked, Grant, GrantedLock, KeyStatus, LockInfo, Proof, Release,
+    Renewal, Stats, Store, StoreError, Takeover, Target, WaiterInfo,
+};
+pub use time::{Clock, ManualClock, Mono, Now, SystemClock, Wall};
+pub use wait::{AcquireError, WaitPolicy};
+
+impl Holder {
+    /// A holder for this process, with host facts filled in.
+    pub fn this_process(owner: impl Into<String>) -> Holder {
+        let pid = std::process::id();
+        Holder {
+            owner: owner.into(),
+            task: None,
+            metadata: None,
+            hostname: sys::hostname(),
+            boot_id: sys::boot_id(),
+            pid,
+            pid_start: sys::process_start(pid),
+        }
+    }
+}
+
+/// The default owner name: `$LOCKSMITH_OWNER`, else `user@host`.
+pub fn default_owner() -> String {
+    match std::env::var("LOCKSMITH_OWNER") {
+        Ok(o) if !o.trim().is_empty() => o,
+        _ => format!("{}@{}", sys::username(), sys::hostname()),
+    }
+}

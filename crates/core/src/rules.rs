@@ -1,0 +1,165 @@
+//! The lock rules, pure: which claims conflict, when a tenure has ended, how
+//! healthy it is, who is ahead in the queue, and whether a wait closes a cycle.
+//! Every function takes the current instant as an argument; nothing here
+//! reads a clock, a file or a database.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::key::Key;
+use crate::model::{Health, HeldLock, Mode, ReleaseReason, Scope};
+use crate::time::Mono;
+
+/// What a held lock or a queued request occupies.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    /// Its key.
+    pub key: &'a Key,
+    /// Its mode.
+    pub mode: Mode,
+    /// Its scope.
+    pub scope: Scope,
+}
+
+/// True when the two claims cover a common key: the same key, or one is a
+/// tree claim on an ancestor of the other's key.
+pub fn overlaps(a: &Claim, b: &Claim) -> bool {
+    a.key == b.key
+        || (a.scope == Scope::Tree && b.key.is_at_or_below(a.key))
+        || (b.scope == Scope::Tree && a.key.is_at_or_below(b.key))
+}
+
+/// A semaphore asked for with another slot count than the one its key is held with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the key is held as a semaphore of {held} slots but this request asks for {asked}; use --limit {held}")]
+pub struct LimitMismatch {
+    /// Slots of the held semaphore.
+    pub held: u32,
+    /// Slots asked for.
+    pub asked: u32,
+}
+
+/// The members of `occupied` that stop `want` from being granted now.
+///
+/// Two overlapping claims are compatible only when both are shared, or both
+/// are slots of the same semaphore on the same key; a semaphore blocks once
+/// its slots are all taken, and then every slot holder is a blocker.
+pub fn blockers<'o, T>(
+    want: &Claim,
+    occupied: &'o [T],
+    claim_of: impl Fn(&T) -> Claim<'_>,
+) -> Result<Vec<&'o T>, LimitMismatch> {
+    let mut out = Vec::new();
+    let mut slots = Vec::new();
+    for item in occupied {
+        let have = claim_of(item);
+        if !overlaps(want, &have) {
+            continue;
+        }
+        match (want.mode, have.mode) {
+            (Mode::Shared, Mode::Shared) => {}
+            (Mode::Semaphore { limit: asked }, Mode::Semaphore { limit: held })
+                if want.key == have.key =>
+            {
+                if asked != held {
+                    return Err(LimitMismatch { held, asked });
+                }
+                slots.push(item);
+            }
+            _ => out.push(item),
+        }
+    }
+    if let Mode::Semaphore { limit } = want.mode
+        && slots.len() >= limit as usize
+    {
+        out.extend(slots);
+    }
+    Ok(out)
+}
+
+/// Why a tenure is over at `now` without anyone releasing it, if it is:
+/// its lease ran out, or it passed its `max_hold`. Acquirers treat such a
+/// lock as free; no sweeper is needed for that.
+pub fn ended(lock: &HeldLock, now: Mono) -> Option<ReleaseReason> {
+    if let Some(max) = lock.max_hold
+        && now >= lock.acquired.plus(max)
+    {
+        return Some(ReleaseReason::MaxHold);
+    }
+    match lock.expires {
+        Some(deadline) if now >= deadline => Some(ReleaseReason::LeaseExpired),
+        _ => None,
+    }
+}
+
+/// The health shown for a held lock. `process_alive` is `Some(false)` when the
+/// holder process is known to be gone.
+pub fn health(
+    lock: &HeldLock,
+    now: Mono,
+    stale_after: Duration,
+    process_alive: Option<bool>,
+) -> Health {
+    if ended(lock, now).is_some() {
+        Health::Expired
+    } else if process_alive == Some(false) {
+        Health::Dead
+    } else if now >= lock.last_seen.plus(stale_after) {
+        Health::Stale
+    } else {
+        Health::Healthy
+    }
+}
+
+/// Queue order: higher priority first, then first come first served.
+/// Each side is `(priority, arrival sequence)`.
+pub fn queue_order(a: (i32, i64), b: (i32, i64)) -> Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// True when `other` is served before `me` in the queue.
+pub fn is_ahead(other: (i32, i64), me: (i32, i64)) -> bool {
+    queue_order(other, me) == Ordering::Less
+}
+
+/// Searches the waits-for graph from `start` for a path back to `start`.
+///
+/// `edges(owner)` lists the owners that `owner` currently waits for. Returns
+/// the cycle as owners, `start` first and last (`a → b → a`). Self-edges are
+/// ignored: an owner name may be shared by independent workers, and one of
+/// them releasing frees the other.
+pub fn find_cycle(
+    start: &str,
+    mut edges: impl FnMut(&str) -> Vec<String>,
+) -> Option<Vec<String>> {
+    let mut parent: HashMap<String, String> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::from([start.to_string()]);
+    let mut stack = vec![start.to_string()];
+    while let Some(node) = stack.pop() {
+        for next in edges(&node) {
+            if next == node {
+                continue;
+            }
+            if next == start {
+                let mut path = vec![node.clone()];
+                let mut cur = node;
+                while let Some(p) = parent.get(&cur) {
+                    path.push(p.clone());
+                    cur = p.clone();
+                }
+                path.reverse();
+                path.push(start.to_string());
+                return Some(path);
+            }
+            if seen.insert(next.clone()) {
+                parent.insert(next.clone(), node.clone());
+                stack.push(next);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,430 @@
+//! The narrow interface every store implements, in domain types, and the
+//! requests, answers and errors that cross it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::{Key, KeyError};
+use crate::model::{Event, EventKind, Fence, Health, Holder, LeaseHandle, Mode, ReleaseReason, Scope};
+use crate::rules::LimitMismatch;
+use crate::time::{Mono, Now, Wall};
+
+/// What to do with holders in the way.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Takeover {
+    /// Respect them (default).
+    #[default]
+    None,
+    /// Take the lock over if every holder in the way is stale, expired or dead.
+    StealStale,
+    /// End every holder in the way (admin); the text is recorded.
+    Force {
+        /// Why, recorded in the history.
+        reason: String,
+    },
+}
+
+/// One request for one or more keys, granted all together or not at all.
+#[derive(Clone, Debug)]
+pub struct AcquireRequest {
+    /// The keys, at least one.
+    pub keys: Vec<Key>,
+    /// Mode for every key.
+    pub mode: Mode,
+    /// Scope for every key.
+    pub scope: Scope,
+    /// Who asks.
+    pub holder: Holder,
+    /// Lease length; `None` holds until released (with `stale_after` as backstop).
+    pub ttl: Option<Duration>,
+    /// Cap on the tenure.
+    pub max_hold: Option<Duration>,
+    /// Queue priority, higher first.
+    pub priority: i32,
+    /// What to do with holders in the way.
+    pub takeover: Takeover,
+    /// Idempotency id: a repeat of a granted request returns the same grant.
+    pub request_id: Option<String>,
+}
+
+/// One key of a grant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrantedLock {
+    /// The key.
+    pub key: Key,
+    /// Its fencing token.
+    pub fence: Fence,
+    /// When the lease runs out (store time, display); `None` without a lease.
+    pub expires_at: Option<Wall>,
+}
+
+/// A successful acquire.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grant {
+    /// Public id of the grant.
+    pub grant: i64,
+    /// The secret that renews and releases it.
+    pub handle: LeaseHandle,
+    /// The holder's owner name.
+    pub owner: String,
+    /// One entry per key, in request order.
+    pub locks: Vec<GrantedLock>,
+    /// The lease length, if any.
+    pub ttl: Option<Duration>,
+    /// True when this answers a repeated `request_id`.
+    pub replayed: bool,
+}
+
+/// Why a request was not granted now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// The locks in the way (may be empty when only earlier waiters are).
+    pub holders: Vec<LockInfo>,
+    /// Earlier waiters in the way.
+    pub waiters_ahead: usize,
+    /// 1-based place in the queue, when the request is queued.
+    pub position: Option<usize>,
+    /// The earliest instant a holder in the way runs out by itself.
+    #[serde(skip)]
+    pub retry_at: Option<Mono>,
+}
+
+/// The answer to one acquire attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attempt {
+    /// Granted.
+    Granted(Grant),
+    /// Not now.
+    Blocked(Blocked),
+}
+
+/// Where a waiter is told that it may be its turn.
+pub trait WakeSource: Send {
+    /// The address a releaser notifies, stored with the queue entry.
+    fn address(&self) -> &str;
+    /// Blocks until notified or `timeout` passes; true when notified.
+    fn wait(&mut self, timeout: Duration) -> bool;
+}
+
+/// A request's place in the queue, across its attempts.
+pub struct Waiter {
+    /// How it is woken.
+    pub wake: Box<dyn WakeSource>,
+    /// Arrival number given by the store on the first queued attempt.
+    pub seq: Option<i64>,
+}
+
+/// Which tenure a renew or release is about.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The key.
+    pub key: Key,
+    /// How the caller proves it is the holder.
+    pub by: Proof,
+}
+
+/// Proof of holding.
+#[derive(Clone, Debug)]
+pub enum Proof {
+    /// The lease handle of the grant.
+    Handle(LeaseHandle),
+    /// The owner name (local trust mode).
+    Owner(String),
+}
+
+/// The answer to a renew.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Renewal {
+    /// Extended: every lock of the grant, with its new deadline.
+    Renewed {
+        /// The renewed locks.
+        locks: Vec<GrantedLock>,
+    },
+    /// The lock is no longer held by the caller.
+    Lost {
+        /// The key.
+        key: Key,
+        /// Why the tenure ended, when the history knows.
+        reason: Option<ReleaseReason>,
+    },
+}
+
+/// The answer to a release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Release {
+    /// The caller's tenure ended now.
+    Released {
+        /// The key.
+        key: Key,
+        /// Fence of the ended tenure.
+        fence: Fence,
+        /// How long it was held.
+        #[serde(with = "duration_ms")]
+        held_for: Duration,
+    },
+    /// Nothing of the caller's was held (released twice, or already ended).
+    NotHeld {
+        /// The key.
+        key: Key,
+        /// Why the tenure ended, when the history knows.
+        reason: Option<ReleaseReason>,
+    },
+}
+
+/// A held lock as shown to people and scripts. Never carries the handle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// The key.
+    pub key: Key,
+    /// Mode name.
+    pub mode: Mode,
+    /// Scope.
+    pub scope: Scope,
+    /// Fence of this tenure.
+    pub fence: Fence,
+    /// Public grant id.
+    pub grant: i64,
+    /// Owner.
+    pub owner: String,
+    /// Task.
+    pub task: Option<String>,
+    /// Metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// Host of the holder.
+    pub hostname: String,
+    /// Process id of the holder.
+    pub pid: u32,
+    /// Granted at (wall).
+    pub acquired_at: Wall,
+    /// Held for so long.
+    #[serde(with = "duration_ms")]
+    pub held_for: Duration,
+    /// Time since the last sign of life.
+    #[serde(with = "duration_ms")]
+    pub since_seen: Duration,
+    /// Lease deadline (wall, display), if leased.
+    pub expires_at: Option<Wall>,
+    /// Lease time left, if leased.
+    #[serde(with = "opt_duration_ms")]
+    pub expires_in: Option<Duration>,
+    /// Lease length.
+    #[serde(with = "opt_duration_ms")]
+    pub ttl: Option<Duration>,
+    /// Cap on the tenure.
+    #[serde(with = "opt_duration_ms")]
+    pub max_hold: Option<Duration>,
+    /// Health now.
+    pub health: Health,
+}
+
+/// A queued request as shown to people and scripts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WaiterInfo {
+    /// The key (one entry per key of a multi-key request).
+    pub key: Key,
+    /// 1-based place among the waiters of this key.
+    pub position: usize,
+    /// Mode asked for.
+    pub mode: Mode,
+    /// Scope asked for.
+    pub scope: Scope,
+    /// Priority.
+    pub priority: i32,
+    /// Owner.
+    pub owner: String,
+    /// Task.
+    pub task: Option<String>,
+    /// Host of the waiter.
+    pub hostname: String,
+    /// Process id of the waiter.
+    pub pid: u32,
+    /// Waiting since (wall).
+    pub since: Wall,
+    /// Waiting for so long.
+    #[serde(with = "duration_ms")]
+    pub waited: Duration,
+}
+
+/// Everything about one key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyStatus {
+    /// The key.
+    pub key: Key,
+    /// True when nothing holds or covers it.
+    pub free: bool,
+    /// Locks held on it, or covering it (tree locks above, held keys below a tree).
+    pub holders: Vec<LockInfo>,
+    /// Its queue, in order.
+    pub waiters: Vec<WaiterInfo>,
+}
+
+/// Filters for `list`.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this owner.
+    pub owner: Option<String>,
+    /// Only keys starting with this text.
+    pub prefix: Option<String>,
+    /// Only locks that are not healthy.
+    pub unhealthy: bool,
+    /// At most this many rows (0: no limit).
+    pub limit: usize,
+}
+
+/// Filters for `history`.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryFilter {
+    /// Only this key, or keys below it when `prefix` is set.
+    pub key: Option<String>,
+    /// Treat `key` as a prefix.
+    pub prefix: bool,
+    /// Only this owner.
+    pub owner: Option<String>,
+    /// Only this kind.
+    pub kind: Option<EventKind>,
+    /// Only events with an id above this.
+    pub after: Option<i64>,
+    /// At most this many, newest first (0: default 100).
+    pub limit: usize,
+}
+
+/// Counters for `stats`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Stats {
+    /// Locks held now.
+    pub held: u64,
+    /// Requests queued now.
+    pub waiting: u64,
+    /// Held locks that are not healthy.
+    pub unhealthy: u64,
+    /// Events in the kept history, by kind.
+    pub events: std::collections::BTreeMap<String, u64>,
+    /// Ended tenures in the kept history, by reason.
+    pub releases: std::collections::BTreeMap<String, u64>,
+    /// The last fence issued.
+    pub last_fence: u64,
+    /// Oldest kept event (wall).
+    pub history_since: Option<Wall>,
+}
+
+/// Why a waiter left the queue without a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// Its deadline passed.
+    TimedOut,
+    /// The caller gave up (signal, drop).
+    Cancelled,
+}
+
+/// Everything that can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A key was refused.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A request was malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A semaphore's slot count did not match.
+    #[error(transparent)]
+    LimitMismatch(#[from] LimitMismatch),
+    /// Waiting would close a cycle of waiters.
+    #[error("deadlock refused on {key}: waiting would close the cycle {}", cycle.join(" -> "))]
+    Deadlock {
+        /// The key asked for.
+        key: Key,
+        /// The owners in the cycle, first and last the requester.
+        cycle: Vec<String>,
+    },
+    /// The caller is not the holder.
+    #[error("not the holder: {key} is held by {holders}; pass the lease handle (--handle) or the right --owner")]
+    NotHolder {
+        /// The key.
+        key: Key,
+        /// Who holds it.
+        holders: String,
+    },
+    /// The store cannot be used as it is (foreign, newer, on a network filesystem).
+    #[error("{0}")]
+    Unusable(String),
+    /// The store's data is damaged.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The store stayed busy longer than its timeout.
+    #[error("{0}")]
+    Busy(String),
+    /// An I/O or database failure.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// A lock store: the one seam between the rules and their persistence.
+///
+/// Every write happens in one transaction on the store's own clock. The rules
+/// (`crate::rules`) decide; the store loads, applies and records events.
+pub trait Store: Send + Sync {
+    /// One attempt. With `queue`, a blocked request joins (or keeps its
+    /// place in) the queue and a wait that would close a cycle is refused.
+    fn acquire(
+        &self,
+        req: &AcquireRequest,
+        queue: Option<&mut Waiter>,
+    ) -> Result<Attempt, StoreError>;
+    /// A new place to be woken at, for one waiting request.
+    fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError>;
+    /// Removes a queued request that gives up, and records why.
+    fn leave_queue(&self, waiter: &Waiter, why: LeaveReason) -> Result<(), StoreError>;
+    /// Extends the lease of every lock of the grant (by handle) or of the
+    /// owner's lock on the key; `ttl` replaces the lease length.
+    fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError>;
+    /// Ends the caller's tenure of the key.
+    fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError>;
+    /// Ends every tenure on the key (admin); returns what was ended.
+    fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError>;
+    /// Holders and queue of one key.
+    fn status(&self, key: &Key) -> Result<KeyStatus, StoreError>;
+    /// Held locks, key order.
+    fn list(&self, filter: &ListFilter) -> Result<Vec<LockInfo>, StoreError>;
+    /// Queued requests, key then queue order.
+    fn waiters(&self, filter: &ListFilter) -> Result<Vec<WaiterInfo>, StoreError>;
+    /// History, newest first.
+    fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError>;
+    /// Counters.
+    fn stats(&self) -> Result<Stats, StoreError>;
+    /// The store's clock.
+    fn now(&self) -> Now;
+}
+
+/// Serde helpers: durations as whole milliseconds.
+pub mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    /// Writes milliseconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    /// Reads milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// Serde helpers: optional durations as whole milliseconds.
+pub mod opt_duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    /// Writes milliseconds or null.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+    /// Reads milliseconds or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}

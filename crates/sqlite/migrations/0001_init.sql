@@ -1,0 +1,83 @@
+-- locksmith embedded store, schema version 1. Never edit after release:
+-- add a new numbered file instead.
+
+-- Store-wide values: store_id, boot_id, fence (last fence issued).
+CREATE TABLE meta (
+    k TEXT PRIMARY KEY,
+    v ANY
+) STRICT, WITHOUT ROWID;
+
+-- One row per held key. A grant of several keys has several rows sharing
+-- grant_id (the first key's fence) and secret.
+CREATE TABLE holds (
+    id            INTEGER PRIMARY KEY,
+    grant_id      INTEGER NOT NULL,
+    secret        TEXT    NOT NULL,
+    key           TEXT    NOT NULL,
+    mode          TEXT    NOT NULL,
+    slots         INTEGER,
+    scope         TEXT    NOT NULL,
+    fence         INTEGER NOT NULL UNIQUE,
+    owner         TEXT    NOT NULL,
+    task          TEXT,
+    metadata      TEXT,
+    hostname      TEXT    NOT NULL,
+    boot_id       TEXT    NOT NULL,
+    pid           INTEGER NOT NULL,
+    pid_start     INTEGER,
+    acquired_mono INTEGER NOT NULL,
+    acquired_wall INTEGER NOT NULL,
+    seen_mono     INTEGER NOT NULL,
+    expires_mono  INTEGER,
+    ttl_ms        INTEGER,
+    max_hold_ms   INTEGER,
+    request_id    TEXT,
+    renew_logged  INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX holds_by_key ON holds (key);
+CREATE INDEX holds_by_grant ON holds (grant_id);
+CREATE INDEX holds_by_owner ON holds (owner);
+CREATE INDEX holds_by_request ON holds (request_id) WHERE request_id IS NOT NULL;
+
+-- One row per queued request; seq is the arrival order.
+CREATE TABLE queue (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority    INTEGER NOT NULL,
+    mode        TEXT    NOT NULL,
+    slots       INTEGER,
+    scope       TEXT    NOT NULL,
+    owner       TEXT    NOT NULL,
+    task        TEXT,
+    hostname    TEXT    NOT NULL,
+    boot_id     TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    pid_start   INTEGER,
+    since_mono  INTEGER NOT NULL,
+    since_wall  INTEGER NOT NULL,
+    alive_until INTEGER NOT NULL,
+    wake        TEXT    NOT NULL
+) STRICT;
+
+-- The keys of each queued request.
+CREATE TABLE queue_keys (
+    key   TEXT    NOT NULL,
+    seq   INTEGER NOT NULL REFERENCES queue (seq) ON DELETE CASCADE,
+    scope TEXT    NOT NULL,
+    PRIMARY KEY (key, seq)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX queue_keys_by_seq ON queue_keys (seq);
+
+-- The audit history.
+CREATE TABLE events (
+    id       INTEGER PRIMARY KEY,
+    at_wall  INTEGER NOT NULL,
+    key      TEXT    NOT NULL,
+    kind     TEXT    NOT NULL,
+    owner    TEXT    NOT NULL,
+    task     TEXT,
+    fence    INTEGER,
+    grant_id INTEGER,
+    reason   TEXT,
+    detail   TEXT
+) STRICT;
+CREATE INDEX events_by_key ON events (key, id);
