@@ -1,1 +1,227 @@
-//! stub
+//! The embedded store of locksmith: one SQLite file shared by every process
+//! on the machine.
+//!
+//! Every write runs the pure rules of `locksmith-core` inside one
+//! `BEGIN IMMEDIATE` transaction, so concurrent processes see one order of
+//! grants. The file is in WAL mode; schema changes are numbered migrations
+//! applied on open. Waiters are woken through abstract Unix datagram sockets
+//! (see [`wake`]), with a timed re-check as the fallback.
+
+mod acquire;
+mod open;
+mod ops;
+mod read;
+mod rows;
+pub mod wake;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use locksmith_core::store::{
+    AcquireRequest, Attempt, HistoryFilter, KeyStatus, LeaveReason, ListFilter, LockInfo, Release,
+    Renewal, Stats, Target, WaiterInfo, WakeSource,
+};
+use locksmith_core::{Clock, Event, Key, Now, ReleaseReason, Store, StoreError, SystemClock};
+use rusqlite::{Connection, TransactionBehavior};
+
+pub use open::{FsKind, classify_fs};
+
+/// How hard the store pushes commits to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: a power loss may roll back the last commits. Every
+    /// holder on this machine dies with it, and fences stay unique (see
+    /// `docs/architecture.md`), so this is the default.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is on disk before it is answered.
+    Full,
+}
+
+/// Settings of the embedded store.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A lock with no sign of life for this long is stale.
+    pub stale_after: Duration,
+    /// History older than this is dropped.
+    pub history_retention: Duration,
+    /// Commit durability.
+    pub durability: Durability,
+    /// How long a write waits for another process's transaction.
+    pub busy_timeout: Duration,
+    /// Allow a file on a network filesystem (unsafe locking).
+    pub allow_network_fs: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            stale_after: Duration::from_secs(30 * 60),
+            history_retention: Duration::from_secs(30 * 86_400),
+            durability: Durability::Normal,
+            busy_timeout: Duration::from_secs(30),
+            allow_network_fs: false,
+        }
+    }
+}
+
+/// The embedded store over one SQLite file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    clock: Arc<dyn Clock>,
+    opts: Options,
+    path: PathBuf,
+    store_id: String,
+    host: rows::HostFacts,
+    waker: wake::Waker,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` on the machine clock.
+    pub fn open(path: &Path, opts: Options) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with_clock(path, opts, Arc::new(SystemClock))
+    }
+
+    /// Opens with a given clock (tests drive a [`locksmith_core::ManualClock`]).
+    pub fn open_with_clock(
+        path: &Path,
+        opts: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SqliteStore, StoreError> {
+        let host = rows::HostFacts::current();
+        let (conn, store_id) = open::open(path, &opts, &host, clock.now())?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            clock,
+            opts,
+            path: path.to_path_buf(),
+            store_id,
+            host,
+            waker: wake::Waker::new(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one immediate (write) transaction and commits it, then
+    /// wakes the waiters it named.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(open::map_err)?;
+        let ctx = Ctx {
+            now: self.clock.now(),
+            opts: &self.opts,
+            host: &self.host,
+        };
+        let (out, wakes) = f(&tx, &ctx)?;
+        tx.commit().map_err(open::map_err)?;
+        drop(conn);
+        for address in wakes {
+            self.waker.wake(&address);
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` in a read transaction.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Ctx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(open::map_err)?;
+        let ctx = Ctx {
+            now: self.clock.now(),
+            opts: &self.opts,
+            host: &self.host,
+        };
+        f(&tx, &ctx)
+    }
+
+    /// Drops history older than the retention; returns how many events went.
+    pub fn prune_history(&self) -> Result<usize, StoreError> {
+        self.write(|tx, ctx| Ok((open::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))
+    }
+}
+
+/// What one transaction knows besides the database.
+pub(crate) struct Ctx<'a> {
+    pub now: Now,
+    pub opts: &'a Options,
+    pub host: &'a rows::HostFacts,
+}
+
+impl Store for SqliteStore {
+    fn acquire(
+        &self,
+        req: &AcquireRequest,
+        queue: Option<&mut locksmith_core::store::Waiter>,
+    ) -> Result<Attempt, StoreError> {
+        acquire::validate(req)?;
+        let outcome = self.write(|tx, ctx| acquire::run(tx, ctx, req, queue))?;
+        outcome
+    }
+
+    fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
+        Ok(Box::new(wake::WakeSocket::bind(&self.store_id)?))
+    }
+
+    fn leave_queue(
+        &self,
+        waiter: &locksmith_core::store::Waiter,
+        why: LeaveReason,
+    ) -> Result<(), StoreError> {
+        let Some(seq) = waiter.seq else { return Ok(()) };
+        self.write(|tx, ctx| Ok(((), acquire::leave(tx, ctx, seq, why)?)))
+    }
+
+    fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
+        self.write(|tx, ctx| Ok((ops::renew(tx, ctx, target, ttl)?, Vec::new())))
+    }
+
+    fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
+        self.write(|tx, ctx| ops::release(tx, ctx, target, reason))
+    }
+
+    fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
+        self.write(|tx, ctx| ops::force_release(tx, ctx, key, why))
+    }
+
+    fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {
+        self.read(|tx, ctx| read::status(tx, ctx, key))
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<LockInfo>, StoreError> {
+        self.read(|tx, ctx| read::list(tx, ctx, filter))
+    }
+
+    fn waiters(&self, filter: &ListFilter) -> Result<Vec<WaiterInfo>, StoreError> {
+        self.read(|tx, ctx| read::waiters(tx, ctx, filter))
+    }
+
+    fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
+        self.read(|tx, _| read::history(tx, filter))
+    }
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        self.read(|tx, ctx| read::stats(tx, ctx))
+    }
+
+    fn now(&self) -> Now {
+        self.clock.now()
+    }
+}

@@ -1,0 +1,313 @@
+//! Opening the database file safely: refuse foreign, newer, corrupt or
+//! network-mounted files without touching them, set the pragmas, apply the
+//! migrations, and carry lease deadlines across a reboot.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use locksmith_core::{Now, StoreError};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+
+use crate::rows::HostFacts;
+use crate::{Durability, Options};
+
+/// `PRAGMA application_id` of a locksmith database: "LKSM".
+const APPLICATION_ID: i32 = 0x4C4B_534D;
+
+/// The numbered migrations, applied in order; `user_version` is the count applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+/// Kinds of filesystem the store cares about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// Local: kernel locking is sound.
+    Local,
+    /// A network filesystem where SQLite's locking is unsafe.
+    Network(&'static str),
+}
+
+/// Classifies a `statfs` magic number.
+pub fn classify_fs(magic: i64) -> FsKind {
+    match magic {
+        0x6969 => FsKind::Network("NFS"),
+        0x517B => FsKind::Network("SMB"),
+        0xFF53_4D42 => FsKind::Network("CIFS"),
+        0xFE53_4D42 => FsKind::Network("SMB2"),
+        0x0102_1997 => FsKind::Network("9P"),
+        0x5346_414F => FsKind::Network("AFS"),
+        0x00C3_6400 => FsKind::Network("Ceph"),
+        0x0BD0_0BD0 => FsKind::Network("Lustre"),
+        0x0116_1970 => FsKind::Network("GFS2"),
+        0x7461_636F => FsKind::Network("OCFS2"),
+        0x013_11_1A8 => FsKind::Network("IBRIX"),
+        _ => FsKind::Local,
+    }
+}
+
+fn unusable(path: &Path, why: &str) -> StoreError {
+    StoreError::Unusable(format!(
+        "{}: {why}. The file was left untouched; set LOCKSMITH_HOME to another folder or move the file away",
+        path.display()
+    ))
+}
+
+/// Maps a SQLite error to a store error with advice.
+pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => StoreError::Busy(
+            "the lock database stayed busy past the busy timeout: another process keeps a write transaction open; try again".into(),
+        ),
+        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => StoreError::Corrupt(format!(
+            "the lock database is damaged ({e}); nothing was changed. Move the file away (keep it for inspection) and run again to start a new one"
+        )),
+        Some(ErrorCode::DiskFull) => StoreError::Backend(format!(
+            "the disk holding the lock database is full ({e}); nothing was changed. Free some space and try again"
+        )),
+        Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) | Some(ErrorCode::CannotOpen) => {
+            StoreError::Backend(format!(
+                "cannot write the lock database ({e}); check the permissions of LOCKSMITH_HOME"
+            ))
+        }
+        _ => StoreError::Backend(format!("lock database error: {e}")),
+    }
+}
+
+/// Busy handler: yield briefly first (hand-over latency), then back off to
+/// 1 ms sleeps. Returning false ends the wait with SQLITE_BUSY.
+fn busy_handler(attempt: i32) -> bool {
+    let attempt = attempt as u64;
+    let limit = BUSY_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    match attempt {
+        0..20 => std::thread::yield_now(),
+        20..200 => std::thread::sleep(std::time::Duration::from_micros(50)),
+        _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+    }
+    // ~200 attempts cover the first ~10 ms; afterwards each attempt is ~1 ms.
+    attempt < 200 + limit
+}
+
+static BUSY_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
+
+/// Opens or creates the database; returns the connection and the store id.
+pub(crate) fn open(
+    path: &Path,
+    opts: &Options,
+    host: &HostFacts,
+    now: Now,
+) -> Result<(Connection, String), StoreError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| {
+        StoreError::Backend(format!("cannot create the folder {}: {e}", dir.display()))
+    })?;
+    if !opts.allow_network_fs
+        && let Ok(st) = rustix::fs::statfs(dir)
+        && let FsKind::Network(name) = classify_fs(st.f_type as i64)
+    {
+        return Err(unusable(
+            path,
+            &format!("it is on a {name} network filesystem, where SQLite's file locking is unsafe and two holders could be granted one lock. Keep LOCKSMITH_HOME on a local disk, or use a locksmith server for many machines"),
+        ));
+    }
+    check_header(path)?;
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(map_err)?;
+    BUSY_LIMIT_MS.store(
+        opts.busy_timeout.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    conn.busy_handler(Some(busy_handler)).map_err(map_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    identify(&conn, path)?;
+    let sync = match opts.durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
+    ))
+    .map_err(map_err)?;
+    migrate(&conn, path)?;
+    let store_id = after_boot(&conn, host, now)?;
+    restrict_permissions(path);
+    Ok((conn, store_id))
+}
+
+/// A non-empty file must start with the SQLite header, or it is not ours.
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    let Ok(mut f) = fs::File::open(path) else {
+        return Ok(());
+    };
+    let mut head = [0u8; 16];
+    let n = f.read(&mut head).unwrap_or(0);
+    if n == 0 {
+        return Ok(());
+    }
+    if n < 16 || &head != b"SQLite format 3\0" {
+        return Err(unusable(
+            path,
+            "this is not a locksmith database (not an SQLite file)",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses SQLite files that belong to something else.
+fn identify(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let app: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(map_err)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(map_err)?;
+    if app == APPLICATION_ID || (app == 0 && tables == 0) {
+        return Ok(());
+    }
+    Err(unusable(
+        path,
+        "this SQLite file belongs to another program, not locksmith",
+    ))
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(map_err)?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(unusable(
+            path,
+            &format!(
+                "it was written by a newer locksmith (schema {version}, this one knows {}); upgrade locksmith",
+                MIGRATIONS.len()
+            ),
+        ));
+    }
+    if version as usize == MIGRATIONS.len() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
+    // Another process may have migrated while we waited for the write lock.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(map_err)?;
+    let result = (|| {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            conn.execute_batch(sql)?;
+            conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        }
+        conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(map_err),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(map_err(e))
+        }
+    }
+}
+
+/// Reads (creating once) the store id, and after a reboot moves every lease
+/// deadline onto the new boot clock, keeping the time each lease had left at
+/// its last sign of life; queued requests of the old boot are dropped.
+fn after_boot(conn: &Connection, host: &HostFacts, now: Now) -> Result<String, StoreError> {
+    let get = |k: &str| -> Result<Option<String>, StoreError> {
+        conn.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+            .optional()
+            .map_err(map_err)
+    };
+    if let (Some(id), Some(boot)) = (get("store_id")?, get("boot_id")?)
+        && boot == host.boot_id
+    {
+        return Ok(id);
+    }
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
+    let result = (|| -> rusqlite::Result<String> {
+        let id: Option<String> = conn
+            .query_row("SELECT v FROM meta WHERE k = 'store_id'", [], |r| r.get(0))
+            .optional()?;
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let mut b = [0u8; 8];
+                getrandom_fill(&mut b);
+                let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                conn.execute(
+                    "INSERT INTO meta (k, v) VALUES ('store_id', ?1), ('fence', 0)",
+                    [&id],
+                )?;
+                id
+            }
+        };
+        let boot: Option<String> = conn
+            .query_row("SELECT v FROM meta WHERE k = 'boot_id'", [], |r| r.get(0))
+            .optional()?;
+        if boot.as_deref() != Some(host.boot_id.as_str()) {
+            let last: Option<i64> =
+                conn.query_row("SELECT max(seen_mono) FROM holds", [], |r| r.get(0))?;
+            if let Some(last) = last {
+                let shift = now.mono.0 as i64 - last;
+                conn.execute(
+                    "UPDATE holds SET acquired_mono = max(0, acquired_mono + ?1),
+                        seen_mono = seen_mono + ?1, expires_mono = expires_mono + ?1",
+                    [shift],
+                )?;
+            }
+            conn.execute("DELETE FROM queue", [])?;
+            conn.execute(
+                "INSERT INTO meta (k, v) VALUES ('boot_id', ?1)
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                params![host.boot_id],
+            )?;
+        }
+        Ok(id)
+    })();
+    match result {
+        Ok(id) => {
+            conn.execute_batch("COMMIT").map_err(map_err)?;
+            Ok(id)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(map_err(e))
+        }
+    }
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    getrandom::fill(buf).expect("the operating system's random source failed");
+}
+
+/// The database holds lease handles: keep it readable by its owner only.
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+    }
+}
+
+/// Deletes history older than the retention, oldest first, in bounded batches.
+pub(crate) fn prune_history(
+    tx: &rusqlite::Transaction<'_>,
+    now: Now,
+    opts: &Options,
+) -> Result<usize, StoreError> {
+    let cutoff = now
+        .wall
+        .0
+        .saturating_sub(opts.history_retention.as_millis() as u64) as i64;
+    tx.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT 10000) AND at_wall < ?1",
+        [cutoff],
+    )
+    .map_err(map_err)
+}

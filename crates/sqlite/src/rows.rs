@@ -1,0 +1,250 @@
+//! Conversions between table rows and domain values, and the event writer.
+
+use std::time::Duration;
+
+use locksmith_core::store::LockInfo;
+use locksmith_core::{
+    EventKind, Fence, Health, HeldLock, Holder, Key, Mode, Mono, Now, ReleaseReason, Scope,
+    StoreError, Wall, rules, sys,
+};
+use rusqlite::{Row, Transaction, params};
+
+use crate::open::map_err;
+
+/// Facts about the machine this store runs on.
+#[derive(Clone, Debug)]
+pub(crate) struct HostFacts {
+    pub boot_id: String,
+}
+
+impl HostFacts {
+    pub fn current() -> HostFacts {
+        HostFacts {
+            boot_id: sys::boot_id(),
+        }
+    }
+}
+
+/// Columns of `holds` in the order [`hold_from_row`] reads them.
+pub(crate) const HOLD_COLUMNS: &str = "id, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
+     hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
+     ttl_ms, max_hold_ms, request_id, renew_logged";
+
+/// A `holds` row: the tenure plus its row id and secret.
+#[derive(Clone, Debug)]
+pub(crate) struct HoldRow {
+    pub id: i64,
+    pub secret: String,
+    pub renew_logged: i64,
+    pub lock: HeldLock,
+}
+
+fn ms(v: Option<i64>) -> Option<Duration> {
+    v.map(|m| Duration::from_millis(m.max(0) as u64))
+}
+
+fn bad_row(what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("invalid {what} in the lock database").into(),
+    )
+}
+
+pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
+    let key: String = r.get(3)?;
+    let mode: String = r.get(4)?;
+    let slots: Option<u32> = r.get(5)?;
+    let scope: String = r.get(6)?;
+    let metadata: Option<String> = r.get(10)?;
+    Ok(HoldRow {
+        id: r.get(0)?,
+        secret: r.get(2)?,
+        renew_logged: r.get(22)?,
+        lock: HeldLock {
+            grant: r.get(1)?,
+            key: Key::new(key).map_err(|_| bad_row("key"))?,
+            mode: Mode::from_parts(&mode, slots).ok_or_else(|| bad_row("mode"))?,
+            scope: Scope::from_name(&scope).ok_or_else(|| bad_row("scope"))?,
+            fence: Fence(r.get::<_, i64>(7)? as u64),
+            holder: Holder {
+                owner: r.get(8)?,
+                task: r.get(9)?,
+                metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+                hostname: r.get(11)?,
+                boot_id: r.get(12)?,
+                pid: r.get(13)?,
+                pid_start: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+            },
+            acquired: Mono(r.get::<_, i64>(15)?.max(0) as u64),
+            acquired_wall: Wall(r.get::<_, i64>(16)? as u64),
+            last_seen: Mono(r.get::<_, i64>(17)?.max(0) as u64),
+            expires: r.get::<_, Option<i64>>(18)?.map(|v| Mono(v.max(0) as u64)),
+            ttl: ms(r.get(19)?),
+            max_hold: ms(r.get(20)?),
+            request_id: r.get(21)?,
+        },
+    })
+}
+
+/// Loads the holds matching `where_sql` (which may use `?1`, `?2`).
+pub(crate) fn load_holds(
+    tx: &Transaction<'_>,
+    where_sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<HoldRow>, StoreError> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE {where_sql}");
+    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
+    let rows = stmt
+        .query_map(args, hold_from_row)
+        .map_err(map_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err)?;
+    Ok(rows)
+}
+
+/// Every hold that could bear on `key` with `scope`: the key itself, tree
+/// holds on its ancestors, and (for a tree claim) every hold below it.
+pub(crate) fn holds_touching(
+    tx: &Transaction<'_>,
+    key: &Key,
+    scope: Scope,
+) -> Result<Vec<HoldRow>, StoreError> {
+    let mut out = load_holds(tx, "key = ?1", [key.as_str()])?;
+    for anc in key.ancestors() {
+        out.extend(load_holds(tx, "key = ?1 AND scope = 'tree'", [anc])?);
+    }
+    if scope == Scope::Tree {
+        let (lo, hi) = key.descendant_range();
+        out.extend(load_holds(tx, "key >= ?1 AND key < ?2", [lo, hi])?);
+    }
+    Ok(out)
+}
+
+/// Whether the holder process is known to be gone. Only locks bound to a
+/// process are judged this way, and only on the host that holds them.
+pub(crate) fn process_alive(_lock: &HeldLock, _host: &HostFacts) -> Option<bool> {
+    None
+}
+
+/// The public view of a hold at `now`.
+pub(crate) fn lock_info(
+    lock: &HeldLock,
+    now: Now,
+    stale_after: Duration,
+    host: &HostFacts,
+) -> LockInfo {
+    let health: Health = rules::health(lock, now.mono, stale_after, process_alive(lock, host));
+    let expires_in = lock.expires.map(|e| e.since(now.mono));
+    LockInfo {
+        key: lock.key.clone(),
+        mode: lock.mode,
+        scope: lock.scope,
+        fence: lock.fence,
+        grant: lock.grant,
+        owner: lock.holder.owner.clone(),
+        task: lock.holder.task.clone(),
+        metadata: lock.holder.metadata.clone(),
+        hostname: lock.holder.hostname.clone(),
+        pid: lock.holder.pid,
+        acquired_at: lock.acquired_wall,
+        held_for: now.mono.since(lock.acquired),
+        since_seen: now.mono.since(lock.last_seen),
+        expires_at: lock.expires.map(|e| wall_at(now, e)),
+        expires_in,
+        ttl: lock.ttl,
+        max_hold: lock.max_hold,
+        health,
+    }
+}
+
+/// The wall time that corresponds to monotonic instant `at`, for display.
+pub(crate) fn wall_at(now: Now, at: Mono) -> Wall {
+    if at >= now.mono {
+        Wall(now.wall.0 + at.since(now.mono).as_millis() as u64)
+    } else {
+        Wall(now.wall.0.saturating_sub(now.mono.since(at).as_millis() as u64))
+    }
+}
+
+/// One history line.
+pub(crate) struct NewEvent<'a> {
+    pub key: &'a str,
+    pub kind: EventKind,
+    pub owner: &'a str,
+    pub task: Option<&'a str>,
+    pub fence: Option<Fence>,
+    pub grant: Option<i64>,
+    pub reason: Option<ReleaseReason>,
+    pub detail: Option<serde_json::Value>,
+}
+
+impl<'a> NewEvent<'a> {
+    /// An event about a held tenure.
+    pub fn about(lock: &'a HeldLock, kind: EventKind, reason: Option<ReleaseReason>) -> Self {
+        NewEvent {
+            key: lock.key.as_str(),
+            kind,
+            owner: &lock.holder.owner,
+            task: lock.holder.task.as_deref(),
+            fence: Some(lock.fence),
+            grant: Some(lock.grant),
+            reason,
+            detail: None,
+        }
+    }
+}
+
+pub(crate) fn record(tx: &Transaction<'_>, now: Now, e: NewEvent<'_>) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (at_wall, key, kind, owner, task, fence, grant_id, reason, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(map_err)?;
+    stmt.execute(params![
+        now.wall.0 as i64,
+        e.key,
+        e.kind.name(),
+        e.owner,
+        e.task,
+        e.fence.map(|f| f.0 as i64),
+        e.grant,
+        e.reason.map(|r| r.name()),
+        e.detail.map(|d| d.to_string()),
+    ])
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Deletes a hold and records how it ended.
+pub(crate) fn end_hold(
+    tx: &Transaction<'_>,
+    now: Now,
+    row: &HoldRow,
+    kind: EventKind,
+    reason: ReleaseReason,
+    detail: Option<serde_json::Value>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM holds WHERE id = ?1")
+        .map_err(map_err)?
+        .execute([row.id])
+        .map_err(map_err)?;
+    let mut e = NewEvent::about(&row.lock, kind, Some(reason));
+    e.detail = detail;
+    record(tx, now, e)
+}
+
+/// The event kind that goes with an ending reason.
+pub(crate) fn kind_for(reason: ReleaseReason) -> EventKind {
+    match reason {
+        ReleaseReason::Completed | ReleaseReason::Failed => EventKind::Released,
+        ReleaseReason::LeaseExpired | ReleaseReason::MaxHold => EventKind::Expired,
+        ReleaseReason::Forced => EventKind::Forced,
+        ReleaseReason::Stolen => EventKind::Stolen,
+        ReleaseReason::Exited
+        | ReleaseReason::DeadProcess
+        | ReleaseReason::StaleTimeout
+        | ReleaseReason::TaskCompleted => EventKind::Reaped,
+    }
+}
