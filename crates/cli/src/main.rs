@@ -1,1 +1,163 @@
-fn main(){}
+//! `locksmith`: the command line over the lock store. One module per
+//! subcommand under `cmd/`; this file parses, dispatches and turns every
+//! outcome into a documented exit code.
+
+mod cmd;
+mod config;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use locksmith_core::StoreError;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  error (store unreadable, disk full, ...)
+  2  usage or invalid input (bad key, bad duration, wrong limit)
+  3  busy: the lock is held and --wait was 0 (the default)
+  4  wait timed out
+  5  deadlock refused: waiting would close a cycle
+  6  not the holder: another owner holds the lock
+  7  lock lost (renew of a lock that is no longer held)
+  130 wait interrupted (SIGINT/SIGTERM); the queue place is given up
+
+Environment: LOCKSMITH_HOME (store folder), LOCKSMITH_OWNER (default owner),
+LOCKSMITH_<SETTING> for every setting of `locksmith config`.";
+
+/// Locks and leases for processes, agents and machines.
+///
+/// Locks live in one SQLite file ($LOCKSMITH_HOME/locksmith.db) shared by
+/// every process on this machine. Every grant carries a fencing token that
+/// only grows. Leases (--ttl) end by themselves unless renewed; locks without
+/// a lease are held until released, with `stale_after` as the backstop.
+#[derive(Parser, Debug)]
+#[command(name = "locksmith", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    /// Print JSON instead of tables (errors too, on stdout).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Config file (default: $LOCKSMITH_HOME/locksmith.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Acquire(cmd::acquire::Args),
+    Release(cmd::release::ReleaseArgs),
+    Renew(cmd::release::RenewArgs),
+    Status(cmd::status::StatusArgs),
+    List(cmd::status::ListArgs),
+    History(cmd::history::Args),
+    ForceRelease(cmd::release::ForceArgs),
+    Stats(cmd::history::StatsArgs),
+    Config(cmd::config::Args),
+}
+
+/// A command's failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// Machine-readable code for `--json`.
+    pub kind: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// Extra JSON fields.
+    pub extra: Option<serde_json::Value>,
+}
+
+impl Failure {
+    /// A failure with a code.
+    pub fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
+        Failure { code, kind, message: message.into(), extra: None }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        let (code, kind) = match &e {
+            StoreError::Key(_) | StoreError::Invalid(_) | StoreError::LimitMismatch(_) => (2, "invalid"),
+            StoreError::Deadlock { .. } => (5, "deadlock"),
+            StoreError::NotHolder { .. } => (6, "not_holder"),
+            StoreError::Unusable(_) => (1, "unusable_store"),
+            StoreError::Corrupt(_) => (1, "corrupt_store"),
+            StoreError::Busy(_) => (1, "store_busy"),
+            StoreError::Backend(_) => (1, "store_error"),
+        };
+        let mut f = Failure::new(code, kind, e.to_string());
+        if let StoreError::Deadlock { cycle, .. } = &e {
+            f.extra = Some(serde_json::json!({ "cycle": cycle }));
+        }
+        f
+    }
+}
+
+impl From<locksmith_core::KeyError> for Failure {
+    fn from(e: locksmith_core::KeyError) -> Failure {
+        Failure::new(2, "invalid", e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::new(1, "error", format!("{e:#}"))
+    }
+}
+
+/// What every command gets.
+pub struct Ctx {
+    /// `--json`.
+    pub json: bool,
+    /// Effective configuration.
+    pub config: config::Config,
+}
+
+impl Ctx {
+    /// Opens the embedded store.
+    pub fn store(&self) -> Result<locksmith_sqlite::SqliteStore, Failure> {
+        let opts = self.config.options()?;
+        Ok(locksmith_sqlite::SqliteStore::open(&self.config.db_path(), opts)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let result = config::Config::load(cli.config.as_deref())
+        .map_err(|e| Failure::new(2, "invalid_config", format!("{e:#}")))
+        .and_then(|config| {
+            let ctx = Ctx { json, config };
+            match cli.command {
+                Command::Acquire(a) => cmd::acquire::run(&ctx, a),
+                Command::Release(a) => cmd::release::release(&ctx, a),
+                Command::Renew(a) => cmd::release::renew(&ctx, a),
+                Command::Status(a) => cmd::status::status(&ctx, a),
+                Command::List(a) => cmd::status::list(&ctx, a),
+                Command::History(a) => cmd::history::history(&ctx, a),
+                Command::ForceRelease(a) => cmd::release::force(&ctx, a),
+                Command::Stats(a) => cmd::history::stats(&ctx, a),
+                Command::Config(a) => cmd::config::run(&ctx, a),
+            }
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if json {
+                let mut body = serde_json::json!({ "error": f.kind, "message": f.message, "exit_code": f.code });
+                if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (f.extra, body.as_object_mut()) {
+                    obj.extend(extra);
+                }
+                println!("{body}");
+            } else {
+                eprintln!("locksmith: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}

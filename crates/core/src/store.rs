@@ -179,7 +179,8 @@ pub enum Release {
 pub struct LockInfo {
     /// The key.
     pub key: Key,
-    /// Mode name.
+    /// Mode (`mode`, and `limit` for a semaphore).
+    #[serde(flatten)]
     pub mode: Mode,
     /// Scope.
     pub scope: Scope,
@@ -227,7 +228,8 @@ pub struct WaiterInfo {
     pub key: Key,
     /// 1-based place among the waiters of this key.
     pub position: usize,
-    /// Mode asked for.
+    /// Mode asked for (`mode`, and `limit` for a semaphore).
+    #[serde(flatten)]
     pub mode: Mode,
     /// Scope asked for.
     pub scope: Scope,

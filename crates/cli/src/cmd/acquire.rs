@@ -1,0 +1,206 @@
+//! `locksmith acquire`: take one or more locks, failing fast or waiting in
+//! the fair queue, and print the grant (fence and lease handle).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use locksmith_core::store::Blocked;
+use locksmith_core::time::{format_duration, parse_duration};
+use locksmith_core::{AcquireError, AcquireRequest, Holder, Mode, Scope, Takeover, WaitPolicy, wait};
+use serde_json::json;
+
+use crate::output::{holder, ordinal};
+use crate::{Ctx, Failure};
+
+/// Take one or more locks (all or none) and print the grant.
+///
+/// Prints the fence and the lease handle; keep the handle to renew or
+/// release (or release by owner name). Without --ttl the lock is held until
+/// released, with `stale_after` as the backstop.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Keys to lock, e.g. repo/acme or task/42. All are granted together or none.
+    #[arg(value_name = "KEY")]
+    keys: Vec<String>,
+    /// Lock a directory by its canonical path (symlinks and .. resolved); repeatable.
+    #[arg(long, value_name = "DIR")]
+    path: Vec<PathBuf>,
+    /// Owner name [default: $LOCKSMITH_OWNER, else user@host].
+    #[arg(long)]
+    owner: Option<String>,
+    /// Task id shown with the lock.
+    #[arg(long)]
+    task: Option<String>,
+    /// Metadata shown with the lock, as key=value; repeatable.
+    #[arg(long, value_name = "K=V")]
+    meta: Vec<String>,
+    /// Lease: the lock ends unless renewed within this time (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION")]
+    ttl: Option<String>,
+    /// How long to wait for a busy lock: 0 (fail fast), a duration, or forever.
+    #[arg(long, value_name = "DURATION|forever", default_value = "0")]
+    wait: String,
+    /// Shared (reader) lock: many readers, no writer.
+    #[arg(long, conflicts_with = "limit")]
+    shared: bool,
+    /// Semaphore: up to N holders of the key.
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Tree lock: also covers every key below (folder locks).
+    #[arg(long)]
+    tree: bool,
+    /// Queue priority: higher is served first (default 0).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// End the tenure after this long, renewed or not.
+    #[arg(long, value_name = "DURATION")]
+    max_hold: Option<String>,
+    /// Take the lock over if its holder is stale, expired or dead (reason `stolen`).
+    #[arg(long, conflicts_with = "force")]
+    steal_stale: bool,
+    /// Admin: end every holder in the way (reason `forced`); needs --reason.
+    #[arg(long, requires = "reason")]
+    force: bool,
+    /// Why --force was needed (recorded in the history).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Idempotency id: repeating the request returns the same grant.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+}
+
+fn duration(flag: &str, v: &Option<String>) -> Result<Option<Duration>, Failure> {
+    v.as_deref()
+        .map(|t| parse_duration(t).map_err(|e| Failure::new(2, "invalid", format!("--{flag}: {e}"))))
+        .transpose()
+}
+
+/// Builds the request from the arguments.
+fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
+    let keys = super::keys(&a.keys, &a.path)?;
+    if keys.is_empty() {
+        return Err(Failure::new(2, "invalid", "name at least one KEY or --path DIR"));
+    }
+    let mut meta = serde_json::Map::new();
+    for kv in &a.meta {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Failure::new(2, "invalid", format!("--meta {kv:?}: expected key=value")))?;
+        meta.insert(k.to_string(), json!(v));
+    }
+    let mut h = Holder::this_process(a.owner.clone().unwrap_or_else(|| ctx.config.owner()));
+    h.task = a.task.clone();
+    h.metadata = (!meta.is_empty()).then_some(serde_json::Value::Object(meta));
+    if a.reason.is_some() && !a.force {
+        return Err(Failure::new(2, "invalid", "--reason goes with --force"));
+    }
+    Ok(AcquireRequest {
+        keys,
+        mode: match (a.shared, a.limit) {
+            (true, _) => Mode::Shared,
+            (_, Some(limit)) => Mode::Semaphore { limit },
+            _ => Mode::Exclusive,
+        },
+        scope: if a.tree { Scope::Tree } else { Scope::Key },
+        holder: h,
+        ttl: duration("ttl", &a.ttl)?,
+        max_hold: duration("max-hold", &a.max_hold)?,
+        priority: a.priority,
+        takeover: match (a.force, a.steal_stale) {
+            (true, _) => Takeover::Force { reason: a.reason.clone().unwrap_or_default() },
+            (_, true) => Takeover::StealStale,
+            _ => Takeover::None,
+        },
+        request_id: a.request_id.clone(),
+    })
+}
+
+/// "held by agent-3 (task 42) for 3m12s, fence 17, 2nd in queue".
+fn blocked_text(b: &Blocked) -> String {
+    let mut s = match b.holders.first() {
+        Some(h) if b.holders.len() > 1 => format!("held by {} and {} more", holder(h), b.holders.len() - 1),
+        Some(h) => format!("held by {}", holder(h)),
+        None => format!("{} earlier waiter(s) ahead", b.waiters_ahead),
+    };
+    if let Some(p) = b.position {
+        s.push_str(&format!(", {} in queue", ordinal(p)));
+    }
+    s
+}
+
+/// Runs `acquire`.
+pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    let req = request(ctx, &a)?;
+    let policy = WaitPolicy::parse(&a.wait).map_err(|e| Failure::new(2, "invalid", format!("--wait: {e}")))?;
+    let store = ctx.store()?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        let _ = signal_hook::flag::register(sig, cancel.clone());
+    }
+    let names: Vec<&str> = req.keys.iter().map(|k| k.as_str()).collect();
+    let what = names.join(", ");
+    let live = std::io::stderr().is_terminal() && !ctx.json;
+    let mut shown = false;
+    let mut on_blocked = |b: &Blocked, waited: Duration| {
+        if live {
+            eprint!("\r\x1b[2Kwaiting for {what} ({}) — {}", format_duration(waited), blocked_text(b));
+            let _ = std::io::stderr().flush();
+            shown = true;
+        }
+    };
+    let result = wait::acquire(&store, &req, policy, &cancel, &mut on_blocked);
+    if shown {
+        eprint!("\r\x1b[2K");
+    }
+    let grant = match result {
+        Ok(g) => g,
+        Err(AcquireError::Busy(b)) => {
+            let mut f = Failure::new(3, "busy", format!("busy: {what} is {}; wait with --wait 30s or --wait forever", blocked_text(&b)));
+            f.extra = Some(json!({ "holders": b.holders, "waiters_ahead": b.waiters_ahead }));
+            return Err(f);
+        }
+        Err(AcquireError::TimedOut(b)) => {
+            let mut f = Failure::new(4, "timed_out", format!("timed out after {} waiting for {what}: {}", a.wait, blocked_text(&b)));
+            f.extra = Some(json!({ "holders": b.holders, "position": b.position }));
+            return Err(f);
+        }
+        Err(AcquireError::Cancelled) => {
+            return Err(Failure::new(130, "cancelled", format!("stopped waiting for {what}; left the queue")));
+        }
+        Err(AcquireError::Store(e)) => return Err(e.into()),
+    };
+    let expires = |l: &locksmith_core::GrantedLock| l.expires_at.map(|w| w.rfc3339());
+    if ctx.json {
+        let lock = |l: &locksmith_core::GrantedLock| {
+            json!({
+                "key": l.key, "fence": l.fence, "handle": grant.handle.expose(), "owner": grant.owner,
+                "expires_at": expires(l), "grant": grant.grant,
+                "ttl_ms": grant.ttl.map(|t| t.as_millis() as u64), "replayed": grant.replayed,
+            })
+        };
+        if grant.locks.len() == 1 {
+            crate::output::json(&lock(&grant.locks[0]));
+        } else {
+            crate::output::json(&json!({
+                "locks": grant.locks.iter().map(lock).collect::<Vec<_>>(),
+                "handle": grant.handle.expose(), "owner": grant.owner, "grant": grant.grant,
+            }));
+        }
+        return Ok(());
+    }
+    for l in &grant.locks {
+        let lease = match (grant.ttl, expires(l)) {
+            (Some(t), Some(e)) => format!("lease {} until {e}", format_duration(t)),
+            _ => "held until released".to_string(),
+        };
+        println!("acquired {} fence {} ({lease})", l.key, l.fence);
+    }
+    println!("handle {}", grant.handle.expose());
+    if grant.replayed {
+        println!("(repeated request id: this is the grant made earlier)");
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! `history` and `stats`: the audit trail and its counters.
+
+use locksmith_core::store::HistoryFilter;
+use locksmith_core::{EventKind, Store};
+
+use crate::output::{json, table};
+use crate::{Ctx, Failure};
+
+/// Show the audit history, newest first.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Only this key (or keys below it with --prefix).
+    #[arg(value_name = "KEY")]
+    key: Option<String>,
+    /// Treat KEY as a prefix.
+    #[arg(long)]
+    prefix: bool,
+    /// Only this owner.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Only this kind of event (acquired, released, expired, forced, stolen, waiting, ...).
+    #[arg(long)]
+    kind: Option<String>,
+    /// At most this many events.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+/// Show counters: held locks, waiters, events by kind, releases by reason.
+#[derive(clap::Args, Debug)]
+pub struct StatsArgs {}
+
+/// Runs `history`.
+pub fn history(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    let kind = a
+        .kind
+        .as_deref()
+        .map(|k| {
+            EventKind::from_name(k).ok_or_else(|| {
+                let names: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
+                Failure::new(2, "invalid", format!("--kind {k:?}: one of {}", names.join(", ")))
+            })
+        })
+        .transpose()?;
+    let filter = HistoryFilter { key: a.key, prefix: a.prefix, owner: a.owner, kind, after: None, limit: a.limit };
+    let events = ctx.store()?.history(&filter)?;
+    if ctx.json {
+        json(&events);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.rfc3339(),
+                e.kind.name().to_string(),
+                e.key.clone(),
+                e.owner.clone(),
+                e.fence.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+                e.reason.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                e.detail.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "EVENT", "KEY", "OWNER", "FENCE", "REASON", "DETAIL"], &rows);
+    Ok(())
+}
+
+/// Runs `stats`.
+pub fn stats(ctx: &Ctx, _a: StatsArgs) -> Result<(), Failure> {
+    let s = ctx.store()?.stats()?;
+    if ctx.json {
+        json(&s);
+        return Ok(());
+    }
+    println!("held locks      {}", s.held);
+    println!("waiting         {}", s.waiting);
+    println!("not healthy     {}", s.unhealthy);
+    println!("last fence      {}", s.last_fence);
+    if let Some(since) = s.history_since {
+        println!("history since   {}", since.rfc3339());
+    }
+    let acquired = s.events.get("acquired").copied().unwrap_or(0);
+    let refused = s.events.get("wait_timed_out").copied().unwrap_or(0) + s.events.get("deadlock_refused").copied().unwrap_or(0);
+    println!("acquisitions    {acquired}");
+    println!("timeouts+refusals {refused}");
+    println!();
+    table(&["EVENT", "COUNT"], &s.events.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect::<Vec<_>>());
+    println!();
+    table(&["ENDED BY", "COUNT"], &s.releases.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect::<Vec<_>>());
+    Ok(())
+}

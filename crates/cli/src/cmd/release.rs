@@ -1,0 +1,154 @@
+//! `release`, `renew` and `force-release`: ending or extending a tenure,
+//! proven by lease handle or (local trust) owner name.
+
+use std::path::PathBuf;
+
+use locksmith_core::store::{Proof, Release, Renewal, Target};
+use locksmith_core::time::{format_duration, parse_duration};
+use locksmith_core::{LeaseHandle, ReleaseReason, Store};
+
+use crate::output::json;
+use crate::{Ctx, Failure};
+
+/// Release a lock you hold (releasing twice is not an error).
+#[derive(clap::Args, Debug)]
+pub struct ReleaseArgs {
+    /// The key.
+    #[arg(value_name = "KEY", required_unless_present = "path")]
+    key: Option<String>,
+    /// The key of a directory, by its canonical path.
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+    #[command(flatten)]
+    proof: ProofArgs,
+    /// completed (default) or failed.
+    #[arg(long, default_value = "completed", value_parser = ["completed", "failed"])]
+    reason: String,
+}
+
+/// Extend a lease (or, without a lease, record a sign of life).
+#[derive(clap::Args, Debug)]
+pub struct RenewArgs {
+    /// The key.
+    #[arg(value_name = "KEY", required_unless_present = "path")]
+    key: Option<String>,
+    /// The key of a directory, by its canonical path.
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+    #[command(flatten)]
+    proof: ProofArgs,
+    /// New lease length (default: the one it was granted with).
+    #[arg(long, value_name = "DURATION")]
+    ttl: Option<String>,
+}
+
+/// Admin: end every tenure on a key (recorded as `forced`).
+#[derive(clap::Args, Debug)]
+pub struct ForceArgs {
+    /// The key.
+    #[arg(value_name = "KEY", required_unless_present = "path")]
+    key: Option<String>,
+    /// The key of a directory, by its canonical path.
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+    /// Why (required; recorded in the history).
+    #[arg(long)]
+    reason: String,
+}
+
+/// How the caller proves it holds the lock.
+#[derive(clap::Args, Debug)]
+pub struct ProofArgs {
+    /// Owner name [default: $LOCKSMITH_OWNER, else user@host].
+    #[arg(long, conflicts_with = "handle")]
+    owner: Option<String>,
+    /// The lease handle printed by acquire.
+    #[arg(long)]
+    handle: Option<String>,
+}
+
+fn target(ctx: &Ctx, key: Option<&String>, path: Option<&PathBuf>, p: &ProofArgs) -> Result<Target, Failure> {
+    let key = super::one_key(key, path)?;
+    let by = match (&p.handle, &p.owner) {
+        (Some(h), _) => {
+            let h = LeaseHandle::from_text(h.clone());
+            if h.grant().is_none() {
+                return Err(Failure::new(2, "invalid", "malformed --handle: expected lh1.<grant>.<secret> as printed by acquire"));
+            }
+            Proof::Handle(h)
+        }
+        (None, Some(o)) => Proof::Owner(o.clone()),
+        (None, None) => Proof::Owner(ctx.config.owner()),
+    };
+    Ok(Target { key, by })
+}
+
+fn reason_text(r: Option<ReleaseReason>) -> String {
+    r.map(|r| r.to_string()).unwrap_or_else(|| "no record of it".into())
+}
+
+/// Runs `release`.
+pub fn release(ctx: &Ctx, a: ReleaseArgs) -> Result<(), Failure> {
+    let t = target(ctx, a.key.as_ref(), a.path.as_ref(), &a.proof)?;
+    let reason: ReleaseReason = a.reason.parse().map_err(|e: String| Failure::new(2, "invalid", e))?;
+    let out = ctx.store()?.release(&t, reason)?;
+    if ctx.json {
+        json(&out);
+        return Ok(());
+    }
+    match out {
+        Release::Released { key, fence, held_for } => {
+            println!("released {key} fence {fence} after {} ({reason})", format_duration(held_for))
+        }
+        Release::NotHeld { key, reason } => {
+            println!("{key} was not held by you (already ended: {})", reason_text(reason))
+        }
+    }
+    Ok(())
+}
+
+/// Runs `renew`.
+pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
+    let t = target(ctx, a.key.as_ref(), a.path.as_ref(), &a.proof)?;
+    let ttl = a
+        .ttl
+        .as_deref()
+        .map(|v| parse_duration(v).map_err(|e| Failure::new(2, "invalid", format!("--ttl: {e}"))))
+        .transpose()?;
+    let out = ctx.store()?.renew(&t, ttl)?;
+    if let Renewal::Lost { key, reason } = &out {
+        let mut f = Failure::new(7, "lost", format!("lost: {key} is no longer held by you ({})", reason_text(*reason)));
+        f.extra = Some(serde_json::json!({ "key": key, "reason": reason }));
+        return Err(f);
+    }
+    if ctx.json {
+        json(&out);
+        return Ok(());
+    }
+    if let Renewal::Renewed { locks } = out {
+        for l in locks {
+            match l.expires_at {
+                Some(e) => println!("renewed {} fence {} until {}", l.key, l.fence, e.rfc3339()),
+                None => println!("renewed {} fence {} (no lease; sign of life recorded)", l.key, l.fence),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `force-release`.
+pub fn force(ctx: &Ctx, a: ForceArgs) -> Result<(), Failure> {
+    let key = super::one_key(a.key.as_ref(), a.path.as_ref())?;
+    let ended = ctx.store()?.force_release(&key, &a.reason)?;
+    if ctx.json {
+        json(&serde_json::json!({ "key": key, "ended": ended }));
+        return Ok(());
+    }
+    if ended.is_empty() {
+        println!("{key} was not held; nothing changed");
+    }
+    for l in ended {
+        println!("force-released {} fence {} held by {} for {}", l.key, l.fence, l.owner, format_duration(l.held_for));
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Human output: aligned tables and short descriptions of holders.
+
+use locksmith_core::LockInfo;
+use locksmith_core::time::format_duration;
+
+/// Prints rows as left-aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+/// "agent-3 (task 42) for 3m12s, fence 17".
+pub fn holder(h: &LockInfo) -> String {
+    let task = h.task.as_ref().map(|t| format!(" (task {t})")).unwrap_or_default();
+    format!("{}{task} for {}, fence {}", h.owner, format_duration(h.held_for), h.fence)
+}
+
+/// "1st", "2nd", "3rd", "4th".
+pub fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, x) if x != 11 => "st",
+        (2, x) if x != 12 => "nd",
+        (3, x) if x != 13 => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// Prints a value as one line of JSON.
+pub fn json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(v).expect("values serialize"));
+}

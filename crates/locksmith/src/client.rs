@@ -1,0 +1,218 @@
+//! Opening a store from a URL and building lock requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use locksmith_core::{
+    AcquireRequest, Holder, Key, Mode, Scope, Store, Takeover, WaitPolicy, default_owner, wait,
+};
+use locksmith_sqlite::{Options, SqliteStore};
+
+use crate::Error;
+use crate::guard::Guard;
+
+/// Lease length of library guards when none is given.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// `$LOCKSMITH_HOME`, else `$XDG_STATE_HOME/locksmith`, else `~/.local/state/locksmith`.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("LOCKSMITH_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(x).join("locksmith");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/locksmith")
+}
+
+/// A handle on one lock store; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    store: Arc<dyn Store>,
+}
+
+impl Client {
+    /// Opens a store by URL: `sqlite:///path/to/locksmith.db`, or `sqlite:`
+    /// for the default file (`$LOCKSMITH_HOME/locksmith.db`).
+    pub fn open(url: &str) -> Result<Client, Error> {
+        Client::open_with(url, Options::default())
+    }
+
+    /// Opens with explicit store options.
+    pub fn open_with(url: &str, opts: Options) -> Result<Client, Error> {
+        let path = match url.split_once(':') {
+            Some(("sqlite", rest)) => {
+                let rest = rest.strip_prefix("//").unwrap_or(rest);
+                if rest.is_empty() {
+                    default_home().join("locksmith.db")
+                } else {
+                    PathBuf::from(rest)
+                }
+            }
+            Some((scheme @ ("postgres" | "postgresql" | "http" | "https"), _)) => {
+                return Err(Error::Url(format!(
+                    "{scheme}:// stores are not available in this build yet; use sqlite:///path/to/locksmith.db"
+                )));
+            }
+            _ => {
+                return Err(Error::Url(format!(
+                    "cannot open {url:?}: the accepted form is sqlite:///path/to/locksmith.db (or sqlite: for the default file)"
+                )));
+            }
+        };
+        Ok(Client::from_store(Arc::new(SqliteStore::open(&path, opts)?)))
+    }
+
+    /// Wraps an already opened store.
+    pub fn from_store(store: Arc<dyn Store>) -> Client {
+        Client { store }
+    }
+
+    /// The store behind this client.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Starts a request for `key`.
+    pub fn lock(&self, key: &str) -> LockBuilder {
+        LockBuilder {
+            client: self.clone(),
+            keys: vec![key.to_string()],
+            mode: Mode::Exclusive,
+            scope: Scope::Key,
+            ttl: Some(DEFAULT_TTL),
+            wait: WaitPolicy::FailFast,
+            owner: None,
+            task: None,
+            metadata: None,
+            priority: 0,
+            max_hold: None,
+            request_id: None,
+        }
+    }
+}
+
+/// A lock request being built; finish with [`LockBuilder::acquire`].
+pub struct LockBuilder {
+    client: Client,
+    keys: Vec<String>,
+    mode: Mode,
+    scope: Scope,
+    ttl: Option<Duration>,
+    wait: WaitPolicy,
+    owner: Option<String>,
+    task: Option<String>,
+    metadata: Option<serde_json::Value>,
+    priority: i32,
+    max_hold: Option<Duration>,
+    request_id: Option<String>,
+}
+
+impl LockBuilder {
+    /// Adds another key: all keys are granted together or not at all.
+    pub fn and(mut self, key: &str) -> Self {
+        self.keys.push(key.to_string());
+        self
+    }
+    /// Lease length (default 30 s); the guard renews at a third of it.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+    /// Waits up to `d` for a busy lock (default: fail at once).
+    pub fn wait(mut self, d: Duration) -> Self {
+        self.wait = if d.is_zero() { WaitPolicy::FailFast } else { WaitPolicy::For(d) };
+        self
+    }
+    /// Waits until granted.
+    pub fn wait_forever(mut self) -> Self {
+        self.wait = WaitPolicy::Forever;
+        self
+    }
+    /// Shared (reader) mode.
+    pub fn shared(mut self) -> Self {
+        self.mode = Mode::Shared;
+        self
+    }
+    /// Semaphore of `n` slots.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.mode = Mode::Semaphore { limit: n };
+        self
+    }
+    /// Tree scope: also covers every key below.
+    pub fn tree(mut self) -> Self {
+        self.scope = Scope::Tree;
+        self
+    }
+    /// Owner name (default `$LOCKSMITH_OWNER`, else user@host).
+    pub fn owner(mut self, owner: &str) -> Self {
+        self.owner = Some(owner.to_string());
+        self
+    }
+    /// Task id.
+    pub fn task(mut self, task: &str) -> Self {
+        self.task = Some(task.to_string());
+        self
+    }
+    /// Metadata object shown with the lock.
+    pub fn metadata(mut self, m: serde_json::Value) -> Self {
+        self.metadata = Some(m);
+        self
+    }
+    /// Queue priority, higher first.
+    pub fn priority(mut self, p: i32) -> Self {
+        self.priority = p;
+        self
+    }
+    /// Cap on the tenure.
+    pub fn max_hold(mut self, d: Duration) -> Self {
+        self.max_hold = Some(d);
+        self
+    }
+    /// Idempotency id for retries.
+    pub fn request_id(mut self, id: &str) -> Self {
+        self.request_id = Some(id.to_string());
+        self
+    }
+
+    fn request(&self) -> Result<AcquireRequest, Error> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| Key::new(k.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(locksmith_core::StoreError::from)?;
+        let mut holder = Holder::this_process(self.owner.clone().unwrap_or_else(default_owner));
+        holder.task = self.task.clone();
+        holder.metadata = self.metadata.clone();
+        Ok(AcquireRequest {
+            keys,
+            mode: self.mode,
+            scope: self.scope,
+            holder,
+            ttl: self.ttl,
+            max_hold: self.max_hold,
+            priority: self.priority,
+            takeover: Takeover::None,
+            request_id: self.request_id.clone(),
+        })
+    }
+
+    /// Acquires without an async runtime, blocking the thread while waiting.
+    pub fn acquire_blocking(self) -> Result<Guard, Error> {
+        let req = self.request()?;
+        let cancel = AtomicBool::new(false);
+        let grant = wait::acquire(&*self.client.store, &req, self.wait, &cancel, &mut |_, _| {})?;
+        Ok(Guard::start(self.client.store.clone(), grant))
+    }
+
+    /// Acquires; waiting happens on a blocking thread of the runtime.
+    pub async fn acquire(self) -> Result<Guard, Error> {
+        tokio::task::spawn_blocking(move || self.acquire_blocking())
+            .await
+            .map_err(|e| Error::Store(locksmith_core::StoreError::Backend(format!("acquire task failed: {e}"))))?
+    }
+}
