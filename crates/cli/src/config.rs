@@ -40,13 +40,41 @@ struct Setting {
 }
 
 const SETTINGS: &[Setting] = &[
-    Setting { name: "home", default: "$XDG_STATE_HOME/locksmith", help: "folder of the embedded store (locksmith.db) and of locksmith.toml; environment only" },
-    Setting { name: "owner", default: "user@host", help: "owner name recorded with every lock" },
-    Setting { name: "stale_after", default: "30m", help: "a lock with no sign of life for this long is stale (sweeper backstop; --steal-stale may take it)" },
-    Setting { name: "history_retention", default: "30d", help: "how long the audit history is kept" },
-    Setting { name: "durability", default: "normal", help: "normal (fast; a power loss may undo the last grants, fences stay unique) or full (fsync every grant)" },
-    Setting { name: "busy_timeout", default: "30s", help: "how long a command waits for another process's database transaction" },
-    Setting { name: "allow_network_fs", default: "false", help: "allow the store on a network filesystem (unsafe: its file locking cannot be trusted)" },
+    Setting {
+        name: "home",
+        default: "$XDG_STATE_HOME/locksmith",
+        help: "folder of the embedded store (locksmith.db) and of locksmith.toml; environment only",
+    },
+    Setting {
+        name: "owner",
+        default: "user@host",
+        help: "owner name recorded with every lock",
+    },
+    Setting {
+        name: "stale_after",
+        default: "30m",
+        help: "a lock with no sign of life for this long is stale (sweeper backstop; --steal-stale may take it)",
+    },
+    Setting {
+        name: "history_retention",
+        default: "30d",
+        help: "how long the audit history is kept",
+    },
+    Setting {
+        name: "durability",
+        default: "normal",
+        help: "normal (fast; a power loss may undo the last grants, fences stay unique) or full (fsync every grant)",
+    },
+    Setting {
+        name: "busy_timeout",
+        default: "30s",
+        help: "how long a command waits for another process's database transaction",
+    },
+    Setting {
+        name: "allow_network_fs",
+        default: "false",
+        help: "allow the store on a network filesystem (unsafe: its file locking cannot be trusted)",
+    },
 ];
 
 /// The effective configuration.
@@ -61,7 +89,10 @@ impl Config {
             .iter()
             .map(|s| (s.name, (s.default.to_string(), Source::Default)))
             .collect();
-        values.insert("home", (default_home().display().to_string(), Source::Default));
+        values.insert(
+            "home",
+            (default_home().display().to_string(), Source::Default),
+        );
         values.insert("owner", (locksmith_core::default_owner(), Source::Default));
         if let Ok(h) = std::env::var("LOCKSMITH_HOME")
             && !h.is_empty()
@@ -82,8 +113,16 @@ impl Config {
                 .with_context(|| format!("invalid config file {}", file.display()))?;
             for (k, v) in table {
                 let Some(s) = SETTINGS.iter().find(|s| s.name == k && s.name != "home") else {
-                    let names: Vec<_> = SETTINGS.iter().filter(|s| s.name != "home").map(|s| s.name).collect();
-                    bail!("unknown setting {k:?} in {}; known settings: {}", file.display(), names.join(", "));
+                    let names: Vec<_> = SETTINGS
+                        .iter()
+                        .filter(|s| s.name != "home")
+                        .map(|s| s.name)
+                        .collect();
+                    bail!(
+                        "unknown setting {k:?} in {}; known settings: {}",
+                        file.display(),
+                        names.join(", ")
+                    );
                 };
                 let text = match v {
                     toml::Value::String(s) => s,
@@ -140,12 +179,18 @@ impl Config {
         let durability = match self.get("durability").0.as_str() {
             "normal" => Durability::Normal,
             "full" => Durability::Full,
-            other => bail!("durability (from {}): {other:?} is not normal or full", self.get("durability").1),
+            other => bail!(
+                "durability (from {}): {other:?} is not normal or full",
+                self.get("durability").1
+            ),
         };
         let allow = match self.get("allow_network_fs").0.as_str() {
             "true" | "1" | "yes" => true,
             "false" | "0" | "no" => false,
-            other => bail!("allow_network_fs (from {}): {other:?} is not true or false", self.get("allow_network_fs").1),
+            other => bail!(
+                "allow_network_fs (from {}): {other:?} is not true or false",
+                self.get("allow_network_fs").1
+            ),
         };
         Ok(Options {
             stale_after: self.duration("stale_after")?,
@@ -175,7 +220,11 @@ pub fn example() -> String {
          # Precedence: flags > environment (LOCKSMITH_<NAME>) > this file > defaults.\n\n",
     );
     for s in SETTINGS.iter().filter(|s| s.name != "home") {
-        out.push_str(&format!("# {}\n# environment: LOCKSMITH_{}\n", s.help, s.name.to_uppercase()));
+        out.push_str(&format!(
+            "# {}\n# environment: LOCKSMITH_{}\n",
+            s.help,
+            s.name.to_uppercase()
+        ));
         let value = match s.name {
             "allow_network_fs" => s.default.to_string(),
             "owner" => "\"agent-1\"".to_string(),

@@ -75,14 +75,21 @@ pub struct Failure {
 impl Failure {
     /// A failure with a code.
     pub fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
-        Failure { code, kind, message: message.into(), extra: None }
+        Failure {
+            code,
+            kind,
+            message: message.into(),
+            extra: None,
+        }
     }
 }
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Failure {
         let (code, kind) = match &e {
-            StoreError::Key(_) | StoreError::Invalid(_) | StoreError::LimitMismatch(_) => (2, "invalid"),
+            StoreError::Key(_) | StoreError::Invalid(_) | StoreError::LimitMismatch(_) => {
+                (2, "invalid")
+            }
             StoreError::Deadlock { .. } => (5, "deadlock"),
             StoreError::NotHolder { .. } => (6, "not_holder"),
             StoreError::Unusable(_) => (1, "unusable_store"),
@@ -122,7 +129,10 @@ impl Ctx {
     /// Opens the embedded store.
     pub fn store(&self) -> Result<locksmith_sqlite::SqliteStore, Failure> {
         let opts = self.config.options()?;
-        Ok(locksmith_sqlite::SqliteStore::open(&self.config.db_path(), opts)?)
+        Ok(locksmith_sqlite::SqliteStore::open(
+            &self.config.db_path(),
+            opts,
+        )?)
     }
 }
 
@@ -150,7 +160,9 @@ fn main() -> ExitCode {
         Err(f) => {
             if json {
                 let mut body = serde_json::json!({ "error": f.kind, "message": f.message, "exit_code": f.code });
-                if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (f.extra, body.as_object_mut()) {
+                if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
+                    (f.extra, body.as_object_mut())
+                {
                     obj.extend(extra);
                 }
                 println!("{body}");

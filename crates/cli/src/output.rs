@@ -30,8 +30,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 
 /// "agent-3 (task 42) for 3m12s, fence 17".
 pub fn holder(h: &LockInfo) -> String {
-    let task = h.task.as_ref().map(|t| format!(" (task {t})")).unwrap_or_default();
-    format!("{}{task} for {}, fence {}", h.owner, format_duration(h.held_for), h.fence)
+    let task = h
+        .task
+        .as_ref()
+        .map(|t| format!(" (task {t})"))
+        .unwrap_or_default();
+    format!(
+        "{}{task} for {}, fence {}",
+        h.owner,
+        format_duration(h.held_for),
+        h.fence
+    )
 }
 
 /// "1st", "2nd", "3rd", "4th".

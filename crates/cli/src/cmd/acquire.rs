@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use locksmith_core::store::Blocked;
 use locksmith_core::time::{format_duration, parse_duration};
-use locksmith_core::{AcquireError, AcquireRequest, Holder, Mode, Scope, Takeover, WaitPolicy, wait};
+use locksmith_core::{
+    AcquireError, AcquireRequest, Holder, Mode, Scope, Takeover, WaitPolicy, wait,
+};
 use serde_json::json;
 
 use crate::output::{holder, ordinal};
@@ -74,7 +76,9 @@ pub struct Args {
 
 fn duration(flag: &str, v: &Option<String>) -> Result<Option<Duration>, Failure> {
     v.as_deref()
-        .map(|t| parse_duration(t).map_err(|e| Failure::new(2, "invalid", format!("--{flag}: {e}"))))
+        .map(|t| {
+            parse_duration(t).map_err(|e| Failure::new(2, "invalid", format!("--{flag}: {e}")))
+        })
         .transpose()
 }
 
@@ -82,13 +86,17 @@ fn duration(flag: &str, v: &Option<String>) -> Result<Option<Duration>, Failure>
 fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
     let keys = super::keys(&a.keys, &a.path)?;
     if keys.is_empty() {
-        return Err(Failure::new(2, "invalid", "name at least one KEY or --path DIR"));
+        return Err(Failure::new(
+            2,
+            "invalid",
+            "name at least one KEY or --path DIR",
+        ));
     }
     let mut meta = serde_json::Map::new();
     for kv in &a.meta {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| Failure::new(2, "invalid", format!("--meta {kv:?}: expected key=value")))?;
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            Failure::new(2, "invalid", format!("--meta {kv:?}: expected key=value"))
+        })?;
         meta.insert(k.to_string(), json!(v));
     }
     let mut h = Holder::this_process(a.owner.clone().unwrap_or_else(|| ctx.config.owner()));
@@ -110,7 +118,9 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
         max_hold: duration("max-hold", &a.max_hold)?,
         priority: a.priority,
         takeover: match (a.force, a.steal_stale) {
-            (true, _) => Takeover::Force { reason: a.reason.clone().unwrap_or_default() },
+            (true, _) => Takeover::Force {
+                reason: a.reason.clone().unwrap_or_default(),
+            },
             (_, true) => Takeover::StealStale,
             _ => Takeover::None,
         },
@@ -121,7 +131,9 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
 /// "held by agent-3 (task 42) for 3m12s, fence 17, 2nd in queue".
 fn blocked_text(b: &Blocked) -> String {
     let mut s = match b.holders.first() {
-        Some(h) if b.holders.len() > 1 => format!("held by {} and {} more", holder(h), b.holders.len() - 1),
+        Some(h) if b.holders.len() > 1 => {
+            format!("held by {} and {} more", holder(h), b.holders.len() - 1)
+        }
         Some(h) => format!("held by {}", holder(h)),
         None => format!("{} earlier waiter(s) ahead", b.waiters_ahead),
     };
@@ -134,10 +146,15 @@ fn blocked_text(b: &Blocked) -> String {
 /// Runs `acquire`.
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let req = request(ctx, &a)?;
-    let policy = WaitPolicy::parse(&a.wait).map_err(|e| Failure::new(2, "invalid", format!("--wait: {e}")))?;
+    let policy = WaitPolicy::parse(&a.wait)
+        .map_err(|e| Failure::new(2, "invalid", format!("--wait: {e}")))?;
     let store = ctx.store()?;
     let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
         let _ = signal_hook::flag::register(sig, cancel.clone());
     }
     let names: Vec<&str> = req.keys.iter().map(|k| k.as_str()).collect();
@@ -146,7 +163,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let mut shown = false;
     let mut on_blocked = |b: &Blocked, waited: Duration| {
         if live {
-            eprint!("\r\x1b[2Kwaiting for {what} ({}) — {}", format_duration(waited), blocked_text(b));
+            eprint!(
+                "\r\x1b[2Kwaiting for {what} ({}) — {}",
+                format_duration(waited),
+                blocked_text(b)
+            );
             let _ = std::io::stderr().flush();
             shown = true;
         }
@@ -158,17 +179,36 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let grant = match result {
         Ok(g) => g,
         Err(AcquireError::Busy(b)) => {
-            let mut f = Failure::new(3, "busy", format!("busy: {what} is {}; wait with --wait 30s or --wait forever", blocked_text(&b)));
+            let mut f = Failure::new(
+                3,
+                "busy",
+                format!(
+                    "busy: {what} is {}; wait with --wait 30s or --wait forever",
+                    blocked_text(&b)
+                ),
+            );
             f.extra = Some(json!({ "holders": b.holders, "waiters_ahead": b.waiters_ahead }));
             return Err(f);
         }
         Err(AcquireError::TimedOut(b)) => {
-            let mut f = Failure::new(4, "timed_out", format!("timed out after {} waiting for {what}: {}", a.wait, blocked_text(&b)));
+            let mut f = Failure::new(
+                4,
+                "timed_out",
+                format!(
+                    "timed out after {} waiting for {what}: {}",
+                    a.wait,
+                    blocked_text(&b)
+                ),
+            );
             f.extra = Some(json!({ "holders": b.holders, "position": b.position }));
             return Err(f);
         }
         Err(AcquireError::Cancelled) => {
-            return Err(Failure::new(130, "cancelled", format!("stopped waiting for {what}; left the queue")));
+            return Err(Failure::new(
+                130,
+                "cancelled",
+                format!("stopped waiting for {what}; left the queue"),
+            ));
         }
         Err(AcquireError::Store(e)) => return Err(e.into()),
     };

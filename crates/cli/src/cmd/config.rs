@@ -21,12 +21,20 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     if ctx.json {
         let obj: serde_json::Map<String, serde_json::Value> = rows
             .iter()
-            .map(|(k, v, src, _)| (k.to_string(), serde_json::json!({ "value": v, "source": src.to_string() })))
+            .map(|(k, v, src, _)| {
+                (
+                    k.to_string(),
+                    serde_json::json!({ "value": v, "source": src.to_string() }),
+                )
+            })
             .collect();
         json(&obj);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = rows.into_iter().map(|(k, v, src, _)| vec![k.to_string(), v, src.to_string()]).collect();
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(k, v, src, _)| vec![k.to_string(), v, src.to_string()])
+        .collect();
     table(&["SETTING", "VALUE", "SOURCE"], &rows);
     Ok(())
 }

@@ -38,11 +38,22 @@ pub fn history(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         .map(|k| {
             EventKind::from_name(k).ok_or_else(|| {
                 let names: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
-                Failure::new(2, "invalid", format!("--kind {k:?}: one of {}", names.join(", ")))
+                Failure::new(
+                    2,
+                    "invalid",
+                    format!("--kind {k:?}: one of {}", names.join(", ")),
+                )
             })
         })
         .transpose()?;
-    let filter = HistoryFilter { key: a.key, prefix: a.prefix, owner: a.owner, kind, after: None, limit: a.limit };
+    let filter = HistoryFilter {
+        key: a.key,
+        prefix: a.prefix,
+        owner: a.owner,
+        kind,
+        after: None,
+        limit: a.limit,
+    };
     let events = ctx.store()?.history(&filter)?;
     if ctx.json {
         json(&events);
@@ -57,12 +68,17 @@ pub fn history(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 e.key.clone(),
                 e.owner.clone(),
                 e.fence.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
-                e.reason.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                e.reason
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 e.detail.as_ref().map(|d| d.to_string()).unwrap_or_default(),
             ]
         })
         .collect();
-    table(&["TIME", "EVENT", "KEY", "OWNER", "FENCE", "REASON", "DETAIL"], &rows);
+    table(
+        &["TIME", "EVENT", "KEY", "OWNER", "FENCE", "REASON", "DETAIL"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -81,12 +97,25 @@ pub fn stats(ctx: &Ctx, _a: StatsArgs) -> Result<(), Failure> {
         println!("history since   {}", since.rfc3339());
     }
     let acquired = s.events.get("acquired").copied().unwrap_or(0);
-    let refused = s.events.get("wait_timed_out").copied().unwrap_or(0) + s.events.get("deadlock_refused").copied().unwrap_or(0);
+    let refused = s.events.get("wait_timed_out").copied().unwrap_or(0)
+        + s.events.get("deadlock_refused").copied().unwrap_or(0);
     println!("acquisitions    {acquired}");
     println!("timeouts+refusals {refused}");
     println!();
-    table(&["EVENT", "COUNT"], &s.events.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect::<Vec<_>>());
+    table(
+        &["EVENT", "COUNT"],
+        &s.events
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect::<Vec<_>>(),
+    );
     println!();
-    table(&["ENDED BY", "COUNT"], &s.releases.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect::<Vec<_>>());
+    table(
+        &["ENDED BY", "COUNT"],
+        &s.releases
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect::<Vec<_>>(),
+    );
     Ok(())
 }

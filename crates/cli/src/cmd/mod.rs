@@ -29,7 +29,11 @@ pub fn one_key(raw: Option<&String>, path: Option<&PathBuf>) -> Result<Key, Fail
     match (raw, path) {
         (Some(k), None) => Ok(Key::new(k.as_str())?),
         (None, Some(p)) => Ok(Key::from_dir(p)?),
-        (Some(_), Some(_)) => Err(Failure::new(2, "invalid", "give either KEY or --path DIR, not both")),
+        (Some(_), Some(_)) => Err(Failure::new(
+            2,
+            "invalid",
+            "give either KEY or --path DIR, not both",
+        )),
         (None, None) => Err(Failure::new(2, "invalid", "missing KEY (or --path DIR)")),
     }
 }

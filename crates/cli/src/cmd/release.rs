@@ -67,13 +67,22 @@ pub struct ProofArgs {
     handle: Option<String>,
 }
 
-fn target(ctx: &Ctx, key: Option<&String>, path: Option<&PathBuf>, p: &ProofArgs) -> Result<Target, Failure> {
+fn target(
+    ctx: &Ctx,
+    key: Option<&String>,
+    path: Option<&PathBuf>,
+    p: &ProofArgs,
+) -> Result<Target, Failure> {
     let key = super::one_key(key, path)?;
     let by = match (&p.handle, &p.owner) {
         (Some(h), _) => {
             let h = LeaseHandle::from_text(h.clone());
             if h.grant().is_none() {
-                return Err(Failure::new(2, "invalid", "malformed --handle: expected lh1.<grant>.<secret> as printed by acquire"));
+                return Err(Failure::new(
+                    2,
+                    "invalid",
+                    "malformed --handle: expected lh1.<grant>.<secret> as printed by acquire",
+                ));
             }
             Proof::Handle(h)
         }
@@ -84,24 +93,38 @@ fn target(ctx: &Ctx, key: Option<&String>, path: Option<&PathBuf>, p: &ProofArgs
 }
 
 fn reason_text(r: Option<ReleaseReason>) -> String {
-    r.map(|r| r.to_string()).unwrap_or_else(|| "no record of it".into())
+    r.map(|r| r.to_string())
+        .unwrap_or_else(|| "no record of it".into())
 }
 
 /// Runs `release`.
 pub fn release(ctx: &Ctx, a: ReleaseArgs) -> Result<(), Failure> {
     let t = target(ctx, a.key.as_ref(), a.path.as_ref(), &a.proof)?;
-    let reason: ReleaseReason = a.reason.parse().map_err(|e: String| Failure::new(2, "invalid", e))?;
+    let reason: ReleaseReason = a
+        .reason
+        .parse()
+        .map_err(|e: String| Failure::new(2, "invalid", e))?;
     let out = ctx.store()?.release(&t, reason)?;
     if ctx.json {
         json(&out);
         return Ok(());
     }
     match out {
-        Release::Released { key, fence, held_for } => {
-            println!("released {key} fence {fence} after {} ({reason})", format_duration(held_for))
+        Release::Released {
+            key,
+            fence,
+            held_for,
+        } => {
+            println!(
+                "released {key} fence {fence} after {} ({reason})",
+                format_duration(held_for)
+            )
         }
         Release::NotHeld { key, reason } => {
-            println!("{key} was not held by you (already ended: {})", reason_text(reason))
+            println!(
+                "{key} was not held by you (already ended: {})",
+                reason_text(reason)
+            )
         }
     }
     Ok(())
@@ -117,7 +140,14 @@ pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
         .transpose()?;
     let out = ctx.store()?.renew(&t, ttl)?;
     if let Renewal::Lost { key, reason } = &out {
-        let mut f = Failure::new(7, "lost", format!("lost: {key} is no longer held by you ({})", reason_text(*reason)));
+        let mut f = Failure::new(
+            7,
+            "lost",
+            format!(
+                "lost: {key} is no longer held by you ({})",
+                reason_text(*reason)
+            ),
+        );
         f.extra = Some(serde_json::json!({ "key": key, "reason": reason }));
         return Err(f);
     }
@@ -129,7 +159,10 @@ pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
         for l in locks {
             match l.expires_at {
                 Some(e) => println!("renewed {} fence {} until {}", l.key, l.fence, e.rfc3339()),
-                None => println!("renewed {} fence {} (no lease; sign of life recorded)", l.key, l.fence),
+                None => println!(
+                    "renewed {} fence {} (no lease; sign of life recorded)",
+                    l.key, l.fence
+                ),
             }
         }
     }
@@ -148,7 +181,13 @@ pub fn force(ctx: &Ctx, a: ForceArgs) -> Result<(), Failure> {
         println!("{key} was not held; nothing changed");
     }
     for l in ended {
-        println!("force-released {} fence {} held by {} for {}", l.key, l.fence, l.owner, format_duration(l.held_for));
+        println!(
+            "force-released {} fence {} held by {} for {}",
+            l.key,
+            l.fence,
+            l.owner,
+            format_duration(l.held_for)
+        );
     }
     Ok(())
 }

@@ -66,7 +66,18 @@ fn lock_rows(locks: &[LockInfo]) -> Vec<Vec<String>> {
         .collect()
 }
 
-const LOCK_HEADER: [&str; 10] = ["KEY", "MODE", "OWNER", "TASK", "HOST:PID", "FENCE", "HELD", "LEASE LEFT", "LAST SEEN", "STATE"];
+const LOCK_HEADER: [&str; 10] = [
+    "KEY",
+    "MODE",
+    "OWNER",
+    "TASK",
+    "HOST:PID",
+    "FENCE",
+    "HELD",
+    "LEASE LEFT",
+    "LAST SEEN",
+    "STATE",
+];
 
 fn waiter_rows(ws: &[WaiterInfo]) -> Vec<Vec<String>> {
     ws.iter()
@@ -76,7 +87,11 @@ fn waiter_rows(ws: &[WaiterInfo]) -> Vec<Vec<String>> {
                 w.position.to_string(),
                 w.owner.clone(),
                 w.task.clone().unwrap_or_else(|| "-".into()),
-                format!("{}{}", w.mode, if w.scope == Scope::Tree { "+tree" } else { "" }),
+                format!(
+                    "{}{}",
+                    w.mode,
+                    if w.scope == Scope::Tree { "+tree" } else { "" }
+                ),
                 w.priority.to_string(),
                 format_duration(w.waited),
             ]
@@ -84,7 +99,9 @@ fn waiter_rows(ws: &[WaiterInfo]) -> Vec<Vec<String>> {
         .collect()
 }
 
-const WAITER_HEADER: [&str; 7] = ["KEY", "PLACE", "OWNER", "TASK", "MODE", "PRIORITY", "WAITING"];
+const WAITER_HEADER: [&str; 7] = [
+    "KEY", "PLACE", "OWNER", "TASK", "MODE", "PRIORITY", "WAITING",
+];
 
 /// Runs `status`.
 pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
@@ -108,7 +125,12 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
 
 /// Runs `list`.
 pub fn list(ctx: &Ctx, a: ListArgs) -> Result<(), Failure> {
-    let filter = ListFilter { owner: a.owner, prefix: a.prefix, unhealthy: a.stale, limit: a.limit };
+    let filter = ListFilter {
+        owner: a.owner,
+        prefix: a.prefix,
+        unhealthy: a.stale,
+        limit: a.limit,
+    };
     let store = ctx.store()?;
     if a.waiting {
         let ws = store.waiters(&filter)?;

@@ -1,0 +1,245 @@
+//! The `locksmith` binary as scripts use it: every exit code, `--json`
+//! output, and waiting across real processes, each test on its own store.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Env {
+    home: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env { home: tempfile::tempdir().unwrap() }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_locksmith"));
+        c.args(args)
+            .env("LOCKSMITH_HOME", self.home.path())
+            .env("LOCKSMITH_OWNER", "tester")
+            .env_remove("LOCKSMITH_STALE_AFTER")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(&[args, &["--json"]].concat());
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn acquire_json_has_the_promised_fields_and_release_frees() {
+    let env = Env::new();
+    let g = env.json(&["acquire", "repo/acme", "--ttl", "30s", "--task", "42"]);
+    for field in ["key", "fence", "handle", "owner", "expires_at"] {
+        assert!(g.get(field).is_some(), "missing {field} in {g}");
+    }
+    assert_eq!(g["key"], "repo/acme");
+    assert_eq!(g["owner"], "tester");
+    assert!(g["expires_at"].is_string());
+    let none = env.json(&["acquire", "task/1"]);
+    assert!(none["expires_at"].is_null(), "no lease: {none}");
+
+    let st = env.json(&["status", "repo/acme"]);
+    assert_eq!(st["holders"][0]["task"], "42");
+    assert_eq!(st["holders"][0]["health"], "healthy");
+    assert!(st["holders"][0].get("handle").is_none(), "status must not show handles");
+
+    let handle = g["handle"].as_str().unwrap();
+    let r = env.json(&["release", "repo/acme", "--handle", handle]);
+    assert_eq!(r["status"], "released");
+    let again = env.run(&["release", "repo/acme", "--handle", handle]);
+    assert_eq!(code(&again), 0, "releasing twice is fine: {}", stderr(&again));
+    assert_eq!(env.json(&["status", "repo/acme"])["free"], true);
+}
+
+#[test]
+fn several_keys_come_in_one_locks_array() {
+    let env = Env::new();
+    let g = env.json(&["acquire", "a/1", "a/2", "--ttl", "10s"]);
+    let locks = g["locks"].as_array().expect("locks array");
+    assert_eq!(locks.len(), 2);
+    assert!(locks[1]["fence"].as_u64() > locks[0]["fence"].as_u64());
+    for l in locks {
+        for field in ["key", "fence", "handle", "owner", "expires_at"] {
+            assert!(l.get(field).is_some(), "missing {field} in {l}");
+        }
+    }
+}
+
+#[test]
+fn exit_codes_busy_invalid_not_holder_lost() {
+    let env = Env::new();
+    assert_eq!(code(&env.run(&["acquire", "k", "--ttl", "5s"])), 0);
+    let busy = env.run(&["acquire", "k", "--owner", "other"]);
+    assert_eq!(code(&busy), 3);
+    assert!(stderr(&busy).contains("held by tester"), "{}", stderr(&busy));
+    let busy_json = env.json(&["acquire", "k", "--owner", "other"]);
+    assert_eq!(busy_json["error"], "busy");
+    assert_eq!(busy_json["holders"][0]["owner"], "tester");
+
+    let bad_key = env.run(&["acquire", "a//b"]);
+    assert_eq!(code(&bad_key), 2);
+    assert!(stderr(&bad_key).contains("segment 2 is empty"));
+    assert_eq!(code(&env.run(&["acquire", "x", "--ttl", "soon"])), 2);
+    assert_eq!(code(&env.run(&["acquire", "x", "--wait", "never"])), 2);
+    assert_eq!(code(&env.run(&["acquire"])), 2);
+    assert_eq!(code(&env.run(&["acquire", "x", "--force"])), 2, "--force needs --reason");
+    assert_eq!(code(&env.run(&["no-such-command"])), 2);
+
+    let wrong = env.run(&["release", "k", "--owner", "other"]);
+    assert_eq!(code(&wrong), 6);
+    assert_eq!(env.json(&["status", "k"])["holders"][0]["owner"], "tester", "wrong owner changed nothing");
+
+    assert_eq!(code(&env.run(&["release", "k"])), 0);
+    let lost = env.run(&["renew", "k"]);
+    assert_eq!(code(&lost), 7);
+    assert!(stderr(&lost).contains("completed"), "{}", stderr(&lost));
+}
+
+#[test]
+fn wait_times_out_with_code_4_and_leaves_no_waiter() {
+    let env = Env::new();
+    env.run(&["acquire", "k"]);
+    let started = Instant::now();
+    let out = env.run(&["acquire", "k", "--owner", "other", "--wait", "300ms"]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(env.json(&["list", "--waiting"]).as_array().unwrap().len(), 0);
+    let hist = env.json(&["history", "k", "--kind", "wait_timed_out"]);
+    assert_eq!(hist.as_array().unwrap().len(), 1);
+}
+
+fn wait_for_waiters(env: &Env, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.json(&["list", "--waiting"]).as_array().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "waiter never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn deadlock_is_refused_with_code_5_naming_the_cycle() {
+    let env = Env::new();
+    env.run(&["acquire", "k1", "--owner", "A"]);
+    env.run(&["acquire", "k2", "--owner", "B"]);
+    let a_waits = env.spawn(&["acquire", "k2", "--owner", "A", "--wait", "30s", "--json"]);
+    wait_for_waiters(&env, 1);
+    let out = env.run(&["acquire", "k1", "--owner", "B", "--wait", "10s", "--json"]);
+    assert_eq!(code(&out), 5, "{}", String::from_utf8_lossy(&out.stdout));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["error"], "deadlock");
+    assert_eq!(body["cycle"], serde_json::json!(["B", "A", "B"]));
+    // B gives way; A's wait completes.
+    assert_eq!(code(&env.run(&["release", "k2", "--owner", "B"])), 0);
+    let a = a_waits.wait_with_output().unwrap();
+    assert_eq!(code(&a), 0, "{}", stderr(&a));
+    let g: Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert_eq!(g["key"], "k2");
+}
+
+#[test]
+fn a_waiting_process_gets_the_lock_right_after_release() {
+    let env = Env::new();
+    env.run(&["acquire", "hand/over"]);
+    let waiter = env.spawn(&["acquire", "hand/over", "--owner", "next", "--wait", "30s", "--json"]);
+    wait_for_waiters(&env, 1);
+    let place = env.json(&["list", "--waiting"]);
+    assert_eq!(place[0]["position"], 1);
+    assert_eq!(place[0]["owner"], "next");
+    let released = Instant::now();
+    env.run(&["release", "hand/over"]);
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Woken by notification, not by the one-second re-check.
+    assert!(released.elapsed() < Duration::from_millis(900), "took {:?}", released.elapsed());
+    assert_eq!(env.json(&["status", "hand/over"])["holders"][0]["owner"], "next");
+}
+
+#[test]
+fn path_keys_are_canonical_directories() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("repo");
+    std::fs::create_dir(&sub).unwrap();
+    let twisted = format!("{}/repo/../repo/.", dir.path().display());
+    let g = env.json(&["acquire", "--path", &twisted]);
+    let canon = sub.canonicalize().unwrap();
+    assert_eq!(g["key"], canon.to_str().unwrap());
+    let st = env.json(&["status", "--path", sub.to_str().unwrap()]);
+    assert_eq!(st["free"], false);
+    let missing = env.run(&["acquire", "--path", "/no/such/dir"]);
+    assert_eq!(code(&missing), 2);
+}
+
+#[test]
+fn force_release_needs_a_reason_and_is_recorded() {
+    let env = Env::new();
+    env.run(&["acquire", "k", "--owner", "stuck"]);
+    assert_eq!(code(&env.run(&["force-release", "k"])), 2);
+    assert_eq!(code(&env.run(&["force-release", "k", "--reason", "agent crashed"])), 0);
+    let h = env.json(&["history", "k", "--kind", "forced"]);
+    assert_eq!(h[0]["reason"], "forced");
+    assert_eq!(h[0]["detail"]["reason"], "agent crashed");
+    let s = env.json(&["stats"]);
+    assert_eq!(s["releases"]["forced"], 1);
+}
+
+#[test]
+fn a_foreign_file_is_refused_with_code_1_and_left_untouched() {
+    let env = Env::new();
+    let db = env.home.path().join("locksmith.db");
+    std::fs::write(&db, b"these are somebody's notes, not a database\n").unwrap();
+    let out = env.run(&["acquire", "k"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("not a locksmith database"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&db).unwrap(), b"these are somebody's notes, not a database\n");
+    assert!(!Path::new(&format!("{}-wal", db.display())).exists());
+}
+
+#[test]
+fn config_shows_sources_and_example_parses() {
+    let env = Env::new();
+    std::fs::write(env.home.path().join("locksmith.toml"), "stale_after = \"10m\"\n").unwrap();
+    let out = env.cmd(&["config", "--json"]).env("LOCKSMITH_HISTORY_RETENTION", "7d").output().unwrap();
+    let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cfg["stale_after"]["value"], "10m");
+    assert!(cfg["stale_after"]["source"].as_str().unwrap().starts_with("file "));
+    assert_eq!(cfg["history_retention"]["value"], "7d");
+    assert_eq!(cfg["history_retention"]["source"], "env LOCKSMITH_HISTORY_RETENTION");
+    assert_eq!(cfg["durability"]["source"], "default");
+    let bad = env.cmd(&["config"]).env("LOCKSMITH_STALE_AFTER", "later").output().unwrap();
+    assert_eq!(code(&bad), 2);
+    assert!(stderr(&bad).contains("LOCKSMITH_STALE_AFTER"), "{}", stderr(&bad));
+    let example = env.run(&["config", "--example"]);
+    let text = String::from_utf8(example.stdout).unwrap();
+    let uncommented: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(env.home.path().join("locksmith.toml"), uncommented).unwrap();
+    assert_eq!(code(&env.run(&["config"])), 0, "the example, uncommented, is a valid file");
+}
