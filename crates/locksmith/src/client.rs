@@ -24,7 +24,9 @@ pub fn default_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(x).join("locksmith");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/locksmith")
 }
 
@@ -63,7 +65,9 @@ impl Client {
                 )));
             }
         };
-        Ok(Client::from_store(Arc::new(SqliteStore::open(&path, opts)?)))
+        Ok(Client::from_store(Arc::new(SqliteStore::open(
+            &path, opts,
+        )?)))
     }
 
     /// Wraps an already opened store.
@@ -124,7 +128,11 @@ impl LockBuilder {
     }
     /// Waits up to `d` for a busy lock (default: fail at once).
     pub fn wait(mut self, d: Duration) -> Self {
-        self.wait = if d.is_zero() { WaitPolicy::FailFast } else { WaitPolicy::For(d) };
+        self.wait = if d.is_zero() {
+            WaitPolicy::FailFast
+        } else {
+            WaitPolicy::For(d)
+        };
         self
     }
     /// Waits until granted.
@@ -205,7 +213,13 @@ impl LockBuilder {
     pub fn acquire_blocking(self) -> Result<Guard, Error> {
         let req = self.request()?;
         let cancel = AtomicBool::new(false);
-        let grant = wait::acquire(&*self.client.store, &req, self.wait, &cancel, &mut |_, _| {})?;
+        let grant = wait::acquire(
+            &*self.client.store,
+            &req,
+            self.wait,
+            &cancel,
+            &mut |_, _| {},
+        )?;
         Ok(Guard::start(self.client.store.clone(), grant))
     }
 
@@ -213,6 +227,10 @@ impl LockBuilder {
     pub async fn acquire(self) -> Result<Guard, Error> {
         tokio::task::spawn_blocking(move || self.acquire_blocking())
             .await
-            .map_err(|e| Error::Store(locksmith_core::StoreError::Backend(format!("acquire task failed: {e}"))))?
+            .map_err(|e| {
+                Error::Store(locksmith_core::StoreError::Backend(format!(
+                    "acquire task failed: {e}"
+                )))
+            })?
     }
 }

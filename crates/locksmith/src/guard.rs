@@ -55,7 +55,11 @@ impl Guard {
     }
     /// Every key with its fence, in request order.
     pub fn fences(&self) -> Vec<(Key, Fence)> {
-        self.grant.locks.iter().map(|l| (l.key.clone(), l.fence)).collect()
+        self.grant
+            .locks
+            .iter()
+            .map(|l| (l.key.clone(), l.fence))
+            .collect()
     }
     /// The lease handle (a secret: do not log it).
     pub fn handle(&self) -> &LeaseHandle {

@@ -1,0 +1,355 @@
+//! Many real processes on one store file: a stress run in mixed modes with
+//! a witness that proves no two conflicting holders overlapped, and a crash
+//! run that SIGKILLs processes while they acquire and release.
+//!
+//! Workers are this test binary started again on the ignored `worker` test,
+//! told what to do through the environment.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use locksmith::Client;
+
+const LOG: &str = "LOCKSMITH_TEST_LOG";
+const DB: &str = "LOCKSMITH_TEST_DB";
+const CYCLES: &str = "LOCKSMITH_TEST_CYCLES";
+const SEED: &str = "LOCKSMITH_TEST_SEED";
+const TTL_MS: &str = "LOCKSMITH_TEST_TTL_MS";
+const PLAN: &str = "LOCKSMITH_TEST_PLAN";
+
+fn mono_ns() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// (key, mode, tree) choices of the stress plan.
+const STRESS: &[(&str, &str, bool)] = &[
+    ("stress/x", "exclusive", false),
+    ("stress/s", "shared", false),
+    ("stress/s", "shared", false),
+    ("stress/s", "exclusive", false),
+    ("stress/sem", "semaphore", false),
+    ("stress/t", "exclusive", true),
+    ("stress/t/a", "exclusive", false),
+    ("stress/t/a", "exclusive", false),
+];
+
+fn append(log: &Path, line: &str) {
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .unwrap();
+    // One write per line: O_APPEND keeps lines whole and in order.
+    f.write_all(format!("{line}\n").as_bytes()).unwrap();
+}
+
+/// The witness of an exclusive key: a file that must read `free` on entry.
+fn witness_enter(path: &Path, me: &str) {
+    let seen = std::fs::read_to_string(path).unwrap_or_else(|_| "free".into());
+    assert_eq!(
+        seen,
+        "free",
+        "witness {} busy on entry of {me}",
+        path.display()
+    );
+    std::fs::write(path, me).unwrap();
+}
+
+fn witness_exit(path: &Path, me: &str) {
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        me,
+        "witness {} changed under {me}",
+        path.display()
+    );
+    std::fs::write(path, "free").unwrap();
+}
+
+#[test]
+#[ignore = "run by the process tests as a child"]
+fn worker() {
+    let Ok(log) = std::env::var(LOG) else { return };
+    let log = PathBuf::from(log);
+    let db = std::env::var(DB).unwrap();
+    let cycles: u64 = std::env::var(CYCLES).unwrap().parse().unwrap();
+    let mut rng = Rng(std::env::var(SEED).unwrap().parse().unwrap());
+    let ttl = Duration::from_millis(std::env::var(TTL_MS).unwrap().parse().unwrap());
+    let plan = std::env::var(PLAN).unwrap();
+    let client = Client::open(&format!("sqlite://{db}")).unwrap();
+    let pid = std::process::id();
+    let dir = log.parent().unwrap().to_path_buf();
+    for _ in 0..cycles {
+        let (key, mode, tree) = if plan == "stress" {
+            STRESS[rng.below(STRESS.len() as u64) as usize]
+        } else {
+            ("crash/k", "exclusive", false)
+        };
+        let mut b = client
+            .lock(key)
+            .ttl(ttl)
+            .wait(Duration::from_secs(60))
+            .owner(&format!("w{pid}"));
+        b = match mode {
+            "shared" => b.shared(),
+            "semaphore" => b.limit(2),
+            _ => b,
+        };
+        if tree {
+            b = b.tree();
+        }
+        let guard = b.acquire_blocking().unwrap();
+        let fence = guard.fence();
+        append(
+            &log,
+            &format!("enter {key} {mode} {tree} {fence} {pid} {}", mono_ns()),
+        );
+        let me = format!("{pid}/{fence}");
+        let witness = (mode == "exclusive").then(|| dir.join(key.replace('/', "_")));
+        if let Some(w) = &witness {
+            witness_enter(w, &me);
+        }
+        let work = rng.below(300);
+        let until = Instant::now() + Duration::from_micros(work);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        if let Some(w) = &witness {
+            witness_exit(w, &me);
+        }
+        append(
+            &log,
+            &format!("exit {key} {mode} {tree} {fence} {pid} {}", mono_ns()),
+        );
+        guard.release().unwrap();
+    }
+}
+
+fn spawn_worker(log: &Path, db: &Path, cycles: u64, seed: u64, ttl_ms: u64, plan: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "worker",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(LOG, log)
+        .env(DB, db)
+        .env(CYCLES, cycles.to_string())
+        .env(SEED, seed.to_string())
+        .env(TTL_MS, ttl_ms.to_string())
+        .env(PLAN, plan)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[derive(Debug, Clone)]
+struct Line {
+    enter: bool,
+    key: String,
+    mode: String,
+    tree: bool,
+    fence: u64,
+    pid: u32,
+    at_ns: u128,
+}
+
+fn read_log(log: &Path) -> Vec<Line> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Line {
+                enter: f[0] == "enter",
+                key: f[1].into(),
+                mode: f[2].into(),
+                tree: f[3] == "true",
+                fence: f[4].parse().unwrap(),
+                pid: f[5].parse().unwrap(),
+                at_ns: f[6].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// An independent oracle: may `new` be held while `old` is?
+fn compatible(new: &Line, old: &Line) -> bool {
+    let covers =
+        |t: &Line, k: &str| t.key == k || (t.tree && k.starts_with(&format!("{}/", t.key)));
+    if !(covers(new, &old.key) || covers(old, &new.key)) {
+        return true;
+    }
+    (new.mode == "shared" && old.mode == "shared")
+        || (new.mode == "semaphore" && old.mode == "semaphore" && new.key == old.key)
+}
+
+#[test]
+fn eight_processes_never_overlap_and_fences_rise() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let db = dir.path().join("locksmith.db");
+    // Create the store once so the workers do not all race to migrate.
+    drop(Client::open(&format!("sqlite://{}", db.display())).unwrap());
+    let workers: Vec<Child> = (0..8)
+        .map(|i| spawn_worker(&log, &db, 250, 0x9E37_79B9 + i * 7919, 30_000, "stress"))
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let lines = read_log(&log);
+    assert_eq!(
+        lines.len(),
+        8 * 250 * 2,
+        "every cycle logged enter and exit"
+    );
+    let mut active: Vec<Line> = Vec::new();
+    let mut last_fence: HashMap<String, u64> = HashMap::new();
+    let mut fences = HashSet::new();
+    let mut max_sem = 0;
+    for l in &lines {
+        if l.enter {
+            for a in &active {
+                assert!(compatible(l, a), "overlap: {l:?} entered while {a:?} held");
+            }
+            assert!(fences.insert(l.fence), "fence {} issued twice", l.fence);
+            if l.mode == "exclusive" {
+                let prev = last_fence.insert(l.key.clone(), l.fence).unwrap_or(0);
+                assert!(
+                    l.fence > prev,
+                    "fence of {} went from {prev} to {}",
+                    l.key,
+                    l.fence
+                );
+            }
+            active.push(l.clone());
+            max_sem = max_sem.max(active.iter().filter(|a| a.mode == "semaphore").count());
+        } else {
+            let i = active
+                .iter()
+                .position(|a| a.fence == l.fence)
+                .expect("exit without enter");
+            active.remove(i);
+        }
+    }
+    assert!(max_sem <= 2, "semaphore of 2 had {max_sem} holders");
+    assert!(active.is_empty());
+}
+
+#[test]
+fn sigkill_during_acquire_and_release_never_grants_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let db = dir.path().join("locksmith.db");
+    drop(Client::open(&format!("sqlite://{}", db.display())).unwrap());
+    let ttl_ms = 400;
+    let mut rng = Rng(0xDEAD_BEEF);
+    let mut workers: Vec<Child> = (0..8)
+        .map(|i| spawn_worker(&log, &db, 100_000, 11 + i, ttl_ms, "crash"))
+        .collect();
+    let mut killed: HashSet<u32> = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for round in 0..12u64 {
+        assert!(Instant::now() < deadline, "crash test ran out of time");
+        std::thread::sleep(Duration::from_millis(40 + rng.below(120)));
+        let i = rng.below(workers.len() as u64) as usize;
+        let victim = workers.remove(i);
+        let pid = victim.id();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        killed.insert(pid);
+        let mut victim = victim;
+        victim.wait().unwrap();
+        workers.push(spawn_worker(
+            &log,
+            &db,
+            100_000,
+            1000 + round,
+            ttl_ms,
+            "crash",
+        ));
+    }
+    for mut w in workers {
+        killed.insert(w.id());
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    // The file reopens cleanly and the lock comes back once the dead leases end.
+    let client = Client::open(&format!("sqlite://{}", db.display())).unwrap();
+    let guard = client
+        .lock("crash/k")
+        .wait(Duration::from_secs(10))
+        .acquire_blocking()
+        .unwrap();
+    let lines = read_log(&log);
+    let enters: Vec<&Line> = lines.iter().filter(|l| l.enter).collect();
+    assert!(
+        enters.len() > 20,
+        "the workers made progress ({} grants)",
+        enters.len()
+    );
+    let max_logged = enters.iter().map(|l| l.fence).max().unwrap();
+    assert!(
+        guard.fence().0 > max_logged,
+        "fences keep rising after the crashes"
+    );
+    // Replay: a new holder enters only after the previous one exited, or,
+    // if the previous one was killed holding it, after its lease ran out.
+    let mut holder: Option<&Line> = None;
+    let mut fence = 0;
+    for l in &lines {
+        if l.enter {
+            assert!(l.fence > fence, "fence went backwards at {l:?}");
+            fence = l.fence;
+            if let Some(prev) = holder {
+                assert!(
+                    killed.contains(&prev.pid),
+                    "{l:?} entered while live {prev:?} held the lock"
+                );
+                let gap = Duration::from_nanos((l.at_ns - prev.at_ns) as u64);
+                assert!(
+                    gap + Duration::from_millis(50) >= Duration::from_millis(ttl_ms),
+                    "{l:?} entered {gap:?} after killed {prev:?}, before its {ttl_ms}ms lease ran out"
+                );
+            }
+            holder = Some(l);
+        } else {
+            assert_eq!(
+                holder.map(|h| h.fence),
+                Some(l.fence),
+                "exit of a tenure that was not current: {l:?}"
+            );
+            holder = None;
+        }
+    }
+    guard.release().unwrap();
+}
