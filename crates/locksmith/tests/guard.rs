@@ -1,0 +1,62 @@
+//! The library guard: fences, background renewal, release on drop, and a
+//! loud `lost()` when the lock is taken away.
+
+use std::time::Duration;
+
+use locksmith::{Client, Error, ReleaseReason};
+
+fn client(dir: &tempfile::TempDir) -> Client {
+    Client::open(&format!("sqlite://{}/locksmith.db", dir.path().display())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_holds_renews_and_releases_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = client(&dir);
+    let b = client(&dir);
+    let guard = a.lock("lib/k").ttl(Duration::from_millis(300)).acquire().await.unwrap();
+    assert!(guard.fence().0 > 0);
+    // Well past the lease: only the background renewal keeps it held.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!guard.is_lost());
+    match b.lock("lib/k").acquire().await {
+        Err(Error::Busy(blocked)) => assert_eq!(blocked.holders[0].fence, guard.fence()),
+        other => panic!("expected busy, got {:?}", other.map(|g| g.fence())),
+    }
+    let fence = guard.fence();
+    drop(guard);
+    let next = b.lock("lib/k").acquire().await.unwrap();
+    assert!(next.fence() > fence);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_resolves_when_the_lock_is_forced_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = client(&dir);
+    let guard = a.lock("lib/lost").ttl(Duration::from_millis(300)).acquire().await.unwrap();
+    let key = locksmith::Key::new("lib/lost").unwrap();
+    a.store().force_release(&key, "test").unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost()).await.expect("lost() resolved");
+    assert_eq!(reason, Some(ReleaseReason::Forced));
+    assert!(guard.is_lost());
+}
+
+#[test]
+fn blocking_wrapper_and_several_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = client(&dir);
+    let g = a.lock("multi/1").and("multi/2").acquire_blocking().unwrap();
+    let fences = g.fences();
+    assert_eq!(fences.len(), 2);
+    assert!(fences[1].1 > fences[0].1);
+    assert!(matches!(a.lock("multi/2").owner("other").acquire_blocking(), Err(Error::Busy(_))));
+    g.release().unwrap();
+    let waited = a.lock("multi/2").wait(Duration::from_millis(100)).acquire_blocking().unwrap();
+    assert!(waited.fence() > fences[1].1);
+}
+
+#[test]
+fn unknown_url_schemes_list_the_accepted_ones() {
+    let err = Client::open("redis://localhost").err().expect("refused");
+    assert!(err.to_string().contains("sqlite:///"), "{err}");
+}
