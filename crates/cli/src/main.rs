@@ -49,6 +49,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Acquire(cmd::acquire::Args),
+    Run(cmd::run::Args),
     Release(cmd::release::ReleaseArgs),
     Renew(cmd::release::RenewArgs),
     Status(cmd::status::StatusArgs),
@@ -57,6 +58,8 @@ enum Command {
     ForceRelease(cmd::release::ForceArgs),
     Stats(cmd::history::StatsArgs),
     Config(cmd::config::Args),
+    #[command(name = "__exec", hide = true)]
+    Exec(cmd::run::ExecArgs),
 }
 
 /// A command's failure with its exit code.
@@ -145,6 +148,8 @@ fn main() -> ExitCode {
             let ctx = Ctx { json, config };
             match cli.command {
                 Command::Acquire(a) => cmd::acquire::run(&ctx, a),
+                Command::Run(a) => cmd::run::run(&ctx, a),
+                Command::Exec(a) => cmd::run::exec(a),
                 Command::Release(a) => cmd::release::release(&ctx, a),
                 Command::Renew(a) => cmd::release::renew(&ctx, a),
                 Command::Status(a) => cmd::status::status(&ctx, a),
@@ -166,7 +171,7 @@ fn main() -> ExitCode {
                     obj.extend(extra);
                 }
                 println!("{body}");
-            } else {
+            } else if !f.message.is_empty() {
                 eprintln!("locksmith: {}", f.message);
             }
             ExitCode::from(f.code)

@@ -13,7 +13,9 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        Env { home: tempfile::tempdir().unwrap() }
+        Env {
+            home: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -31,7 +33,11 @@ impl Env {
     }
 
     fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -65,13 +71,21 @@ fn acquire_json_has_the_promised_fields_and_release_frees() {
     let st = env.json(&["status", "repo/acme"]);
     assert_eq!(st["holders"][0]["task"], "42");
     assert_eq!(st["holders"][0]["health"], "healthy");
-    assert!(st["holders"][0].get("handle").is_none(), "status must not show handles");
+    assert!(
+        st["holders"][0].get("handle").is_none(),
+        "status must not show handles"
+    );
 
     let handle = g["handle"].as_str().unwrap();
     let r = env.json(&["release", "repo/acme", "--handle", handle]);
     assert_eq!(r["status"], "released");
     let again = env.run(&["release", "repo/acme", "--handle", handle]);
-    assert_eq!(code(&again), 0, "releasing twice is fine: {}", stderr(&again));
+    assert_eq!(
+        code(&again),
+        0,
+        "releasing twice is fine: {}",
+        stderr(&again)
+    );
     assert_eq!(env.json(&["status", "repo/acme"])["free"], true);
 }
 
@@ -95,7 +109,11 @@ fn exit_codes_busy_invalid_not_holder_lost() {
     assert_eq!(code(&env.run(&["acquire", "k", "--ttl", "5s"])), 0);
     let busy = env.run(&["acquire", "k", "--owner", "other"]);
     assert_eq!(code(&busy), 3);
-    assert!(stderr(&busy).contains("held by tester"), "{}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains("held by tester"),
+        "{}",
+        stderr(&busy)
+    );
     let busy_json = env.json(&["acquire", "k", "--owner", "other"]);
     assert_eq!(busy_json["error"], "busy");
     assert_eq!(busy_json["holders"][0]["owner"], "tester");
@@ -106,12 +124,20 @@ fn exit_codes_busy_invalid_not_holder_lost() {
     assert_eq!(code(&env.run(&["acquire", "x", "--ttl", "soon"])), 2);
     assert_eq!(code(&env.run(&["acquire", "x", "--wait", "never"])), 2);
     assert_eq!(code(&env.run(&["acquire"])), 2);
-    assert_eq!(code(&env.run(&["acquire", "x", "--force"])), 2, "--force needs --reason");
+    assert_eq!(
+        code(&env.run(&["acquire", "x", "--force"])),
+        2,
+        "--force needs --reason"
+    );
     assert_eq!(code(&env.run(&["no-such-command"])), 2);
 
     let wrong = env.run(&["release", "k", "--owner", "other"]);
     assert_eq!(code(&wrong), 6);
-    assert_eq!(env.json(&["status", "k"])["holders"][0]["owner"], "tester", "wrong owner changed nothing");
+    assert_eq!(
+        env.json(&["status", "k"])["holders"][0]["owner"],
+        "tester",
+        "wrong owner changed nothing"
+    );
 
     assert_eq!(code(&env.run(&["release", "k"])), 0);
     let lost = env.run(&["renew", "k"]);
@@ -127,7 +153,10 @@ fn wait_times_out_with_code_4_and_leaves_no_waiter() {
     let out = env.run(&["acquire", "k", "--owner", "other", "--wait", "300ms"]);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(env.json(&["list", "--waiting"]).as_array().unwrap().len(), 0);
+    assert_eq!(
+        env.json(&["list", "--waiting"]).as_array().unwrap().len(),
+        0
+    );
     let hist = env.json(&["history", "k", "--kind", "wait_timed_out"]);
     assert_eq!(hist.as_array().unwrap().len(), 1);
 }
@@ -164,7 +193,15 @@ fn deadlock_is_refused_with_code_5_naming_the_cycle() {
 fn a_waiting_process_gets_the_lock_right_after_release() {
     let env = Env::new();
     env.run(&["acquire", "hand/over"]);
-    let waiter = env.spawn(&["acquire", "hand/over", "--owner", "next", "--wait", "30s", "--json"]);
+    let waiter = env.spawn(&[
+        "acquire",
+        "hand/over",
+        "--owner",
+        "next",
+        "--wait",
+        "30s",
+        "--json",
+    ]);
     wait_for_waiters(&env, 1);
     let place = env.json(&["list", "--waiting"]);
     assert_eq!(place[0]["position"], 1);
@@ -174,8 +211,15 @@ fn a_waiting_process_gets_the_lock_right_after_release() {
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // Woken by notification, not by the one-second re-check.
-    assert!(released.elapsed() < Duration::from_millis(900), "took {:?}", released.elapsed());
-    assert_eq!(env.json(&["status", "hand/over"])["holders"][0]["owner"], "next");
+    assert!(
+        released.elapsed() < Duration::from_millis(900),
+        "took {:?}",
+        released.elapsed()
+    );
+    assert_eq!(
+        env.json(&["status", "hand/over"])["holders"][0]["owner"],
+        "next"
+    );
 }
 
 #[test]
@@ -199,7 +243,10 @@ fn force_release_needs_a_reason_and_is_recorded() {
     let env = Env::new();
     env.run(&["acquire", "k", "--owner", "stuck"]);
     assert_eq!(code(&env.run(&["force-release", "k"])), 2);
-    assert_eq!(code(&env.run(&["force-release", "k", "--reason", "agent crashed"])), 0);
+    assert_eq!(
+        code(&env.run(&["force-release", "k", "--reason", "agent crashed"])),
+        0
+    );
     let h = env.json(&["history", "k", "--kind", "forced"]);
     assert_eq!(h[0]["reason"], "forced");
     assert_eq!(h[0]["detail"]["reason"], "agent crashed");
@@ -214,25 +261,56 @@ fn a_foreign_file_is_refused_with_code_1_and_left_untouched() {
     std::fs::write(&db, b"these are somebody's notes, not a database\n").unwrap();
     let out = env.run(&["acquire", "k"]);
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("not a locksmith database"), "{}", stderr(&out));
-    assert_eq!(std::fs::read(&db).unwrap(), b"these are somebody's notes, not a database\n");
+    assert!(
+        stderr(&out).contains("not a locksmith database"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"these are somebody's notes, not a database\n"
+    );
     assert!(!Path::new(&format!("{}-wal", db.display())).exists());
 }
 
 #[test]
 fn config_shows_sources_and_example_parses() {
     let env = Env::new();
-    std::fs::write(env.home.path().join("locksmith.toml"), "stale_after = \"10m\"\n").unwrap();
-    let out = env.cmd(&["config", "--json"]).env("LOCKSMITH_HISTORY_RETENTION", "7d").output().unwrap();
+    std::fs::write(
+        env.home.path().join("locksmith.toml"),
+        "stale_after = \"10m\"\n",
+    )
+    .unwrap();
+    let out = env
+        .cmd(&["config", "--json"])
+        .env("LOCKSMITH_HISTORY_RETENTION", "7d")
+        .output()
+        .unwrap();
     let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cfg["stale_after"]["value"], "10m");
-    assert!(cfg["stale_after"]["source"].as_str().unwrap().starts_with("file "));
+    assert!(
+        cfg["stale_after"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("file ")
+    );
     assert_eq!(cfg["history_retention"]["value"], "7d");
-    assert_eq!(cfg["history_retention"]["source"], "env LOCKSMITH_HISTORY_RETENTION");
+    assert_eq!(
+        cfg["history_retention"]["source"],
+        "env LOCKSMITH_HISTORY_RETENTION"
+    );
     assert_eq!(cfg["durability"]["source"], "default");
-    let bad = env.cmd(&["config"]).env("LOCKSMITH_STALE_AFTER", "later").output().unwrap();
+    let bad = env
+        .cmd(&["config"])
+        .env("LOCKSMITH_STALE_AFTER", "later")
+        .output()
+        .unwrap();
     assert_eq!(code(&bad), 2);
-    assert!(stderr(&bad).contains("LOCKSMITH_STALE_AFTER"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("LOCKSMITH_STALE_AFTER"),
+        "{}",
+        stderr(&bad)
+    );
     let example = env.run(&["config", "--example"]);
     let text = String::from_utf8(example.stdout).unwrap();
     let uncommented: String = text
@@ -241,5 +319,9 @@ fn config_shows_sources_and_example_parses() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(env.home.path().join("locksmith.toml"), uncommented).unwrap();
-    assert_eq!(code(&env.run(&["config"])), 0, "the example, uncommented, is a valid file");
+    assert_eq!(
+        code(&env.run(&["config"])),
+        0,
+        "the example, uncommented, is a valid file"
+    );
 }

@@ -29,7 +29,9 @@ pub enum KeyError {
     #[error("invalid key {0:?}: it contains a control character")]
     Control(String),
     /// The key has an empty, `.` or `..` segment.
-    #[error("invalid key {key:?}: segment {segment} is {what}; segments are separated by a single '/' and may not be '.' or '..'")]
+    #[error(
+        "invalid key {key:?}: segment {segment} is {what}; segments are separated by a single '/' and may not be '.' or '..'"
+    )]
     Segment {
         /// The refused key.
         key: String,
@@ -170,13 +172,22 @@ mod tests {
     #[test]
     fn refuses_bad_keys_with_reasons() {
         assert_eq!(Key::new(""), Err(KeyError::Empty));
-        assert!(matches!(Key::new("a//b"), Err(KeyError::Segment { segment: 2, .. })));
+        assert!(matches!(
+            Key::new("a//b"),
+            Err(KeyError::Segment { segment: 2, .. })
+        ));
         assert!(matches!(Key::new("a/"), Err(KeyError::Segment { .. })));
-        assert!(matches!(Key::new("a/../b"), Err(KeyError::Segment { what: "'..'", .. })));
+        assert!(matches!(
+            Key::new("a/../b"),
+            Err(KeyError::Segment { what: "'..'", .. })
+        ));
         assert!(matches!(Key::new("./a"), Err(KeyError::Segment { .. })));
         assert!(matches!(Key::new("/"), Err(KeyError::Segment { .. })));
         assert!(matches!(Key::new("a\nb"), Err(KeyError::Control(_))));
-        assert!(matches!(Key::new("x".repeat(513)), Err(KeyError::TooLong(513))));
+        assert!(matches!(
+            Key::new("x".repeat(513)),
+            Err(KeyError::TooLong(513))
+        ));
         assert!(Key::new("x".repeat(512)).is_ok());
         let msg = Key::new("a//b").unwrap_err().to_string();
         assert!(msg.contains("segment 2 is empty"), "{msg}");
@@ -188,13 +199,20 @@ mod tests {
         assert_eq!(k.ancestors(), vec!["a", "a/b"]);
         assert_eq!(Key::new("/srv/x").unwrap().ancestors(), vec!["/srv"]);
         assert!(k.is_at_or_below(&Key::new("a/b").unwrap()));
-        assert!(!Key::new("a/bc").unwrap().is_at_or_below(&Key::new("a/b").unwrap()));
+        assert!(
+            !Key::new("a/bc")
+                .unwrap()
+                .is_at_or_below(&Key::new("a/b").unwrap())
+        );
         let (lo, hi) = Key::new("a/b").unwrap().descendant_range();
         for inside in ["a/b/c", "a/b/~", "a/b/ü"] {
             assert!(lo.as_str() <= inside && inside < hi.as_str(), "{inside}");
         }
         for outside in ["a/b", "a/bc", "a/b.", "a/b0"] {
-            assert!(!(lo.as_str() <= outside && outside < hi.as_str()), "{outside}");
+            assert!(
+                !(lo.as_str() <= outside && outside < hi.as_str()),
+                "{outside}"
+            );
         }
     }
 

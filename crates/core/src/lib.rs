@@ -13,7 +13,8 @@ pub mod wait;
 
 pub use key::{Key, KeyError};
 pub use model::{
-    Event, EventKind, Fence, Health, HeldLock, Holder, LeaseHandle, Mode, ReleaseReason, Scope,
+    Binding, Event, EventKind, Fence, Health, HeldLock, Holder, LeaseHandle, Mode, ReleaseReason,
+    Scope,
 };
 pub use store::{
     AcquireRequest, Attempt, Blocked, Grant, GrantedLock, KeyStatus, LockInfo, Proof, Release,

@@ -160,6 +160,20 @@ pub struct Holder {
     pub pid_start: Option<u64>,
 }
 
+/// What ties a lock to a live process on this machine: when the process is
+/// gone the lock is freed (`dead_process`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The bound process.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot, so a reused pid does not count.
+    pub start: Option<u64>,
+    /// A file the process holds an exclusive kernel lock on for its whole
+    /// life; the kernel drops the lock when the process dies, which is the
+    /// proof of death. `None` binds by pid and start time alone.
+    pub life_file: Option<String>,
+}
+
 /// Largest metadata object accepted, in bytes of JSON.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
@@ -358,6 +372,8 @@ pub struct HeldLock {
     pub max_hold: Option<Duration>,
     /// Idempotency id of the request that made it.
     pub request_id: Option<String>,
+    /// The process this tenure is bound to, if any.
+    pub bind: Option<Binding>,
 }
 
 /// A lock's health as shown by `status` and `list`.

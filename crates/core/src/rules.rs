@@ -32,7 +32,9 @@ pub fn overlaps(a: &Claim, b: &Claim) -> bool {
 
 /// A semaphore asked for with another slot count than the one its key is held with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the key is held as a semaphore of {held} slots but this request asks for {asked}; use --limit {held}")]
+#[error(
+    "the key is held as a semaphore of {held} slots but this request asks for {asked}; use --limit {held}"
+)]
 pub struct LimitMismatch {
     /// Slots of the held semaphore.
     pub held: u32,
@@ -129,10 +131,7 @@ pub fn is_ahead(other: (i32, i64), me: (i32, i64)) -> bool {
 /// the cycle as owners, `start` first and last (`a → b → a`). Self-edges are
 /// ignored: an owner name may be shared by independent workers, and one of
 /// them releasing frees the other.
-pub fn find_cycle(
-    start: &str,
-    mut edges: impl FnMut(&str) -> Vec<String>,
-) -> Option<Vec<String>> {
+pub fn find_cycle(start: &str, mut edges: impl FnMut(&str) -> Vec<String>) -> Option<Vec<String>> {
     let mut parent: HashMap<String, String> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::from([start.to_string()]);
     let mut stack = vec![start.to_string()];

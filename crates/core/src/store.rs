@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::key::{Key, KeyError};
-use crate::model::{Event, EventKind, Fence, Health, Holder, LeaseHandle, Mode, ReleaseReason, Scope};
+use crate::model::{
+    Binding, Event, EventKind, Fence, Health, Holder, LeaseHandle, Mode, ReleaseReason, Scope,
+};
 use crate::rules::LimitMismatch;
 use crate::time::{Mono, Now, Wall};
 
@@ -46,6 +48,8 @@ pub struct AcquireRequest {
     pub takeover: Takeover,
     /// Idempotency id: a repeat of a granted request returns the same grant.
     pub request_id: Option<String>,
+    /// Bind the locks to a live process: freed when it dies.
+    pub bind: Option<Binding>,
 }
 
 /// One key of a grant.
@@ -88,6 +92,10 @@ pub struct Blocked {
     /// The earliest instant a holder in the way runs out by itself.
     #[serde(skip)]
     pub retry_at: Option<Mono>,
+    /// Proofs of life of process-bound holders in the way, for the waiter's
+    /// wake source to watch (see [`WakeSource::watch`]).
+    #[serde(skip)]
+    pub watch: Vec<String>,
 }
 
 /// The answer to one acquire attempt.
@@ -105,6 +113,9 @@ pub trait WakeSource: Send {
     fn address(&self) -> &str;
     /// Blocks until notified or `timeout` passes; true when notified.
     fn wait(&mut self, timeout: Duration) -> bool;
+    /// Also wake when one of these holders dies (addresses from
+    /// [`Blocked::watch`]); stores without such proofs ignore it.
+    fn watch(&mut self, _targets: &[String]) {}
 }
 
 /// A request's place in the queue, across its attempts.
@@ -342,7 +353,9 @@ pub enum StoreError {
         cycle: Vec<String>,
     },
     /// The caller is not the holder.
-    #[error("not the holder: {key} is held by {holders}; pass the lease handle (--handle) or the right --owner")]
+    #[error(
+        "not the holder: {key} is held by {holders}; pass the lease handle (--handle) or the right --owner"
+    )]
     NotHolder {
         /// The key.
         key: Key,
@@ -398,6 +411,14 @@ pub trait Store: Send + Sync {
     fn stats(&self) -> Result<Stats, StoreError>;
     /// The store's clock.
     fn now(&self) -> Now;
+    /// A binding of the calling process whose death the store can prove at
+    /// once, or `None` where the store has no such proof.
+    fn bind_current_process(&self) -> Result<Option<Binding>, StoreError> {
+        Ok(None)
+    }
+    /// Ends the tenure `fence` of `key` with `reason` if it is still held and
+    /// the reason still holds now (the sweeper's second look); true when ended.
+    fn reap(&self, key: &Key, fence: Fence, reason: ReleaseReason) -> Result<bool, StoreError>;
 }
 
 /// Serde helpers: durations as whole milliseconds.

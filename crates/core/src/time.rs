@@ -19,7 +19,10 @@ pub struct Mono(pub u64);
 impl Mono {
     /// `self + d`, saturating.
     pub fn plus(self, d: Duration) -> Mono {
-        Mono(self.0.saturating_add(d.as_micros().min(u64::MAX as u128) as u64))
+        Mono(
+            self.0
+                .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
+        )
     }
     /// Time from `earlier` to `self`, zero if `earlier` is later.
     pub fn since(self, earlier: Mono) -> Duration {
@@ -141,7 +144,9 @@ impl Clock for ManualClock {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let bad = || {
-        format!("invalid duration {text:?}: use a number with a unit, e.g. 500ms, 30s, 5m, 1h30m, 2d")
+        format!(
+            "invalid duration {text:?}: use a number with a unit, e.g. 500ms, 30s, 5m, 1h30m, 2d"
+        )
     };
     if t.is_empty() {
         return Err(bad());
@@ -158,7 +163,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -209,7 +216,10 @@ mod tests {
     #[test]
     fn wall_formats_as_rfc3339() {
         assert_eq!(Wall(0).rfc3339(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(Wall(1_700_000_000_123).rfc3339(), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            Wall(1_700_000_000_123).rfc3339(),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 
     #[test]

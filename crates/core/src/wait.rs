@@ -5,7 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::store::{AcquireRequest, Attempt, Blocked, Grant, LeaveReason, Store, StoreError, Waiter};
+use crate::store::{
+    AcquireRequest, Attempt, Blocked, Grant, LeaveReason, Store, StoreError, Waiter,
+};
 
 /// How long to wait for a busy lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -91,6 +93,7 @@ pub fn acquire(
             }
         };
         on_blocked(&blocked, started.elapsed());
+        waiter.wake.watch(&blocked.watch);
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             store.leave_queue(&waiter, LeaveReason::TimedOut)?;

@@ -95,6 +95,7 @@ impl Client {
             priority: 0,
             max_hold: None,
             request_id: None,
+            bind: true,
         }
     }
 }
@@ -113,6 +114,7 @@ pub struct LockBuilder {
     priority: i32,
     max_hold: Option<Duration>,
     request_id: Option<String>,
+    bind: bool,
 }
 
 impl LockBuilder {
@@ -180,6 +182,13 @@ impl LockBuilder {
         self.max_hold = Some(d);
         self
     }
+    /// Do not bind the lock to this process: only the lease (and release)
+    /// ends it. By default a guard's locks are freed the moment this process
+    /// dies, whatever the lease has left.
+    pub fn unbound(mut self) -> Self {
+        self.bind = false;
+        self
+    }
     /// Idempotency id for retries.
     pub fn request_id(mut self, id: &str) -> Self {
         self.request_id = Some(id.to_string());
@@ -206,6 +215,11 @@ impl LockBuilder {
             priority: self.priority,
             takeover: Takeover::None,
             request_id: self.request_id.clone(),
+            bind: if self.bind {
+                self.client.store.bind_current_process()?
+            } else {
+                None
+            },
         })
     }
 

@@ -28,7 +28,9 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub(crate) fn start(store: Arc<dyn Store>, grant: Grant) -> Guard {
+    /// Takes charge of a grant made through the store directly: renews it
+    /// in the background (when it has a lease) and releases it on drop.
+    pub fn start(store: Arc<dyn Store>, grant: Grant) -> Guard {
         let (tx, rx) = watch::channel(State::Held);
         let (stop, stopped) = mpsc::channel();
         let renewer = grant.ttl.map(|ttl| {
@@ -146,6 +148,16 @@ fn renew_loop(
         match stopped.recv_timeout(every) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
+        }
+        // The client's own deadline: after a pause (SIGSTOP, a suspended VM)
+        // the lease may have run out on the store's clock; say so before
+        // anything else is done under a lock that may belong to another.
+        if last_good.elapsed() >= ttl {
+            let _ = state.send(State::Lost(Some(ReleaseReason::LeaseExpired)));
+            if let Ok(Renewal::Lost { reason, .. }) = store.renew(target, None) {
+                let _ = state.send(State::Lost(reason));
+            }
+            return;
         }
         let started = Instant::now();
         match store.renew(target, None) {

@@ -14,7 +14,12 @@ async fn guard_holds_renews_and_releases_on_drop() {
     let dir = tempfile::tempdir().unwrap();
     let a = client(&dir);
     let b = client(&dir);
-    let guard = a.lock("lib/k").ttl(Duration::from_millis(300)).acquire().await.unwrap();
+    let guard = a
+        .lock("lib/k")
+        .ttl(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap();
     assert!(guard.fence().0 > 0);
     // Well past the lease: only the background renewal keeps it held.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -33,10 +38,17 @@ async fn guard_holds_renews_and_releases_on_drop() {
 async fn lost_resolves_when_the_lock_is_forced_away() {
     let dir = tempfile::tempdir().unwrap();
     let a = client(&dir);
-    let guard = a.lock("lib/lost").ttl(Duration::from_millis(300)).acquire().await.unwrap();
+    let guard = a
+        .lock("lib/lost")
+        .ttl(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap();
     let key = locksmith::Key::new("lib/lost").unwrap();
     a.store().force_release(&key, "test").unwrap();
-    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost()).await.expect("lost() resolved");
+    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("lost() resolved");
     assert_eq!(reason, Some(ReleaseReason::Forced));
     assert!(guard.is_lost());
 }
@@ -49,9 +61,16 @@ fn blocking_wrapper_and_several_keys() {
     let fences = g.fences();
     assert_eq!(fences.len(), 2);
     assert!(fences[1].1 > fences[0].1);
-    assert!(matches!(a.lock("multi/2").owner("other").acquire_blocking(), Err(Error::Busy(_))));
+    assert!(matches!(
+        a.lock("multi/2").owner("other").acquire_blocking(),
+        Err(Error::Busy(_))
+    ));
     g.release().unwrap();
-    let waited = a.lock("multi/2").wait(Duration::from_millis(100)).acquire_blocking().unwrap();
+    let waited = a
+        .lock("multi/2")
+        .wait(Duration::from_millis(100))
+        .acquire_blocking()
+        .unwrap();
     assert!(waited.fence() > fences[1].1);
 }
 

@@ -30,13 +30,18 @@ pub(crate) fn validate(req: &AcquireRequest) -> Result<(), StoreError> {
         return invalid("no key given: name at least one key".into());
     }
     if req.keys.len() > MAX_KEYS {
-        return invalid(format!("{} keys in one request; the limit is {MAX_KEYS}", req.keys.len()));
+        return invalid(format!(
+            "{} keys in one request; the limit is {MAX_KEYS}",
+            req.keys.len()
+        ));
     }
     for (i, a) in req.keys.iter().enumerate() {
         for b in &req.keys[i + 1..] {
             let (ca, cb) = (claim(a, req.mode, req.scope), claim(b, req.mode, req.scope));
             if rules::overlaps(&ca, &cb) {
-                return invalid(format!("keys {a} and {b} overlap in one request; name each lock once"));
+                return invalid(format!(
+                    "keys {a} and {b} overlap in one request; name each lock once"
+                ));
             }
         }
     }
@@ -47,7 +52,9 @@ pub(crate) fn validate(req: &AcquireRequest) -> Result<(), StoreError> {
         return invalid(format!("the owner name must be 1 to {MAX_TEXT} bytes"));
     }
     for (what, v) in [("task", &req.holder.task), ("request id", &req.request_id)] {
-        if v.as_ref().is_some_and(|t| t.is_empty() || t.len() > MAX_TEXT) {
+        if v.as_ref()
+            .is_some_and(|t| t.is_empty() || t.len() > MAX_TEXT)
+        {
             return invalid(format!("the {what} must be 1 to {MAX_TEXT} bytes"));
         }
     }
@@ -57,7 +64,9 @@ pub(crate) fn validate(req: &AcquireRequest) -> Result<(), StoreError> {
         }
         let size = meta.to_string().len();
         if size > MAX_METADATA_BYTES {
-            return invalid(format!("metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}"));
+            return invalid(format!(
+                "metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}"
+            ));
         }
     }
     if req.ttl.is_some_and(|t| t.as_millis() < 100) {
@@ -119,7 +128,11 @@ pub(crate) fn queue_touching(
         }
         Ok(())
     };
-    by_key("SELECT key, seq, scope FROM queue_keys WHERE key = ?1", key.as_str(), None)?;
+    by_key(
+        "SELECT key, seq, scope FROM queue_keys WHERE key = ?1",
+        key.as_str(),
+        None,
+    )?;
     for anc in key.ancestors() {
         by_key(
             "SELECT key, seq, scope FROM queue_keys WHERE key = ?1 AND scope = 'tree'",
@@ -158,20 +171,26 @@ pub(crate) fn queue_touching(
             })
             .optional()
             .map_err(map_err)?;
-        let Some((priority, mode, slots, owner, boot, pid, pid_start, alive_until, wake)) = row else {
+        let Some((priority, mode, slots, owner, boot, pid, pid_start, alive_until, wake)) = row
+        else {
             continue;
         };
         let gone = alive_until <= ctx.now.mono.0 as i64
             || (boot == ctx.host.boot_id
                 && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false));
         if gone {
-            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq]).map_err(map_err)?;
+            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+                .map_err(map_err)?;
             continue;
         }
-        let (Some(mode), Some(scope), Ok(key)) =
-            (Mode::from_parts(&mode, slots), Scope::from_name(&sc), Key::new(k))
-        else {
-            return Err(StoreError::Corrupt(format!("queue entry {seq} of the lock database is malformed")));
+        let (Some(mode), Some(scope), Ok(key)) = (
+            Mode::from_parts(&mode, slots),
+            Scope::from_name(&sc),
+            Key::new(k),
+        ) else {
+            return Err(StoreError::Corrupt(format!(
+                "queue entry {seq} of the lock database is malformed"
+            )));
         };
         out.push(Queued {
             seq,
@@ -205,6 +224,19 @@ fn live_holds(
             }
             match rules::ended(&row.lock, ctx.now.mono) {
                 Some(reason) => end_hold(tx, ctx.now, &row, EventKind::Expired, reason, None)?,
+                None if rows::process_alive(&row.lock, ctx.host) == Some(false) => {
+                    end_hold(
+                        tx,
+                        ctx.now,
+                        &row,
+                        EventKind::Reaped,
+                        ReleaseReason::DeadProcess,
+                        None,
+                    )?;
+                    if let Some(b) = &row.lock.bind {
+                        crate::life::remove_dead(b);
+                    }
+                }
                 None => live.push(row),
             }
         }
@@ -213,7 +245,10 @@ fn live_holds(
 }
 
 /// Holds that stop `req` from being granted, each once.
-fn hold_blockers<'h>(req: &AcquireRequest, holds: &'h [HoldRow]) -> Result<Vec<&'h HoldRow>, StoreError> {
+fn hold_blockers<'h>(
+    req: &AcquireRequest,
+    holds: &'h [HoldRow],
+) -> Result<Vec<&'h HoldRow>, StoreError> {
     let mut out: Vec<&HoldRow> = Vec::new();
     for key in &req.keys {
         for b in rules::blockers(&claim(key, req.mode, req.scope), holds, |h| {
@@ -275,17 +310,32 @@ pub(crate) fn run(
         Takeover::Force { reason } => {
             for b in blockers.drain(..) {
                 let detail = json!({ "reason": reason, "by": req.holder.owner });
-                end_hold(tx, now, b, EventKind::Forced, ReleaseReason::Forced, Some(detail))?;
+                end_hold(
+                    tx,
+                    now,
+                    b,
+                    EventKind::Forced,
+                    ReleaseReason::Forced,
+                    Some(detail),
+                )?;
             }
         }
         Takeover::StealStale if !blockers.is_empty() => {
             let all_stale = blockers.iter().all(|b| {
-                rows::lock_info(&b.lock, now, ctx.opts.stale_after, ctx.host).health != Health::Healthy
+                rows::lock_info(&b.lock, now, ctx.opts.stale_after, ctx.host).health
+                    != Health::Healthy
             });
             if all_stale {
                 for b in blockers.drain(..) {
                     let detail = json!({ "by": req.holder.owner });
-                    end_hold(tx, now, b, EventKind::Stolen, ReleaseReason::Stolen, Some(detail))?;
+                    end_hold(
+                        tx,
+                        now,
+                        b,
+                        EventKind::Stolen,
+                        ReleaseReason::Stolen,
+                        Some(detail),
+                    )?;
                 }
             }
         }
@@ -299,7 +349,8 @@ pub(crate) fn run(
     };
     if blockers.is_empty() && ahead.is_empty() {
         if let Some(seq) = my_seq {
-            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq]).map_err(map_err)?;
+            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+                .map_err(map_err)?;
         }
         let grant = grant(tx, ctx, req)?;
         return Ok((Ok(Attempt::Granted(grant)), Vec::new()));
@@ -322,35 +373,50 @@ pub(crate) fn run(
         waiters_ahead: ahead.len(),
         position: None,
         retry_at,
+        watch: blockers
+            .iter()
+            .filter_map(|b| b.lock.bind.as_ref()?.life_file.clone())
+            .collect(),
     };
     let Some(waiter) = queue else {
         return Ok((Ok(Attempt::Blocked(blocked)), Vec::new()));
     };
-    let mut waits_for: HashSet<String> = blockers.iter().map(|b| b.lock.holder.owner.clone()).collect();
+    let mut waits_for: HashSet<String> = blockers
+        .iter()
+        .map(|b| b.lock.holder.owner.clone())
+        .collect();
     waits_for.extend(ahead.iter().map(|q| q.owner.clone()));
     if let Some(cycle) = find_deadlock(tx, ctx, &req.holder.owner, waits_for, my_seq)? {
         if let Some(seq) = my_seq {
-            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq]).map_err(map_err)?;
+            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+                .map_err(map_err)?;
             waiter.seq = None;
         }
         let key = req.keys[0].clone();
-        record(tx, now, NewEvent {
-            key: key.as_str(),
-            kind: EventKind::DeadlockRefused,
-            owner: &req.holder.owner,
-            task: req.holder.task.as_deref(),
-            fence: None,
-            grant: None,
-            reason: None,
-            detail: Some(json!({ "cycle": cycle })),
-        })?;
+        record(
+            tx,
+            now,
+            NewEvent {
+                key: key.as_str(),
+                kind: EventKind::DeadlockRefused,
+                owner: &req.holder.owner,
+                task: req.holder.task.as_deref(),
+                fence: None,
+                grant: None,
+                reason: None,
+                detail: Some(json!({ "cycle": cycle })),
+            },
+        )?;
         return Ok((Err(StoreError::Deadlock { key, cycle }), Vec::new()));
     }
     let alive_until = now.mono.plus(REFRESH * 3).0 as i64;
     let seq = match my_seq {
         Some(seq) => {
-            tx.execute("UPDATE queue SET alive_until = ?2 WHERE seq = ?1", params![seq, alive_until])
-                .map_err(map_err)?;
+            tx.execute(
+                "UPDATE queue SET alive_until = ?2 WHERE seq = ?1",
+                params![seq, alive_until],
+            )
+            .map_err(map_err)?;
             seq
         }
         None => enqueue(tx, ctx, req, waiter.wake.address(), alive_until)?,
@@ -404,16 +470,20 @@ fn enqueue(
             .execute(params![key.as_str(), seq, req.scope.name()])
             .map_err(map_err)?;
     }
-    record(tx, ctx.now, NewEvent {
-        key: req.keys[0].as_str(),
-        kind: EventKind::Waiting,
-        owner: &h.owner,
-        task: h.task.as_deref(),
-        fence: None,
-        grant: None,
-        reason: None,
-        detail: (req.keys.len() > 1).then(|| json!({ "keys": req.keys })),
-    })?;
+    record(
+        tx,
+        ctx.now,
+        NewEvent {
+            key: req.keys[0].as_str(),
+            kind: EventKind::Waiting,
+            owner: &h.owner,
+            task: h.task.as_deref(),
+            fence: None,
+            grant: None,
+            reason: None,
+            detail: (req.keys.len() > 1).then(|| json!({ "keys": req.keys })),
+        },
+    )?;
     Ok(seq)
 }
 
@@ -425,13 +495,20 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
     // counter, so a crash that loses the last commits cannot hand out a
     // number again: the clock has moved past every number issued before.
     let last: i64 = tx
-        .prepare_cached("UPDATE meta SET v = max(v + ?2, ?1 + ?2 - 1) WHERE k = 'fence' RETURNING v")
+        .prepare_cached(
+            "UPDATE meta SET v = max(v + ?2, ?1 + ?2 - 1) WHERE k = 'fence' RETURNING v",
+        )
         .map_err(map_err)?
         .query_row(params![now.wall.micros() as i64, n], |r| r.get(0))
         .map_err(map_err)?;
     let first = last - n + 1;
     let handle = LeaseHandle::generate(first);
-    let secret = handle.expose().rsplit('.').next().unwrap_or_default().to_string();
+    let secret = handle
+        .expose()
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let expires = req.ttl.map(|t| now.mono.plus(t));
     let h = &req.holder;
     let metadata = h.metadata.as_ref().map(|m| m.to_string());
@@ -441,9 +518,10 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
         tx.prepare_cached(
             "INSERT INTO holds (grant_id, secret, key, mode, slots, scope, fence, owner, task,
                 metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall,
-                seen_mono, expires_mono, ttl_ms, max_hold_ms, request_id)
+                seen_mono, expires_mono, ttl_ms, max_hold_ms, request_id, bind_pid, bind_start,
+                bind_file)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?15, ?17, ?18, ?19, ?20)",
+                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
         )
         .map_err(map_err)?
         .execute(params![
@@ -467,18 +545,25 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
             req.ttl.map(|t| t.as_millis() as i64),
             req.max_hold.map(|t| t.as_millis() as i64),
             req.request_id,
+            req.bind.as_ref().map(|b| b.pid),
+            req.bind.as_ref().and_then(|b| b.start).map(|s| s as i64),
+            req.bind.as_ref().and_then(|b| b.life_file.clone()),
         ])
         .map_err(map_err)?;
-        record(tx, now, NewEvent {
-            key: key.as_str(),
-            kind: EventKind::Acquired,
-            owner: &h.owner,
-            task: h.task.as_deref(),
-            fence: Some(Fence(fence as u64)),
-            grant: Some(first),
-            reason: None,
-            detail: None,
-        })?;
+        record(
+            tx,
+            now,
+            NewEvent {
+                key: key.as_str(),
+                kind: EventKind::Acquired,
+                owner: &h.owner,
+                task: h.task.as_deref(),
+                fence: Some(Fence(fence as u64)),
+                grant: Some(first),
+                reason: None,
+                detail: None,
+            },
+        )?;
         locks.push(GrantedLock {
             key: key.clone(),
             fence: Fence(fence as u64),
@@ -496,9 +581,19 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
 }
 
 /// The grant made earlier for the same request id and owner, if still held.
-fn replay(tx: &Transaction<'_>, req: &AcquireRequest, rid: &str) -> Result<Option<Grant>, StoreError> {
-    let rows = rows::load_holds(tx, "request_id = ?1 AND owner = ?2 ORDER BY fence", params![rid, req.holder.owner])?;
-    let Some(first) = rows.first() else { return Ok(None) };
+fn replay(
+    tx: &Transaction<'_>,
+    req: &AcquireRequest,
+    rid: &str,
+) -> Result<Option<Grant>, StoreError> {
+    let rows = rows::load_holds(
+        tx,
+        "request_id = ?1 AND owner = ?2 ORDER BY fence",
+        params![rid, req.holder.owner],
+    )?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
     let mut held: Vec<&Key> = rows.iter().map(|r| &r.lock.key).collect();
     let mut asked: Vec<&Key> = req.keys.iter().collect();
     held.sort();
@@ -538,17 +633,28 @@ fn find_deadlock(
     my_edges: HashSet<String>,
     my_seq: Option<i64>,
 ) -> Result<Option<Vec<String>>, StoreError> {
-    let others: Vec<(i64, String, i32, String, Option<u32>, String, String)> = {
+    type QueueRow = (i64, String, i32, String, Option<u32>, String, String);
+    let others: Vec<QueueRow> = {
         let mut stmt = tx
             .prepare_cached(
                 "SELECT q.seq, q.owner, q.priority, q.mode, q.slots, k.key, k.scope
                  FROM queue q JOIN queue_keys k ON k.seq = q.seq",
             )
             .map_err(map_err)?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
-            .map_err(map_err)?
-            .collect::<Result<_, _>>()
-            .map_err(map_err)?
+        stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .map_err(map_err)?
+        .collect::<Result<_, _>>()
+        .map_err(map_err)?
     };
     let mut graph: HashMap<String, HashSet<String>> = HashMap::new();
     graph.insert(me.to_string(), my_edges);
@@ -556,7 +662,11 @@ fn find_deadlock(
         if Some(seq) == my_seq || owner == me {
             continue;
         }
-        let (Some(mode), Some(scope), Ok(key)) = (Mode::from_parts(&mode, slots), Scope::from_name(&scope), Key::new(key)) else {
+        let (Some(mode), Some(scope), Ok(key)) = (
+            Mode::from_parts(&mode, slots),
+            Scope::from_name(&scope),
+            Key::new(key),
+        ) else {
             continue;
         };
         let c = claim(&key, mode, scope);
@@ -565,7 +675,11 @@ fn find_deadlock(
             .filter(|h| rules::ended(&h.lock, ctx.now.mono).is_none())
             .collect();
         let edges = graph.entry(owner).or_default();
-        for b in rules::blockers(&c, &holds, |h| claim(&h.lock.key, h.lock.mode, h.lock.scope)).unwrap_or_default() {
+        for b in rules::blockers(&c, &holds, |h| {
+            claim(&h.lock.key, h.lock.mode, h.lock.scope)
+        })
+        .unwrap_or_default()
+        {
             edges.insert(b.lock.holder.owner.clone());
         }
         let earlier: Vec<Queued> = queue_touching(tx, ctx, &key, scope)?
@@ -576,7 +690,12 @@ fn find_deadlock(
             edges.insert(q.owner.clone());
         }
     }
-    Ok(rules::find_cycle(me, |o| graph.get(o).map(|s| s.iter().cloned().collect()).unwrap_or_default()))
+    Ok(rules::find_cycle(me, |o| {
+        graph
+            .get(o)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }))
 }
 
 /// Removes a queued request that gave up and records why; wakes those behind it.
@@ -587,10 +706,14 @@ pub(crate) fn leave(
     why: LeaveReason,
 ) -> Result<Vec<String>, StoreError> {
     let entry: Option<(String, Option<String>)> = tx
-        .query_row("SELECT owner, task FROM queue WHERE seq = ?1", [seq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT owner, task FROM queue WHERE seq = ?1", [seq], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()
         .map_err(map_err)?;
-    let Some((owner, task)) = entry else { return Ok(Vec::new()) };
+    let Some((owner, task)) = entry else {
+        return Ok(Vec::new());
+    };
     let keys: Vec<(String, String)> = tx
         .prepare_cached("SELECT key, scope FROM queue_keys WHERE seq = ?1")
         .map_err(map_err)?
@@ -598,7 +721,8 @@ pub(crate) fn leave(
         .map_err(map_err)?
         .collect::<Result<_, _>>()
         .map_err(map_err)?;
-    tx.execute("DELETE FROM queue WHERE seq = ?1", [seq]).map_err(map_err)?;
+    tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+        .map_err(map_err)?;
     let kind = match why {
         LeaveReason::TimedOut => EventKind::WaitTimedOut,
         LeaveReason::Cancelled => EventKind::WaitCancelled,
@@ -606,16 +730,20 @@ pub(crate) fn leave(
     let mut wakes = Vec::new();
     for (i, (key, scope)) in keys.iter().enumerate() {
         if i == 0 {
-            record(tx, ctx.now, NewEvent {
-                key,
-                kind,
-                owner: &owner,
-                task: task.as_deref(),
-                fence: None,
-                grant: None,
-                reason: None,
-                detail: None,
-            })?;
+            record(
+                tx,
+                ctx.now,
+                NewEvent {
+                    key,
+                    kind,
+                    owner: &owner,
+                    task: task.as_deref(),
+                    fence: None,
+                    grant: None,
+                    reason: None,
+                    detail: None,
+                },
+            )?;
         }
         if let (Ok(key), Some(scope)) = (Key::new(key.clone()), Scope::from_name(scope)) {
             wakes.extend(wake_list(tx, ctx, &key, scope)?);
@@ -641,7 +769,10 @@ pub(crate) fn wake_list(
             .filter(|h| rules::ended(&h.lock, ctx.now.mono).is_none())
             .collect();
         let c = e.claim();
-        let held = rules::blockers(&c, &holds, |h| claim(&h.lock.key, h.lock.mode, h.lock.scope)).unwrap_or_default();
+        let held = rules::blockers(&c, &holds, |h| {
+            claim(&h.lock.key, h.lock.mode, h.lock.scope)
+        })
+        .unwrap_or_default();
         let queued = rules::blockers(&c, &entries[..i], Queued::claim).unwrap_or_default();
         if held.is_empty() && queued.is_empty() && !wakes.contains(&e.wake) {
             wakes.push(e.wake.clone());

@@ -8,6 +8,7 @@
 //! (see [`wake`]), with a timed re-check as the fallback.
 
 mod acquire;
+mod life;
 mod open;
 mod ops;
 mod read;
@@ -22,7 +23,9 @@ use locksmith_core::store::{
     AcquireRequest, Attempt, HistoryFilter, KeyStatus, LeaveReason, ListFilter, LockInfo, Release,
     Renewal, Stats, Target, WaiterInfo, WakeSource,
 };
-use locksmith_core::{Clock, Event, Key, Now, ReleaseReason, Store, StoreError, SystemClock};
+use locksmith_core::{
+    Binding, Clock, Event, Fence, Key, Now, ReleaseReason, Store, StoreError, SystemClock,
+};
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use open::{FsKind, classify_fs};
@@ -172,8 +175,7 @@ impl Store for SqliteStore {
         queue: Option<&mut locksmith_core::store::Waiter>,
     ) -> Result<Attempt, StoreError> {
         acquire::validate(req)?;
-        let outcome = self.write(|tx, ctx| acquire::run(tx, ctx, req, queue))?;
-        outcome
+        self.write(|tx, ctx| acquire::run(tx, ctx, req, queue))?
     }
 
     fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
@@ -218,10 +220,19 @@ impl Store for SqliteStore {
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
-        self.read(|tx, ctx| read::stats(tx, ctx))
+        self.read(read::stats)
     }
 
     fn now(&self) -> Now {
         self.clock.now()
+    }
+
+    fn bind_current_process(&self) -> Result<Option<Binding>, StoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        life::bind_self(dir, &self.host.boot_id).map(Some)
+    }
+
+    fn reap(&self, key: &Key, fence: Fence, reason: ReleaseReason) -> Result<bool, StoreError> {
+        self.write(|tx, ctx| ops::reap(tx, ctx, key, fence, reason))
     }
 }

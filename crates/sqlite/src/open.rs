@@ -16,7 +16,10 @@ use crate::{Durability, Options};
 const APPLICATION_ID: i32 = 0x4C4B_534D;
 
 /// The numbered migrations, applied in order; `user_version` is the count applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_process_binding.sql"),
+];
 
 /// Kinds of filesystem the store cares about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +43,7 @@ pub fn classify_fs(magic: i64) -> FsKind {
         0x0BD0_0BD0 => FsKind::Network("Lustre"),
         0x0116_1970 => FsKind::Network("GFS2"),
         0x7461_636F => FsKind::Network("OCFS2"),
-        0x013_11_1A8 => FsKind::Network("IBRIX"),
+        0x0131_11A8 => FsKind::Network("IBRIX"),
         _ => FsKind::Local,
     }
 }
@@ -105,11 +108,13 @@ pub(crate) fn open(
     })?;
     if !opts.allow_network_fs
         && let Ok(st) = rustix::fs::statfs(dir)
-        && let FsKind::Network(name) = classify_fs(st.f_type as i64)
+        && let FsKind::Network(name) = classify_fs(st.f_type)
     {
         return Err(unusable(
             path,
-            &format!("it is on a {name} network filesystem, where SQLite's file locking is unsafe and two holders could be granted one lock. Keep LOCKSMITH_HOME on a local disk, or use a locksmith server for many machines"),
+            &format!(
+                "it is on a {name} network filesystem, where SQLite's file locking is unsafe and two holders could be granted one lock. Keep LOCKSMITH_HOME on a local disk, or use a locksmith server for many machines"
+            ),
         ));
     }
     check_header(path)?;

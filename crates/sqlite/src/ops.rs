@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use locksmith_core::store::{GrantedLock, LockInfo, Proof, Release, Renewal, Target};
-use locksmith_core::{EventKind, Key, ReleaseReason, StoreError, rules};
+use locksmith_core::{EventKind, Fence, Health, Key, ReleaseReason, StoreError, rules};
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::json;
 
@@ -38,11 +38,17 @@ fn ended_reason(
 /// The caller's holds named by `target`: `Ok(rows)` (possibly empty when
 /// nothing of the caller's is held), or `NotHolder` when the key is held by
 /// someone else and the proof does not match.
-fn caller_holds(tx: &Transaction<'_>, target: &Target) -> Result<(Vec<HoldRow>, Option<i64>), StoreError> {
+fn caller_holds(
+    tx: &Transaction<'_>,
+    target: &Target,
+) -> Result<(Vec<HoldRow>, Option<i64>), StoreError> {
     match &target.by {
         Proof::Handle(h) => {
             let grant = h.grant().ok_or_else(|| {
-                StoreError::Invalid("malformed lease handle: expected lh1.<grant>.<secret> as printed by acquire".into())
+                StoreError::Invalid(
+                    "malformed lease handle: expected lh1.<grant>.<secret> as printed by acquire"
+                        .into(),
+                )
             })?;
             let secret = h.expose().rsplit('.').next().unwrap_or_default();
             let rows = load_holds(tx, "grant_id = ?1", [grant])?;
@@ -52,7 +58,11 @@ fn caller_holds(tx: &Transaction<'_>, target: &Target) -> Result<(Vec<HoldRow>, 
             Ok((rows, Some(grant)))
         }
         Proof::Owner(owner) => {
-            let rows = load_holds(tx, "key = ?1 AND owner = ?2", params![target.key.as_str(), owner])?;
+            let rows = load_holds(
+                tx,
+                "key = ?1 AND owner = ?2",
+                params![target.key.as_str(), owner],
+            )?;
             Ok((rows, None))
         }
     }
@@ -65,7 +75,11 @@ fn not_holder(tx: &Transaction<'_>, key: &Key) -> Result<StoreError, StoreError>
         .collect();
     Ok(StoreError::NotHolder {
         key: key.clone(),
-        holders: if holders.is_empty() { "nobody".into() } else { holders.join(", ") },
+        holders: if holders.is_empty() {
+            "nobody".into()
+        } else {
+            holders.join(", ")
+        },
     })
 }
 
@@ -126,7 +140,11 @@ pub(crate) fn renew(
         ])
         .map_err(map_err)?;
         if log {
-            record(tx, now, NewEvent::about(&row.lock, EventKind::Renewed, None))?;
+            record(
+                tx,
+                now,
+                NewEvent::about(&row.lock, EventKind::Renewed, None),
+            )?;
         }
         locks.push(GrantedLock {
             key: row.lock.key.clone(),
@@ -146,7 +164,10 @@ pub(crate) fn release(
 ) -> Result<(Release, Vec<String>), StoreError> {
     let now = ctx.now;
     let (rows, grant) = caller_holds(tx, target)?;
-    let mine: Vec<HoldRow> = rows.into_iter().filter(|r| r.lock.key == target.key).collect();
+    let mine: Vec<HoldRow> = rows
+        .into_iter()
+        .filter(|r| r.lock.key == target.key)
+        .collect();
     let row = match mine.as_slice() {
         [] => {
             if let Proof::Owner(_) = target.by
@@ -155,7 +176,13 @@ pub(crate) fn release(
                 return Err(not_holder(tx, &target.key)?);
             }
             let reason = ended_reason(tx, &target.key, grant, owner_of(target))?;
-            return Ok((Release::NotHeld { key: target.key.clone(), reason }, Vec::new()));
+            return Ok((
+                Release::NotHeld {
+                    key: target.key.clone(),
+                    reason,
+                },
+                Vec::new(),
+            ));
         }
         [one] => one,
         many => {
@@ -170,7 +197,13 @@ pub(crate) fn release(
     if let Some(ended) = rules::ended(&row.lock, now.mono) {
         end_hold(tx, now, row, EventKind::Expired, ended, None)?;
         let wakes = wake_list(tx, ctx, &row.lock.key, row.lock.scope)?;
-        return Ok((Release::NotHeld { key: target.key.clone(), reason: Some(ended) }, wakes));
+        return Ok((
+            Release::NotHeld {
+                key: target.key.clone(),
+                reason: Some(ended),
+            },
+            wakes,
+        ));
     }
     end_hold(tx, now, row, kind_for(reason), reason, None)?;
     let wakes = wake_list(tx, ctx, &row.lock.key, row.lock.scope)?;
@@ -192,17 +225,75 @@ pub(crate) fn force_release(
     why: &str,
 ) -> Result<(Vec<LockInfo>, Vec<String>), StoreError> {
     if why.trim().is_empty() {
-        return Err(StoreError::Invalid("force-release needs --reason: say why the holder is pushed out".into()));
+        return Err(StoreError::Invalid(
+            "force-release needs --reason: say why the holder is pushed out".into(),
+        ));
     }
     let rows = load_holds(tx, "key = ?1", [key.as_str()])?;
     let mut ended = Vec::new();
     for row in &rows {
-        ended.push(lock_info(&row.lock, ctx.now, ctx.opts.stale_after, ctx.host));
-        end_hold(tx, ctx.now, row, EventKind::Forced, ReleaseReason::Forced, Some(json!({ "reason": why })))?;
+        ended.push(lock_info(
+            &row.lock,
+            ctx.now,
+            ctx.opts.stale_after,
+            ctx.host,
+        ));
+        end_hold(
+            tx,
+            ctx.now,
+            row,
+            EventKind::Forced,
+            ReleaseReason::Forced,
+            Some(json!({ "reason": why })),
+        )?;
     }
     let wakes = match rows.first() {
         Some(r) => wake_list(tx, ctx, key, r.lock.scope)?,
         None => Vec::new(),
     };
     Ok((ended, wakes))
+}
+
+/// The sweeper's second look: ends tenure `fence` of `key` if it is still
+/// held and `reason` still holds now. A renewal between the sweeper's scan
+/// and this transaction saves the lock.
+pub(crate) fn reap(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    key: &Key,
+    fence: Fence,
+    reason: ReleaseReason,
+) -> Result<(bool, Vec<String>), StoreError> {
+    let rows = load_holds(
+        tx,
+        "key = ?1 AND fence = ?2",
+        params![key.as_str(), fence.0 as i64],
+    )?;
+    let Some(row) = rows.first() else {
+        return Ok((false, Vec::new()));
+    };
+    let info = lock_info(&row.lock, ctx.now, ctx.opts.stale_after, ctx.host);
+    let still = match reason {
+        ReleaseReason::LeaseExpired | ReleaseReason::MaxHold => {
+            rules::ended(&row.lock, ctx.now.mono) == Some(reason)
+        }
+        ReleaseReason::DeadProcess => rows::process_alive(&row.lock, ctx.host) == Some(false),
+        ReleaseReason::StaleTimeout => info.health == Health::Stale,
+        ReleaseReason::TaskCompleted => true,
+        other => {
+            return Err(StoreError::Invalid(format!(
+                "{other} is not a reason the sweeper ends locks for"
+            )));
+        }
+    };
+    if !still {
+        return Ok((false, Vec::new()));
+    }
+    end_hold(tx, ctx.now, row, kind_for(reason), reason, None)?;
+    if reason == ReleaseReason::DeadProcess
+        && let Some(b) = &row.lock.bind
+    {
+        crate::life::remove_dead(b);
+    }
+    Ok((true, wake_list(tx, ctx, key, row.lock.scope)?))
 }

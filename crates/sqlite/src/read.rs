@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use locksmith_core::store::{HistoryFilter, KeyStatus, ListFilter, LockInfo, Stats, WaiterInfo};
-use locksmith_core::{Event, EventKind, Fence, Health, Key, Mode, Scope, StoreError, Wall, rules, sys};
+use locksmith_core::{
+    Event, EventKind, Fence, Health, Key, Mode, Scope, StoreError, Wall, rules, sys,
+};
 use rusqlite::{Transaction, params_from_iter, types::Value};
 
 use crate::Ctx;
@@ -15,20 +17,40 @@ fn prefix_end(p: &str) -> String {
     format!("{p}{}", char::MAX)
 }
 
-pub(crate) fn status(tx: &Transaction<'_>, ctx: &Ctx<'_>, key: &Key) -> Result<KeyStatus, StoreError> {
+pub(crate) fn status(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    key: &Key,
+) -> Result<KeyStatus, StoreError> {
     let holders: Vec<LockInfo> = holds_touching(tx, key, Scope::Key)?
         .iter()
         .map(|r| lock_info(&r.lock, ctx.now, ctx.opts.stale_after, ctx.host))
         .collect();
-    let waiters = waiters(tx, ctx, &ListFilter { prefix: None, ..Default::default() })?
-        .into_iter()
-        .filter(|w| &w.key == key || (w.scope == Scope::Tree && key.is_at_or_below(&w.key)))
-        .collect();
+    let waiters = waiters(
+        tx,
+        ctx,
+        &ListFilter {
+            prefix: None,
+            ..Default::default()
+        },
+    )?
+    .into_iter()
+    .filter(|w| &w.key == key || (w.scope == Scope::Tree && key.is_at_or_below(&w.key)))
+    .collect();
     let free = holders.iter().all(|h| h.health == Health::Expired);
-    Ok(KeyStatus { key: key.clone(), free, holders, waiters })
+    Ok(KeyStatus {
+        key: key.clone(),
+        free,
+        holders,
+        waiters,
+    })
 }
 
-pub(crate) fn list(tx: &Transaction<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Result<Vec<LockInfo>, StoreError> {
+pub(crate) fn list(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    f: &ListFilter,
+) -> Result<Vec<LockInfo>, StoreError> {
     let mut clauses = vec!["1".to_string()];
     let mut args: Vec<Value> = Vec::new();
     if let Some(o) = &f.owner {
@@ -38,10 +60,21 @@ pub(crate) fn list(tx: &Transaction<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Resul
     if let Some(p) = &f.prefix {
         args.push(Value::Text(p.clone()));
         args.push(Value::Text(prefix_end(p)));
-        clauses.push(format!("key >= ?{} AND key < ?{}", args.len() - 1, args.len()));
+        clauses.push(format!(
+            "key >= ?{} AND key < ?{}",
+            args.len() - 1,
+            args.len()
+        ));
     }
-    let limit = if f.limit == 0 || f.unhealthy { -1 } else { f.limit as i64 };
-    let sql = format!("{} ORDER BY key, fence LIMIT {limit}", clauses.join(" AND "));
+    let limit = if f.limit == 0 || f.unhealthy {
+        -1
+    } else {
+        f.limit as i64
+    };
+    let sql = format!(
+        "{} ORDER BY key, fence LIMIT {limit}",
+        clauses.join(" AND ")
+    );
     let mut out: Vec<LockInfo> = load_holds(tx, &sql, params_from_iter(args))?
         .iter()
         .map(|r| lock_info(&r.lock, ctx.now, ctx.opts.stale_after, ctx.host))
@@ -53,7 +86,11 @@ pub(crate) fn list(tx: &Transaction<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Resul
     Ok(out)
 }
 
-pub(crate) fn waiters(tx: &Transaction<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Result<Vec<WaiterInfo>, StoreError> {
+pub(crate) fn waiters(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    f: &ListFilter,
+) -> Result<Vec<WaiterInfo>, StoreError> {
     let mut stmt = tx
         .prepare_cached(
             "SELECT k.key, k.scope, q.seq, q.priority, q.mode, q.slots, q.owner, q.task, q.hostname,
@@ -70,7 +107,8 @@ pub(crate) fn waiters(tx: &Transaction<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Re
         let pid_start: Option<i64> = r.get(11).map_err(map_err)?;
         let alive_until: i64 = r.get(14).map_err(map_err)?;
         let gone = alive_until <= ctx.now.mono.0 as i64
-            || (boot == ctx.host.boot_id && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false));
+            || (boot == ctx.host.boot_id
+                && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false));
         if gone {
             continue;
         }
@@ -82,7 +120,9 @@ pub(crate) fn waiters(tx: &Transaction<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Re
             Mode::from_parts(&mode, r.get(5).map_err(map_err)?),
             Scope::from_name(&scope),
         ) else {
-            return Err(StoreError::Corrupt("a queue entry of the lock database is malformed".into()));
+            return Err(StoreError::Corrupt(
+                "a queue entry of the lock database is malformed".into(),
+            ));
         };
         let priority: i32 = r.get(3).map_err(map_err)?;
         let seq: i64 = r.get(2).map_err(map_err)?;
@@ -97,7 +137,10 @@ pub(crate) fn waiters(tx: &Transaction<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Re
             hostname: r.get(8).map_err(map_err)?,
             pid,
             since: Wall(r.get::<_, i64>(13).map_err(map_err)? as u64),
-            waited: ctx.now.mono.since(locksmith_core::Mono(since.max(0) as u64)),
+            waited: ctx
+                .now
+                .mono
+                .since(locksmith_core::Mono(since.max(0) as u64)),
         };
         by_key.entry(key).or_default().push((priority, seq, info));
     }
@@ -107,7 +150,9 @@ pub(crate) fn waiters(tx: &Transaction<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Re
         for (i, (_, _, mut w)) in entries.into_iter().enumerate() {
             w.position = i + 1;
             let keep = f.owner.as_ref().is_none_or(|o| &w.owner == o)
-                && f.prefix.as_ref().is_none_or(|p| w.key.as_str().starts_with(p.as_str()));
+                && f.prefix
+                    .as_ref()
+                    .is_none_or(|p| w.key.as_str().starts_with(p.as_str()));
             if keep {
                 out.push(w);
             }
@@ -126,7 +171,11 @@ pub(crate) fn history(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<Eve
         args.push(Value::Text(k.clone()));
         if f.prefix {
             args.push(Value::Text(prefix_end(k)));
-            clauses.push(format!("key >= ?{} AND key < ?{}", args.len() - 1, args.len()));
+            clauses.push(format!(
+                "key >= ?{} AND key < ?{}",
+                args.len() - 1,
+                args.len()
+            ));
         } else {
             clauses.push(format!("key = ?{}", args.len()));
         }
@@ -174,18 +223,32 @@ pub(crate) fn history(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<Eve
 
 pub(crate) fn stats(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Stats, StoreError> {
     let count = |sql: &str| -> Result<u64, StoreError> {
-        tx.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64).map_err(map_err)
+        tx.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(map_err)
     };
     let group = |sql: &str| -> Result<BTreeMap<String, u64>, StoreError> {
         let mut stmt = tx.prepare(sql).map_err(map_err)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
             .map_err(map_err)?;
         rows.collect::<Result<_, _>>().map_err(map_err)
     };
-    let unhealthy = list(tx, ctx, &ListFilter { unhealthy: true, ..Default::default() })?.len() as u64;
+    let unhealthy = list(
+        tx,
+        ctx,
+        &ListFilter {
+            unhealthy: true,
+            ..Default::default()
+        },
+    )?
+    .len() as u64;
     let first: Option<i64> = tx
-        .query_row("SELECT at_wall FROM events ORDER BY id LIMIT 1", [], |r| r.get(0))
+        .query_row("SELECT at_wall FROM events ORDER BY id LIMIT 1", [], |r| {
+            r.get(0)
+        })
         .ok();
     Ok(Stats {
         held: count("SELECT count(*) FROM holds")?,
@@ -196,7 +259,9 @@ pub(crate) fn stats(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Stats, StoreE
             .len() as u64,
         unhealthy,
         events: group("SELECT kind, count(*) FROM events GROUP BY kind")?,
-        releases: group("SELECT reason, count(*) FROM events WHERE reason IS NOT NULL GROUP BY reason")?,
+        releases: group(
+            "SELECT reason, count(*) FROM events WHERE reason IS NOT NULL GROUP BY reason",
+        )?,
         last_fence: count("SELECT v FROM meta WHERE k = 'fence'")?,
         history_since: first.map(|w| Wall(w as u64)),
     })

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use locksmith_core::store::LockInfo;
 use locksmith_core::{
-    EventKind, Fence, Health, HeldLock, Holder, Key, Mode, Mono, Now, ReleaseReason, Scope,
-    StoreError, Wall, rules, sys,
+    Binding, EventKind, Fence, Health, HeldLock, Holder, Key, Mode, Mono, Now, ReleaseReason,
+    Scope, StoreError, Wall, rules, sys,
 };
 use rusqlite::{Row, Transaction, params};
 
@@ -28,7 +28,7 @@ impl HostFacts {
 /// Columns of `holds` in the order [`hold_from_row`] reads them.
 pub(crate) const HOLD_COLUMNS: &str = "id, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
      hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
-     ttl_ms, max_hold_ms, request_id, renew_logged";
+     ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file";
 
 /// A `holds` row: the tenure plus its row id and secret.
 #[derive(Clone, Debug)]
@@ -83,6 +83,14 @@ pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
             ttl: ms(r.get(19)?),
             max_hold: ms(r.get(20)?),
             request_id: r.get(21)?,
+            bind: match r.get::<_, Option<u32>>(23)? {
+                Some(pid) => Some(Binding {
+                    pid,
+                    start: r.get::<_, Option<i64>>(24)?.map(|v| v as u64),
+                    life_file: r.get(25)?,
+                }),
+                None => None,
+            },
         },
     })
 }
@@ -121,10 +129,15 @@ pub(crate) fn holds_touching(
     Ok(out)
 }
 
-/// Whether the holder process is known to be gone. Only locks bound to a
-/// process are judged this way, and only on the host that holds them.
-pub(crate) fn process_alive(_lock: &HeldLock, _host: &HostFacts) -> Option<bool> {
-    None
+/// Whether the bound process is known to be alive (`Some(true)`) or gone
+/// (`Some(false)`); `None` for locks not bound to a process. The embedded
+/// store serves one machine, so a binding made in an earlier boot is dead.
+pub(crate) fn process_alive(lock: &HeldLock, host: &HostFacts) -> Option<bool> {
+    let bind = lock.bind.as_ref()?;
+    if lock.holder.boot_id != host.boot_id {
+        return Some(false);
+    }
+    crate::life::alive(bind)
 }
 
 /// The public view of a hold at `now`.
@@ -163,7 +176,11 @@ pub(crate) fn wall_at(now: Now, at: Mono) -> Wall {
     if at >= now.mono {
         Wall(now.wall.0 + at.since(now.mono).as_millis() as u64)
     } else {
-        Wall(now.wall.0.saturating_sub(now.mono.since(at).as_millis() as u64))
+        Wall(
+            now.wall
+                .0
+                .saturating_sub(now.mono.since(at).as_millis() as u64),
+        )
     }
 }
 

@@ -16,6 +16,12 @@ use locksmith_core::store::WakeSource;
 pub struct WakeSocket {
     socket: UnixDatagram,
     address: String,
+    /// Watches the life files of process-bound holders in the way: their
+    /// death closes the file, which inotify reports at once.
+    deaths: Option<rustix::fd::OwnedFd>,
+    watched: Vec<String>,
+    /// A watched holder was already dead when the watch began.
+    pending: bool,
 }
 
 impl WakeSocket {
@@ -29,7 +35,13 @@ impl WakeSocket {
             .map_err(|e| StoreError::Backend(format!("wake socket address: {e}")))?;
         let socket = UnixDatagram::bind_addr(&addr)
             .map_err(|e| StoreError::Backend(format!("cannot bind a wake socket: {e}")))?;
-        Ok(WakeSocket { socket, address })
+        Ok(WakeSocket {
+            socket,
+            address,
+            deaths: None,
+            watched: Vec::new(),
+            pending: false,
+        })
     }
 }
 
@@ -39,20 +51,62 @@ impl WakeSource for WakeSocket {
     }
 
     fn wait(&mut self, timeout: Duration) -> bool {
-        let timeout = timeout.max(Duration::from_micros(1));
-        if self.socket.set_read_timeout(Some(timeout)).is_err() {
-            std::thread::sleep(timeout);
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        if std::mem::take(&mut self.pending) {
+            return true;
+        }
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut fds = vec![PollFd::new(&self.socket, PollFlags::IN)];
+        if let Some(d) = &self.deaths {
+            fds.push(PollFd::new(d, PollFlags::IN));
+        }
+        if poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
             return false;
         }
-        let mut buf = [0u8; 8];
-        let woken = self.socket.recv(&mut buf).is_ok();
-        if woken {
-            // Collapse a burst of wake-ups into one attempt.
-            let _ = self.socket.set_nonblocking(true);
-            while self.socket.recv(&mut buf).is_ok() {}
-            let _ = self.socket.set_nonblocking(false);
+        let death = fds.get(1).is_some_and(|f| !f.revents().is_empty());
+        drop(fds);
+        // Collapse a burst of wake-ups into one attempt.
+        let mut buf = [0u8; 512];
+        let _ = self.socket.set_nonblocking(true);
+        while self.socket.recv(&mut buf).is_ok() {}
+        if death && let Some(d) = &self.deaths {
+            while rustix::io::read(d, &mut buf).is_ok_and(|n| n > 0) {}
         }
-        woken
+        true
+    }
+
+    fn watch(&mut self, targets: &[String]) {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        for t in targets {
+            if self.watched.contains(t) {
+                continue;
+            }
+            if self.deaths.is_none() {
+                self.deaths = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok();
+            }
+            if let Some(d) = &self.deaths {
+                // The holder opened its life file for writing and never closes
+                // it while alive: a close-after-write is its death (or exit).
+                let _ = inotify::add_watch(
+                    d,
+                    t.as_str(),
+                    WatchFlags::CLOSE_WRITE | WatchFlags::DELETE_SELF,
+                );
+            }
+            // It may have died between the attempt and the watch.
+            let b = locksmith_core::Binding {
+                pid: 0,
+                start: None,
+                life_file: Some(t.clone()),
+            };
+            if crate::life::alive(&b) != Some(true) {
+                self.pending = true;
+            }
+            self.watched.push(t.clone());
+        }
     }
 }
 
@@ -70,7 +124,10 @@ impl Waker {
 
     /// Best effort: a waiter that is gone simply is not told.
     pub fn wake(&self, address: &str) {
-        if let (Some(s), Ok(addr)) = (&self.socket, SocketAddr::from_abstract_name(address.as_bytes())) {
+        if let (Some(s), Ok(addr)) = (
+            &self.socket,
+            SocketAddr::from_abstract_name(address.as_bytes()),
+        ) {
             let _ = s.set_nonblocking(true);
             let _ = s.send_to_addr(b"w", &addr);
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use locksmith_core::store::Blocked;
 use locksmith_core::time::{format_duration, parse_duration};
 use locksmith_core::{
-    AcquireError, AcquireRequest, Holder, Mode, Scope, Takeover, WaitPolicy, wait,
+    AcquireError, AcquireRequest, Binding, Holder, Mode, Scope, Takeover, WaitPolicy, wait,
 };
 use serde_json::json;
 
@@ -72,6 +72,10 @@ pub struct Args {
     /// Idempotency id: repeating the request returns the same grant.
     #[arg(long, value_name = "ID")]
     request_id: Option<String>,
+    /// Bind the lock to a running process (e.g. the calling shell: --pid $$):
+    /// it is freed once that process ends (checked by pid and start time).
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
 }
 
 fn duration(flag: &str, v: &Option<String>) -> Result<Option<Duration>, Failure> {
@@ -125,6 +129,23 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
             _ => Takeover::None,
         },
         request_id: a.request_id.clone(),
+        bind: a.pid.map(bind_pid).transpose()?,
+    })
+}
+
+/// A binding to another running process, by pid and start time.
+fn bind_pid(pid: u32) -> Result<Binding, Failure> {
+    let start = locksmith_core::sys::process_start(pid).ok_or_else(|| {
+        Failure::new(
+            2,
+            "invalid",
+            format!("--pid {pid}: no such process is running"),
+        )
+    })?;
+    Ok(Binding {
+        pid,
+        start: Some(start),
+        life_file: None,
     })
 }
 

@@ -4,6 +4,7 @@ pub mod acquire;
 pub mod config;
 pub mod history;
 pub mod release;
+pub mod run;
 pub mod status;
 
 use std::path::PathBuf;

@@ -1,0 +1,330 @@
+//! `locksmith run`: run a command under locks. Acquire all keys or none,
+//! start the command with the fences in its environment, renew while it
+//! runs, forward signals to its process group, stop it if a lock is lost,
+//! release with `completed` or `failed`, and exit with its status.
+//!
+//! The command is started through `locksmith __exec`, which asks the kernel
+//! to kill it if `run` dies (parent-death signal) and then executes it; the
+//! locks themselves are bound to `run`'s process, so a SIGKILL of `run` frees
+//! them at once and stops the command.
+
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use locksmith::Guard;
+use locksmith_core::store::Blocked;
+use locksmith_core::time::parse_duration;
+use locksmith_core::{
+    AcquireError, AcquireRequest, Holder, Mode, Scope, Store, Takeover, WaitPolicy, wait,
+};
+use rustix::process::{Pid, Signal};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+
+use crate::{Ctx, Failure};
+
+/// Run a command while holding locks; release them when it ends.
+///
+/// CMD gets LOCKSMITH_KEYS and LOCKSMITH_FENCE (one line per key, in the
+/// order given) and LOCKSMITH_HANDLE. SIGINT, SIGTERM, SIGHUP and SIGQUIT are
+/// forwarded to CMD's process group. If a lock is lost while CMD runs, CMD's
+/// group gets SIGTERM, then SIGKILL after --grace, and run exits 7.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A key to hold while CMD runs; repeat for several (all or none).
+    #[arg(short = 'l', long = "lock", value_name = "KEY")]
+    keys: Vec<String>,
+    /// Lock a directory by its canonical path; repeatable.
+    #[arg(long, value_name = "DIR")]
+    path: Vec<PathBuf>,
+    /// Lease length, renewed in the background at a third of it.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    ttl: String,
+    /// How long to wait for busy locks: 0 (fail fast), a duration, or forever.
+    #[arg(long, value_name = "DURATION|forever", default_value = "0")]
+    wait: String,
+    /// Shared (reader) locks.
+    #[arg(long, conflicts_with = "limit")]
+    shared: bool,
+    /// Semaphore of N slots.
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Tree locks: also cover every key below.
+    #[arg(long)]
+    tree: bool,
+    /// Owner name [default: $LOCKSMITH_OWNER, else user@host].
+    #[arg(long)]
+    owner: Option<String>,
+    /// Task id shown with the locks.
+    #[arg(long)]
+    task: Option<String>,
+    /// Queue priority, higher first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// What to do to CMD when a lock is lost: term (SIGTERM, then SIGKILL
+    /// after --grace), kill (SIGKILL at once) or ignore (warn and go on).
+    #[arg(long, value_name = "ACTION", default_value = "term", value_parser = ["term", "kill", "ignore"])]
+    on_lost: String,
+    /// Time between SIGTERM and SIGKILL when a lock is lost.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    grace: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// `locksmith __exec --parent PID -- CMD...` (internal).
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// The `run` process this command must not outlive.
+    #[arg(long)]
+    parent: i32,
+    /// The command.
+    #[arg(last = true, required = true)]
+    command: Vec<OsString>,
+}
+
+/// Exit status of a shell for a process ended by `status`.
+fn shell_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 1,
+    }
+}
+
+fn signal_group(pgid: i32, sig: Signal) {
+    if let Some(p) = Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(p, sig);
+    }
+}
+
+enum Event {
+    Exited(ExitStatus),
+}
+
+/// Runs `run`.
+pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    let keys = super::keys(&a.keys, &a.path)?;
+    if keys.is_empty() {
+        return Err(Failure::new(
+            2,
+            "invalid",
+            "name at least one lock with -l KEY (or --path DIR)",
+        ));
+    }
+    let invalid = |flag: &str, e: String| Failure::new(2, "invalid", format!("--{flag}: {e}"));
+    let ttl = parse_duration(&a.ttl).map_err(|e| invalid("ttl", e))?;
+    let grace = parse_duration(&a.grace).map_err(|e| invalid("grace", e))?;
+    let policy = WaitPolicy::parse(&a.wait).map_err(|e| invalid("wait", e))?;
+    let store: Arc<dyn Store> = Arc::new(ctx.store()?);
+    let mut holder = Holder::this_process(a.owner.clone().unwrap_or_else(|| ctx.config.owner()));
+    holder.task = a.task.clone();
+    let req = AcquireRequest {
+        keys,
+        mode: match (a.shared, a.limit) {
+            (true, _) => Mode::Shared,
+            (_, Some(limit)) => Mode::Semaphore { limit },
+            _ => Mode::Exclusive,
+        },
+        scope: if a.tree { Scope::Tree } else { Scope::Key },
+        holder,
+        ttl: Some(ttl),
+        max_hold: None,
+        priority: a.priority,
+        takeover: Takeover::None,
+        request_id: None,
+        bind: store.bind_current_process()?,
+    };
+
+    // Signals: while waiting they stop the wait; once CMD runs they go to its group.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let last_signal = Arc::new(AtomicI32::new(0));
+    let child_group = Arc::new(AtomicI32::new(0));
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
+        .map_err(|e| Failure::new(1, "error", format!("cannot install signal handlers: {e}")))?;
+    {
+        let (cancel, last_signal, child_group) =
+            (cancel.clone(), last_signal.clone(), child_group.clone());
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                last_signal.store(sig, Ordering::SeqCst);
+                let pgid = child_group.load(Ordering::SeqCst);
+                if pgid > 0 {
+                    signal_group(pgid, Signal::from_named_raw(sig).unwrap_or(Signal::TERM));
+                } else {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+
+    let what: Vec<String> = req.keys.iter().map(|k| k.to_string()).collect();
+    let what = what.join(", ");
+    let mut on_blocked = |_: &Blocked, _: Duration| {};
+    let grant = match wait::acquire(&*store, &req, policy, &cancel, &mut on_blocked) {
+        Ok(g) => g,
+        Err(AcquireError::Busy(b)) => {
+            let holder = b
+                .holders
+                .first()
+                .map(crate::output::holder)
+                .unwrap_or_else(|| "earlier waiters".into());
+            return Err(Failure::new(
+                3,
+                "busy",
+                format!("busy: {what} is held by {holder}; CMD was not started (use --wait)"),
+            ));
+        }
+        Err(AcquireError::TimedOut(_)) => {
+            return Err(Failure::new(
+                4,
+                "timed_out",
+                format!(
+                    "timed out after {} waiting for {what}; CMD was not started",
+                    a.wait
+                ),
+            ));
+        }
+        Err(AcquireError::Cancelled) => {
+            let sig = last_signal.load(Ordering::SeqCst);
+            return Err(Failure::new(
+                128u8.wrapping_add(sig as u8),
+                "cancelled",
+                format!("stopped waiting for {what} (signal {sig}); CMD was not started"),
+            ));
+        }
+        Err(AcquireError::Store(e)) => return Err(e.into()),
+    };
+    let keys_env: Vec<String> = grant.locks.iter().map(|l| l.key.to_string()).collect();
+    let fences_env: Vec<String> = grant.locks.iter().map(|l| l.fence.to_string()).collect();
+    let handle = grant.handle.expose().to_string();
+    let guard = Guard::start(store.clone(), grant);
+
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::new(1, "error", format!("cannot find the locksmith binary: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__exec")
+        .arg("--parent")
+        .arg(std::process::id().to_string())
+        .arg("--")
+        .args(&a.command)
+        .env("LOCKSMITH_KEYS", keys_env.join("\n"))
+        .env("LOCKSMITH_FENCE", fences_env.join("\n"))
+        .env("LOCKSMITH_HANDLE", handle)
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure::new(1, "error", format!("cannot start {:?}: {e}", a.command[0])))?;
+    let pgid = child.id() as i32;
+    child_group.store(pgid, Ordering::SeqCst);
+    // A signal that came between the grant and the spawn is not lost.
+    if let Some(sig) = Signal::from_named_raw(last_signal.swap(0, Ordering::SeqCst)) {
+        signal_group(pgid, sig);
+    }
+    let (events, incoming) = mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok(status) = child.wait() {
+            let _ = events.send(Event::Exited(status));
+        }
+    });
+
+    let mut lost_at: Option<Instant> = None;
+    let mut killed = false;
+    let status = loop {
+        match incoming.recv_timeout(Duration::from_millis(20)) {
+            Ok(Event::Exited(status)) => break status,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Failure::new(1, "error", "lost track of CMD"));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if lost_at.is_none() && guard.is_lost() {
+            lost_at = Some(Instant::now());
+            eprintln!(
+                "locksmith: lock on {what} lost while CMD runs; on-lost action: {}",
+                a.on_lost
+            );
+            match a.on_lost.as_str() {
+                "term" => signal_group(pgid, Signal::TERM),
+                "kill" => {
+                    signal_group(pgid, Signal::KILL);
+                    killed = true;
+                }
+                _ => {}
+            }
+        }
+        if let Some(t) = lost_at
+            && a.on_lost == "term"
+            && !killed
+            && t.elapsed() >= grace
+        {
+            signal_group(pgid, Signal::KILL);
+            killed = true;
+        }
+    };
+    let code = shell_code(status);
+    if lost_at.is_some() {
+        drop(guard);
+        if a.on_lost == "ignore" {
+            return Err(Failure::new(
+                7,
+                "lost",
+                format!("the lock on {what} was lost while CMD ran (CMD exited {code})"),
+            ));
+        }
+        return Err(Failure::new(
+            7,
+            "lost",
+            format!("the lock on {what} was lost; CMD was stopped"),
+        ));
+    }
+    let released = if status.success() {
+        guard.release()
+    } else {
+        guard.release_failed()
+    };
+    if let Err(e) = released {
+        eprintln!("locksmith: CMD finished but the release failed: {e}");
+    }
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Failure::new(code, "command_failed", String::new()))
+    }
+}
+
+/// Runs `__exec`: arm the parent-death signal, check the parent is still
+/// there, then become CMD.
+pub fn exec(a: ExecArgs) -> Result<(), Failure> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(|e| {
+        Failure::new(
+            1,
+            "error",
+            format!("cannot arm the parent-death signal: {e}"),
+        )
+    })?;
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(a.parent) {
+        // run died before the signal was armed: do not start unprotected.
+        return Err(Failure::new(
+            1,
+            "error",
+            "locksmith run is gone; not starting CMD",
+        ));
+    }
+    let err = Command::new(&a.command[0]).args(&a.command[1..]).exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    Err(Failure::new(
+        code,
+        "exec_failed",
+        format!("cannot run {:?}: {err}", a.command[0]),
+    ))
+}

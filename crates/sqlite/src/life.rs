@@ -1,0 +1,86 @@
+//! Proof of life for process-bound locks.
+//!
+//! A process that binds locks to itself creates `holders/<boot>-<pid>-<start>`
+//! next to the database and keeps an exclusive `flock` on it for its whole
+//! life. The kernel drops that lock the moment the process dies, however it
+//! dies, so any other process can tell a dead holder from a live one at once
+//! by asking for a shared lock without blocking. Where the file is gone, pid
+//! and process start time decide (never the pid alone).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use locksmith_core::{Binding, StoreError, sys};
+use rustix::fs::{FlockOperation, flock};
+
+/// Life files this process holds, by folder; kept open until exit.
+static HELD: OnceLock<Mutex<HashMap<PathBuf, (File, String)>>> = OnceLock::new();
+
+/// The binding of the calling process, creating its life file in `dir` once.
+pub(crate) fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError> {
+    let pid = std::process::id();
+    let start = sys::process_start(pid);
+    let held = HELD.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = held.get(dir) {
+        return Ok(Binding {
+            pid,
+            start,
+            life_file: Some(path.clone()),
+        });
+    }
+    let folder = dir.join("holders");
+    std::fs::create_dir_all(&folder)
+        .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", folder.display())))?;
+    let path = folder.join(format!("{boot_id}-{pid}-{}", start.unwrap_or(0)));
+    // std opens with O_CLOEXEC: a child we exec does not inherit the proof.
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create the life file {}: {e}",
+                path.display()
+            ))
+        })?;
+    flock(&file, FlockOperation::LockExclusive).map_err(|e| {
+        StoreError::Backend(format!("cannot lock the life file {}: {e}", path.display()))
+    })?;
+    let text = path.to_string_lossy().into_owned();
+    held.insert(dir.to_path_buf(), (file, text.clone()));
+    Ok(Binding {
+        pid,
+        start,
+        life_file: Some(text),
+    })
+}
+
+/// Whether the bound process lives: `Some(false)` on proof of death.
+pub(crate) fn alive(b: &Binding) -> Option<bool> {
+    if let Some(path) = &b.life_file {
+        match File::open(path) {
+            Ok(f) => {
+                return match flock(&f, FlockOperation::NonBlockingLockShared) {
+                    Ok(()) => Some(false),
+                    Err(_) => Some(true),
+                };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+    }
+    sys::process_alive(b.pid, b.start)
+}
+
+/// Removes the life file of a process proven dead.
+pub(crate) fn remove_dead(b: &Binding) {
+    if let Some(path) = &b.life_file
+        && alive(b) == Some(false)
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}
