@@ -71,6 +71,11 @@ const SETTINGS: &[Setting] = &[
         help: "how long a command waits for another process's database transaction",
     },
     Setting {
+        name: "task_hook",
+        default: "",
+        help: "sweeper: command run as `HOOK TASK_ID`; exit 0 means the task is done and its lock ends (task_completed)",
+    },
+    Setting {
         name: "allow_network_fs",
         default: "false",
         help: "allow the store on a network filesystem (unsafe: its file locking cannot be trusted)",
@@ -174,6 +179,11 @@ impl Config {
         self.get("owner").0.clone()
     }
 
+    /// The sweeper's task hook, if set.
+    pub fn task_hook(&self) -> Option<String> {
+        Some(self.get("task_hook").0.clone()).filter(|h| !h.trim().is_empty())
+    }
+
     /// Store options.
     pub fn options(&self) -> anyhow::Result<Options> {
         let durability = match self.get("durability").0.as_str() {
@@ -228,6 +238,7 @@ pub fn example() -> String {
         let value = match s.name {
             "allow_network_fs" => s.default.to_string(),
             "owner" => "\"agent-1\"".to_string(),
+            "task_hook" => "\"/usr/local/bin/task-state\"".to_string(),
             _ => format!("{:?}", s.default),
         };
         out.push_str(&format!("# {} = {value}\n\n", s.name));

@@ -57,6 +57,7 @@ enum Command {
     History(cmd::history::Args),
     ForceRelease(cmd::release::ForceArgs),
     Stats(cmd::history::StatsArgs),
+    Sweep(cmd::sweep::Args),
     Config(cmd::config::Args),
     #[command(name = "__exec", hide = true)]
     Exec(cmd::run::ExecArgs),
@@ -157,6 +158,7 @@ fn main() -> ExitCode {
                 Command::History(a) => cmd::history::history(&ctx, a),
                 Command::ForceRelease(a) => cmd::release::force(&ctx, a),
                 Command::Stats(a) => cmd::history::stats(&ctx, a),
+                Command::Sweep(a) => cmd::sweep::run(&ctx, a),
                 Command::Config(a) => cmd::config::run(&ctx, a),
             }
         });

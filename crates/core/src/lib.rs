@@ -7,6 +7,7 @@ pub mod key;
 pub mod model;
 pub mod rules;
 pub mod store;
+pub mod sweep;
 pub mod sys;
 pub mod time;
 pub mod wait;

@@ -419,6 +419,10 @@ pub trait Store: Send + Sync {
     /// Ends the tenure `fence` of `key` with `reason` if it is still held and
     /// the reason still holds now (the sweeper's second look); true when ended.
     fn reap(&self, key: &Key, fence: Fence, reason: ReleaseReason) -> Result<bool, StoreError>;
+    /// Drops history older than the retention; returns how many events went.
+    fn prune_history(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 }
 
 /// Serde helpers: durations as whole milliseconds.

@@ -94,7 +94,7 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let host = rows::HostFacts::current();
         let (conn, store_id) = open::open(path, &opts, &host, clock.now())?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             conn: Mutex::new(conn),
             clock,
             opts,
@@ -102,7 +102,11 @@ impl SqliteStore {
             store_id,
             host,
             waker: wake::Waker::new(),
-        })
+        };
+        if store.read(|tx, ctx| open::history_due(tx, ctx.now, ctx.opts))? {
+            store.prune_history()?;
+        }
+        Ok(store)
     }
 
     /// The database file.
@@ -153,11 +157,6 @@ impl SqliteStore {
             host: &self.host,
         };
         f(&tx, &ctx)
-    }
-
-    /// Drops history older than the retention; returns how many events went.
-    pub fn prune_history(&self) -> Result<usize, StoreError> {
-        self.write(|tx, ctx| Ok((open::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))
     }
 }
 
@@ -234,5 +233,9 @@ impl Store for SqliteStore {
 
     fn reap(&self, key: &Key, fence: Fence, reason: ReleaseReason) -> Result<bool, StoreError> {
         self.write(|tx, ctx| ops::reap(tx, ctx, key, fence, reason))
+    }
+
+    fn prune_history(&self) -> Result<usize, StoreError> {
+        self.write(|tx, ctx| Ok((open::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))
     }
 }

@@ -316,3 +316,22 @@ pub(crate) fn prune_history(
     )
     .map_err(map_err)
 }
+
+/// True when the oldest kept event is past the retention (cheap: one row).
+pub(crate) fn history_due(
+    tx: &rusqlite::Transaction<'_>,
+    now: Now,
+    opts: &Options,
+) -> Result<bool, StoreError> {
+    let cutoff = now
+        .wall
+        .0
+        .saturating_sub(opts.history_retention.as_millis() as u64) as i64;
+    let oldest: Option<i64> = tx
+        .query_row("SELECT at_wall FROM events ORDER BY id LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(map_err)?;
+    Ok(oldest.is_some_and(|t| t < cutoff))
+}

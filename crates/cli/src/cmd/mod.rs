@@ -6,6 +6,7 @@ pub mod history;
 pub mod release;
 pub mod run;
 pub mod status;
+pub mod sweep;
 
 use std::path::PathBuf;
 
