@@ -15,7 +15,9 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        Env { home: tempfile::tempdir().unwrap() }
+        Env {
+            home: tempfile::tempdir().unwrap(),
+        }
     }
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_locksmith"));
@@ -29,7 +31,11 @@ impl Env {
         self.cmd(args).output().unwrap()
     }
     fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
     fn json(&self, args: &[&str]) -> Value {
         let out = self.run(&[args, &["--json"]].concat());
@@ -58,13 +64,22 @@ fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn read_pid(path: &Path) -> u32 {
-    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Gone or a zombie: either way no longer running.
 fn running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -73,7 +88,12 @@ fn running(pid: u32) -> bool {
 fn exit_status_passes_through_with_completed_or_failed() {
     let env = Env::new();
     let ok = env.run(&["run", "-l", "job", "--", "sh", "-c", "test \"$LOCKSMITH_KEYS\" = job && test -n \"$LOCKSMITH_FENCE\" && test -n \"$LOCKSMITH_HANDLE\""]);
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(env.last_reason("job"), "completed");
     let bad = env.run(&["run", "-l", "job", "--", "sh", "-c", "exit 3"]);
     assert_eq!(bad.status.code(), Some(3));
@@ -86,7 +106,17 @@ fn exit_status_passes_through_with_completed_or_failed() {
 #[test]
 fn several_keys_are_listed_one_per_line() {
     let env = Env::new();
-    let out = env.run(&["run", "-l", "a", "-l", "b", "--", "sh", "-c", "printf '%s|%s' \"$LOCKSMITH_KEYS\" \"$LOCKSMITH_FENCE\""]);
+    let out = env.run(&[
+        "run",
+        "-l",
+        "a",
+        "-l",
+        "b",
+        "--",
+        "sh",
+        "-c",
+        "printf '%s|%s' \"$LOCKSMITH_KEYS\" \"$LOCKSMITH_FENCE\"",
+    ]);
     let text = String::from_utf8(out.stdout).unwrap();
     let (keys, fences) = text.split_once('|').unwrap();
     assert_eq!(keys, "a\nb");
@@ -117,24 +147,45 @@ fn signals_reach_the_whole_process_group() {
         trapped.display()
     );
     let run = env.spawn(&["run", "-l", "sig", "--", "sh", "-c", &script]);
-    eventually(Duration::from_secs(10), "the grandchild", || pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0);
+    eventually(Duration::from_secs(10), "the grandchild", || {
+        pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0
+    });
     let grandchild = read_pid(&pidfile);
     signal(run.id(), Signal::INT);
     let out = run.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&trapped).unwrap().trim(), "INT");
-    eventually(Duration::from_secs(5), "the grandchild to end", || !running(grandchild));
+    eventually(Duration::from_secs(5), "the grandchild to end", || {
+        !running(grandchild)
+    });
     assert_eq!(env.last_reason("sig"), "failed");
 
     // SIGTERM to the group reaches a grandchild that does not trap it.
-    let run = env.spawn(&["run", "-l", "sig", "--", "sh", "-c", &format!("sleep 30 & echo $! > {}; wait", pidfile.display())]);
+    let run = env.spawn(&[
+        "run",
+        "-l",
+        "sig",
+        "--",
+        "sh",
+        "-c",
+        &format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
+    ]);
     std::fs::remove_file(&pidfile).ok();
-    eventually(Duration::from_secs(10), "the grandchild", || pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0);
+    eventually(Duration::from_secs(10), "the grandchild", || {
+        pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0
+    });
     let grandchild = read_pid(&pidfile);
     signal(run.id(), Signal::TERM);
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143));
-    eventually(Duration::from_secs(5), "the grandchild to end", || !running(grandchild));
+    eventually(Duration::from_secs(5), "the grandchild to end", || {
+        !running(grandchild)
+    });
 }
 
 #[test]
@@ -142,35 +193,82 @@ fn a_signal_while_waiting_stops_the_wait() {
     let env = Env::new();
     env.run(&["acquire", "busy", "--owner", "other"]);
     let marker = env.file("started");
-    let run = env.spawn(&["run", "-l", "busy", "--wait", "60s", "--", "touch", marker.to_str().unwrap()]);
-    eventually(Duration::from_secs(10), "the queue entry", || env.json(&["list", "--waiting"]).as_array().unwrap().len() == 1);
+    let run = env.spawn(&[
+        "run",
+        "-l",
+        "busy",
+        "--wait",
+        "60s",
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ]);
+    eventually(Duration::from_secs(10), "the queue entry", || {
+        env.json(&["list", "--waiting"]).as_array().unwrap().len() == 1
+    });
     let sent = Instant::now();
     signal(run.id(), Signal::TERM);
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143));
     assert!(sent.elapsed() < Duration::from_secs(2));
     assert!(!marker.exists());
-    assert_eq!(env.json(&["list", "--waiting"]).as_array().unwrap().len(), 0);
-    assert_eq!(env.json(&["history", "busy", "--kind", "wait_cancelled"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        env.json(&["list", "--waiting"]).as_array().unwrap().len(),
+        0
+    );
+    assert_eq!(
+        env.json(&["history", "busy", "--kind", "wait_cancelled"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn sigkill_of_run_takes_its_command_and_frees_the_lock() {
     let env = Env::new();
     let pidfile = env.file("child");
-    let run = env.spawn(&["run", "-l", "killed", "--ttl", "60s", "--", "sh", "-c", &format!("echo $$ > {}; exec sleep 30", pidfile.display())]);
-    eventually(Duration::from_secs(10), "the child", || pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0);
+    let run = env.spawn(&[
+        "run",
+        "-l",
+        "killed",
+        "--ttl",
+        "60s",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo $$ > {}; exec sleep 30", pidfile.display()),
+    ]);
+    eventually(Duration::from_secs(10), "the child", || {
+        pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0
+    });
     let child = read_pid(&pidfile);
     assert!(running(child));
-    let waiter = env.spawn(&["acquire", "killed", "--owner", "next", "--wait", "20s", "--json"]);
-    eventually(Duration::from_secs(10), "the waiter", || env.json(&["list", "--waiting"]).as_array().unwrap().len() == 1);
+    let waiter = env.spawn(&[
+        "acquire", "killed", "--owner", "next", "--wait", "20s", "--json",
+    ]);
+    eventually(Duration::from_secs(10), "the waiter", || {
+        env.json(&["list", "--waiting"]).as_array().unwrap().len() == 1
+    });
     let killed = Instant::now();
     signal(run.id(), Signal::KILL);
     let out = waiter.wait_with_output().unwrap();
     // Freed on proof of death, long before the 60 s lease.
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(killed.elapsed() < Duration::from_secs(2), "took {:?}", killed.elapsed());
-    eventually(Duration::from_secs(5), "the child to die with run", || !running(child));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed.elapsed()
+    );
+    eventually(Duration::from_secs(5), "the child to die with run", || {
+        !running(child)
+    });
     let reaped = env.json(&["history", "killed", "--kind", "reaped"]);
     assert_eq!(reaped[0]["reason"], "dead_process");
     let mut run = run;
@@ -181,16 +279,38 @@ fn sigkill_of_run_takes_its_command_and_frees_the_lock() {
 fn sigstop_past_the_lease_loses_the_lock_and_stops_the_command() {
     let env = Env::new();
     let termed = env.file("termed");
-    let script = format!("trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done", termed.display());
-    let run = env.spawn(&["run", "-l", "paused", "--ttl", "1s", "--grace", "5s", "--", "sh", "-c", &script]);
-    eventually(Duration::from_secs(10), "the lock", || env.json(&["status", "paused"])["free"] == false);
+    let script = format!(
+        "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
+        termed.display()
+    );
+    let run = env.spawn(&[
+        "run", "-l", "paused", "--ttl", "1s", "--grace", "5s", "--", "sh", "-c", &script,
+    ]);
+    eventually(Duration::from_secs(10), "the lock", || {
+        env.json(&["status", "paused"])["free"] == false
+    });
     signal(run.id(), Signal::STOP);
     // Another process takes the lock once the lease has run out.
-    let other = env.run(&["acquire", "paused", "--owner", "other", "--wait", "10s", "--json"]);
-    assert_eq!(other.status.code(), Some(0), "{}", String::from_utf8_lossy(&other.stdout));
+    let other = env.run(&[
+        "acquire", "paused", "--owner", "other", "--wait", "10s", "--json",
+    ]);
+    assert_eq!(
+        other.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&other.stdout)
+    );
     signal(run.id(), Signal::CONT);
     let out = run.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&termed).unwrap().trim(), "TERM");
-    assert_eq!(env.json(&["status", "paused"])["holders"][0]["owner"], "other");
+    assert_eq!(
+        env.json(&["status", "paused"])["holders"][0]["owner"],
+        "other"
+    );
 }
