@@ -21,8 +21,9 @@ Exit codes:
   4  wait timed out
   5  deadlock refused: waiting would close a cycle
   6  not the holder: another owner holds the lock
-  7  lock lost (renew of a lock that is no longer held)
-  130 wait interrupted (SIGINT/SIGTERM); the queue place is given up
+  7  lock lost (renew of a lock that is no longer held; run whose lock was lost)
+  130 acquire interrupted while waiting (SIGINT/SIGTERM/SIGHUP); the queue
+      place is given up. `run` exits with CMD's status, or 128 + signal
 
 Environment: LOCKSMITH_HOME (store folder), LOCKSMITH_OWNER (default owner),
 LOCKSMITH_<SETTING> for every setting of `locksmith config`.";
