@@ -27,15 +27,32 @@ pub use wait::{AcquireError, WaitPolicy};
 impl Holder {
     /// A holder for this process, with host facts filled in.
     pub fn this_process(owner: impl Into<String>) -> Holder {
+        // Read once per process: these do not change while it runs (the pid
+        // is checked, for a forked child).
+        static FACTS: std::sync::OnceLock<(u32, String, String, Option<u64>)> =
+            std::sync::OnceLock::new();
         let pid = std::process::id();
+        let facts = FACTS.get_or_init(|| {
+            (
+                pid,
+                sys::hostname(),
+                sys::boot_id(),
+                sys::process_start(pid),
+            )
+        });
+        let pid_start = if facts.0 == pid {
+            facts.3
+        } else {
+            sys::process_start(pid)
+        };
         Holder {
             owner: owner.into(),
             task: None,
             metadata: None,
-            hostname: sys::hostname(),
-            boot_id: sys::boot_id(),
+            hostname: facts.1.clone(),
+            boot_id: facts.2.clone(),
             pid,
-            pid_start: sys::process_start(pid),
+            pid_start,
         }
     }
 }

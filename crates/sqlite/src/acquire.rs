@@ -386,7 +386,14 @@ pub(crate) fn run(
         .map(|b| b.lock.holder.owner.clone())
         .collect();
     waits_for.extend(ahead.iter().map(|q| q.owner.clone()));
-    if let Some(cycle) = find_deadlock(tx, ctx, &req.holder.owner, waits_for, my_seq)? {
+    // A cycle is closed by a new wait: check when the request joins the
+    // queue, not on every later attempt (that would cost a graph walk per
+    // wake-up on a busy key).
+    let cycle = match my_seq {
+        None => find_deadlock(tx, ctx, &req.holder.owner, waits_for, my_seq)?,
+        Some(_) => None,
+    };
+    if let Some(cycle) = cycle {
         if let Some(seq) = my_seq {
             tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
                 .map_err(map_err)?;
