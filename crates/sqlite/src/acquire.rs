@@ -106,6 +106,20 @@ impl Queued {
     }
 }
 
+/// True when a queue entry no longer counts: it stopped refreshing its place,
+/// or its process (on this machine) is gone.
+fn entry_gone(
+    ctx: &Ctx<'_>,
+    boot: &str,
+    pid: u32,
+    pid_start: Option<i64>,
+    alive_until: i64,
+) -> bool {
+    alive_until <= ctx.now.mono.0 as i64
+        || (boot == ctx.host.boot_id
+            && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false))
+}
+
 /// Live queue entries that could bear on `key` with `scope`, in queue order.
 /// Entries whose process is gone or that stopped refreshing are removed.
 pub(crate) fn queue_touching(
@@ -175,10 +189,7 @@ pub(crate) fn queue_touching(
         else {
             continue;
         };
-        let gone = alive_until <= ctx.now.mono.0 as i64
-            || (boot == ctx.host.boot_id
-                && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false));
-        if gone {
+        if entry_gone(ctx, &boot, pid, pid_start, alive_until) {
             tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
                 .map_err(map_err)?;
             continue;
@@ -262,11 +273,43 @@ fn hold_blockers<'h>(
     Ok(out)
 }
 
+/// A claim in the way of a request: a held lock or an earlier waiter.
+enum InWay<'h, 'q> {
+    Held(&'h HoldRow),
+    Queued(&'q Queued),
+}
+
+/// The earlier waiters in the way of `c`, counted together with the live
+/// holds: a semaphore slot an earlier waiter is due is not free for `c`.
+fn queued_in_way<'q>(
+    c: &Claim<'_>,
+    holds: &[&HoldRow],
+    earlier: &'q [Queued],
+) -> Result<Vec<&'q Queued>, rules::LimitMismatch> {
+    let both: Vec<InWay<'_, 'q>> = holds
+        .iter()
+        .map(|h| InWay::Held(h))
+        .chain(earlier.iter().map(InWay::Queued))
+        .collect();
+    let in_way = rules::blockers(c, &both, |x| match x {
+        InWay::Held(h) => claim(&h.lock.key, h.lock.mode, h.lock.scope),
+        InWay::Queued(q) => q.claim(),
+    })?;
+    Ok(in_way
+        .into_iter()
+        .filter_map(|x| match x {
+            InWay::Queued(q) => Some(*q),
+            InWay::Held(_) => None,
+        })
+        .collect())
+}
+
 /// Earlier queued requests that `req` may not pass, and all entries touching it.
 fn waiters_ahead(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
     req: &AcquireRequest,
+    holds: &[&HoldRow],
     me: (i32, i64),
 ) -> Result<(Vec<Queued>, Vec<Queued>), StoreError> {
     let mut ahead: Vec<Queued> = Vec::new();
@@ -279,7 +322,7 @@ fn waiters_ahead(
             .inspect(|q| touching.push(q.clone()))
             .filter(|q| rules::is_ahead(q.place(), me))
             .collect();
-        for q in rules::blockers(&claim(key, req.mode, req.scope), &earlier, Queued::claim)? {
+        for q in queued_in_way(&claim(key, req.mode, req.scope), holds, &earlier)? {
             if !ahead.iter().any(|a| a.seq == q.seq) {
                 ahead.push(q.clone());
             }
@@ -297,14 +340,18 @@ pub(crate) fn run(
     queue: Option<&mut Waiter>,
 ) -> Result<(Result<Attempt, StoreError>, Vec<String>), StoreError> {
     let now = ctx.now;
-    let my_seq = queue.as_ref().and_then(|w| w.seq);
+    let my_seq = match queue.as_ref().and_then(|w| w.seq) {
+        Some(seq) => own_entry(tx, ctx, seq)?,
+        None => None,
+    };
     if let Some(rid) = &req.request_id
-        && let Some(g) = replay(tx, req, rid)?
+        && let Some(g) = replay(tx, ctx, req, rid)?
     {
         return Ok((Ok(Attempt::Granted(g)), Vec::new()));
     }
     let holds = live_holds(tx, ctx, &req.keys, req.scope)?;
     let mut blockers = hold_blockers(req, &holds)?;
+    let mut taken_over: HashSet<i64> = HashSet::new();
     let forced = matches!(req.takeover, Takeover::Force { .. });
     match &req.takeover {
         Takeover::Force { reason } => {
@@ -327,6 +374,7 @@ pub(crate) fn run(
             });
             if all_stale {
                 for b in blockers.drain(..) {
+                    taken_over.insert(b.id);
                     let detail = json!({ "by": req.holder.owner });
                     end_hold(
                         tx,
@@ -342,10 +390,14 @@ pub(crate) fn run(
         _ => {}
     }
     let me = (req.priority, my_seq.unwrap_or(i64::MAX));
+    let standing: Vec<&HoldRow> = holds
+        .iter()
+        .filter(|h| !taken_over.contains(&h.id))
+        .collect();
     let (ahead, touching) = if forced {
         (Vec::new(), Vec::new())
     } else {
-        waiters_ahead(tx, ctx, req, me)?
+        waiters_ahead(tx, ctx, req, &standing, me)?
     };
     if blockers.is_empty() && ahead.is_empty() {
         if let Some(seq) = my_seq {
@@ -386,19 +438,23 @@ pub(crate) fn run(
         .map(|b| b.lock.holder.owner.clone())
         .collect();
     waits_for.extend(ahead.iter().map(|q| q.owner.clone()));
-    // A cycle is closed by a new wait: check when the request joins the
-    // queue, not on every later attempt (that would cost a graph walk per
-    // wake-up on a busy key).
-    let cycle = match my_seq {
-        None => find_deadlock(tx, ctx, &req.holder.owner, waits_for, my_seq)?,
-        Some(_) => None,
+    // A cycle through this request needs one of the owners it waits for to
+    // be waiting itself. Check when the request joins the queue, and on a
+    // later attempt only when that holds: a cycle can also close after the
+    // join (a request of higher priority queues ahead of a waiter, or is
+    // granted a lock a waiter wants), but a wake-up on a busy key whose
+    // holders wait for nothing costs no graph walk.
+    let cycle = if my_seq.is_none() || any_waiting(tx, ctx, &waits_for, &req.holder.owner)? {
+        find_deadlock(tx, ctx, &req.holder.owner, waits_for, my_seq)?
+    } else {
+        None
     };
     if let Some(cycle) = cycle {
         if let Some(seq) = my_seq {
             tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
                 .map_err(map_err)?;
-            waiter.seq = None;
         }
+        waiter.seq = None;
         let key = req.keys[0].clone();
         record(
             tx,
@@ -437,6 +493,28 @@ pub(crate) fn run(
     places.remove(&seq);
     blocked.position = Some(places.len() + 1);
     Ok((Ok(Attempt::Blocked(blocked)), Vec::new()))
+}
+
+/// The caller's own queue place `seq`, if it still counts. A place that
+/// lapsed (its waiter stopped refreshing it, so others no longer saw it and
+/// may have passed) or was removed is given up: the request queues again at
+/// the back, visibly, instead of waiting on a place nobody else sees.
+fn own_entry(tx: &Transaction<'_>, ctx: &Ctx<'_>, seq: i64) -> Result<Option<i64>, StoreError> {
+    let alive_until: Option<i64> = tx
+        .query_row("SELECT alive_until FROM queue WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(map_err)?;
+    match alive_until {
+        Some(t) if t > ctx.now.mono.0 as i64 => Ok(Some(seq)),
+        Some(_) => {
+            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+                .map_err(map_err)?;
+            Ok(None)
+        }
+        None => Ok(None),
+    }
 }
 
 fn enqueue(
@@ -588,8 +666,11 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
 }
 
 /// The grant made earlier for the same request id and owner, if still held.
+/// A grant that has ended (lease or `max_hold` run out, holder dead) is not
+/// answered as if it were live: the request is then served anew.
 fn replay(
     tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
     req: &AcquireRequest,
     rid: &str,
 ) -> Result<Option<Grant>, StoreError> {
@@ -601,6 +682,13 @@ fn replay(
     let Some(first) = rows.first() else {
         return Ok(None);
     };
+    let ended = |r: &HoldRow| {
+        rules::ended(&r.lock, ctx.now.mono).is_some()
+            || rows::process_alive(&r.lock, ctx.host) == Some(false)
+    };
+    if rows.iter().any(ended) {
+        return Ok(None);
+    }
     let mut held: Vec<&Key> = rows.iter().map(|r| &r.lock.key).collect();
     let mut asked: Vec<&Key> = req.keys.iter().collect();
     held.sort();
@@ -623,12 +711,41 @@ fn replay(
             .map(|r| GrantedLock {
                 key: r.lock.key.clone(),
                 fence: r.lock.fence,
-                expires_at: None,
+                expires_at: r.lock.expires.map(|e| rows::wall_at(ctx.now, e)),
             })
             .collect(),
         ttl: first.lock.ttl,
         replayed: true,
     }))
+}
+
+/// True when one of `owners` (other than `me`) has a queue entry that counts.
+fn any_waiting(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    owners: &HashSet<String>,
+    me: &str,
+) -> Result<bool, StoreError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT owner, boot_id, pid, pid_start, alive_until FROM queue")
+        .map_err(map_err)?;
+    let mut rows = stmt.query([]).map_err(map_err)?;
+    while let Some(r) = rows.next().map_err(map_err)? {
+        let owner: String = r.get(0).map_err(map_err)?;
+        if owner == me || !owners.contains(&owner) {
+            continue;
+        }
+        let boot: String = r.get(1).map_err(map_err)?;
+        let (pid, pid_start, alive_until) = (
+            r.get(2).map_err(map_err)?,
+            r.get(3).map_err(map_err)?,
+            r.get(4).map_err(map_err)?,
+        );
+        if !entry_gone(ctx, &boot, pid, pid_start, alive_until) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Builds the waits-for graph of owners from the live queue and looks for a
@@ -641,22 +758,27 @@ fn find_deadlock(
     my_seq: Option<i64>,
 ) -> Result<Option<Vec<String>>, StoreError> {
     type QueueRow = (i64, String, i32, String, Option<u32>, String, String);
-    let others: Vec<QueueRow> = {
+    type Liveness = (String, u32, Option<i64>, i64);
+    let others: Vec<(QueueRow, Liveness)> = {
         let mut stmt = tx
             .prepare_cached(
-                "SELECT q.seq, q.owner, q.priority, q.mode, q.slots, k.key, k.scope
+                "SELECT q.seq, q.owner, q.priority, q.mode, q.slots, k.key, k.scope,
+                        q.boot_id, q.pid, q.pid_start, q.alive_until
                  FROM queue q JOIN queue_keys k ON k.seq = q.seq",
             )
             .map_err(map_err)?;
         stmt.query_map([], |r| {
             Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
+                (
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ),
+                (r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
             ))
         })
         .map_err(map_err)?
@@ -665,8 +787,12 @@ fn find_deadlock(
     };
     let mut graph: HashMap<String, HashSet<String>> = HashMap::new();
     graph.insert(me.to_string(), my_edges);
-    for (seq, owner, priority, mode, slots, key, scope) in others {
-        if Some(seq) == my_seq || owner == me {
+    for ((seq, owner, priority, mode, slots, key, scope), (boot, pid, pid_start, alive_until)) in
+        others
+    {
+        // A waiter that no longer counts waits for nobody.
+        if Some(seq) == my_seq || owner == me || entry_gone(ctx, &boot, pid, pid_start, alive_until)
+        {
             continue;
         }
         let (Some(mode), Some(scope), Ok(key)) = (
@@ -693,7 +819,8 @@ fn find_deadlock(
             .into_iter()
             .filter(|q| rules::is_ahead(q.place(), (priority, seq)))
             .collect();
-        for q in rules::blockers(&c, &earlier, Queued::claim).unwrap_or_default() {
+        let holds: Vec<&HoldRow> = holds.iter().collect();
+        for q in queued_in_way(&c, &holds, &earlier).unwrap_or_default() {
             edges.insert(q.owner.clone());
         }
     }

@@ -170,8 +170,11 @@ pub(crate) fn release(
         .collect();
     let row = match mine.as_slice() {
         [] => {
+            // As for renew: an owner whose own tenure ended (released twice,
+            // expired, forced) is told so; only one who never held it is refused.
             if let Proof::Owner(_) = target.by
                 && !load_holds(tx, "key = ?1", [target.key.as_str()])?.is_empty()
+                && ended_reason(tx, &target.key, grant, owner_of(target))?.is_none()
             {
                 return Err(not_holder(tx, &target.key)?);
             }

@@ -90,6 +90,7 @@ fn held(k: &str, mode: Mode, scope: Scope, fence: u64) -> HeldLock {
         ttl: None,
         max_hold: None,
         request_id: None,
+        bind: None,
     }
 }
 

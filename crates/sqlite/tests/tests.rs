@@ -1,0 +1,398 @@
+//! The SQLite store against the shared conformance suite and random walk,
+//! plus what only a file store has: refusing foreign or damaged files
+//! without touching them, network filesystems, and fences across reopening.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use locksmith_core::store::ListFilter;
+use locksmith_core::{ManualClock, ReleaseReason, Store, StoreError};
+use locksmith_sqlite::{FsKind, Options, SqliteStore, classify_fs};
+use locksmith_testkit::{Harness, by_handle, request};
+use tempfile::TempDir;
+
+fn db_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("locksmith.db")
+}
+
+fn open(path: &Path, clock: &ManualClock) -> Result<SqliteStore, StoreError> {
+    SqliteStore::open_with_clock(path, Options::default(), Arc::new(clock.clone()))
+}
+
+/// A fresh store in its own temporary folder, which the harness keeps alive.
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = ManualClock::new();
+    let store = open(&db_path(&dir), &clock).expect("open a fresh store");
+    Harness::new(Arc::new(store), clock).keeping(dir)
+}
+
+locksmith_testkit::conformance_tests!(harness);
+
+#[test]
+fn run_all_covers_every_case() {
+    assert!(locksmith_testkit::CASES.len() >= 25);
+    let mut names: Vec<&str> = locksmith_testkit::CASES.iter().map(|c| c.0).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), locksmith_testkit::CASES.len());
+}
+
+/// Walks every seed; the walks together must reach every kind of outcome.
+fn walk_seeds(seeds: std::ops::Range<u64>) {
+    let mut seen = locksmith_testkit::walk::Coverage::default();
+    for seed in seeds {
+        seen.add(&locksmith_testkit::walk::random_walk(&harness, seed, 200));
+    }
+    for what in [
+        "granted",
+        "granted_after_queueing",
+        "granted_over_an_ended_lease",
+        "blocked",
+        "blocked_by_waiters_only",
+        "queued",
+        "queued_again_after_lapsing",
+        "deadlock_on_joining",
+        "invalid",
+        "limit_mismatch",
+        "renewed",
+        "renew_lost",
+        "released",
+        "release_not_held",
+        "left_queue",
+    ] {
+        assert!(seen.get(what) > 0, "no walk reached {what}: {seen:?}");
+    }
+    eprintln!("{seen:?}");
+}
+
+#[test]
+fn random_walk_seeds_0_to_50() {
+    walk_seeds(0..50);
+}
+
+#[test]
+fn random_walk_seeds_50_to_100() {
+    walk_seeds(50..100);
+}
+
+#[test]
+fn random_walk_seeds_100_to_150() {
+    walk_seeds(100..150);
+}
+
+#[test]
+fn random_walk_seeds_150_to_200() {
+    walk_seeds(150..200);
+}
+
+/// Replays one seed, for debugging: `LOCKSMITH_WALK_SEED=53 cargo test -p
+/// locksmith-sqlite --test tests one_walk_seed_from_env -- --nocapture`.
+#[test]
+fn one_walk_seed_from_env() {
+    if let Some(seed) = std::env::var("LOCKSMITH_WALK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        locksmith_testkit::walk::random_walk(&harness, seed, 200);
+    }
+}
+
+fn is_refusal(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unusable(_) | StoreError::Corrupt(_))
+}
+
+/// The folder holds nothing but the given file (no journal, WAL or shm left behind).
+fn only_file(dir: &TempDir, name: &str) {
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [name], "files left in the folder");
+}
+
+#[test]
+fn a_non_sqlite_file_is_refused_and_left_unchanged() {
+    for content in [
+        b"{\"locks\": []}\n".to_vec(),
+        b"short".to_vec(),
+        vec![0u8; 8192],
+        b"SQLite format 2\0 and then some more bytes".to_vec(),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        fs::write(&path, &content).unwrap();
+        let clock = ManualClock::new();
+        match open(&path, &clock) {
+            Err(e @ StoreError::Unusable(_)) => {
+                let msg = e.to_string();
+                assert!(msg.contains("not a locksmith database"), "{msg}");
+                assert!(msg.contains(&path.display().to_string()), "{msg}");
+            }
+            Err(other) => panic!("expected Unusable, got {other:?}"),
+            Ok(_) => panic!("a non-SQLite file was opened as a store"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), content, "the file was changed");
+        only_file(&dir, "locksmith.db");
+    }
+}
+
+#[test]
+fn a_foreign_sqlite_file_is_refused_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+             INSERT INTO notes (body) VALUES ('keep me'), ('and me');",
+        )
+        .unwrap();
+    }
+    let before = fs::read(&path).unwrap();
+    let clock = ManualClock::new();
+    match open(&path, &clock) {
+        Err(e @ StoreError::Unusable(_)) => {
+            assert!(e.to_string().contains("another program"), "{e}");
+        }
+        Err(other) => panic!("expected Unusable, got {other:?}"),
+        Ok(_) => panic!("a foreign SQLite file was opened as a store"),
+    }
+    assert_eq!(fs::read(&path).unwrap(), before, "the file was changed");
+    only_file(&dir, "locksmith.db");
+    // Another program's application id is refused too, even with no tables.
+    let path2 = dir.path().join("other.db");
+    {
+        let c = rusqlite::Connection::open(&path2).unwrap();
+        c.execute_batch("PRAGMA application_id = 1234; CREATE TABLE t (x); DROP TABLE t;")
+            .unwrap();
+    }
+    let before = fs::read(&path2).unwrap();
+    assert!(matches!(open(&path2, &clock), Err(StoreError::Unusable(_))));
+    assert_eq!(fs::read(&path2).unwrap(), before);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    drop(open(&path, &clock).unwrap());
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA user_version = 99;").unwrap();
+    }
+    let before = fs::read(&path).unwrap();
+    match open(&path, &clock) {
+        Err(e @ StoreError::Unusable(_)) => {
+            assert!(e.to_string().contains("newer locksmith"), "{e}")
+        }
+        other => panic!("expected Unusable, got {:?}", other.err()),
+    }
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+/// Fills a store with enough history to span many pages, closes it, and
+/// returns the file's size.
+fn filled_store(path: &Path, clock: &ManualClock) -> u64 {
+    let store = open(path, clock).unwrap();
+    for i in 0..600 {
+        let k = format!("fill/key-{i:04}/with/a/fairly/long/name/to/take/room");
+        let req = request(&format!("owner-{i}"), &[&k]);
+        let g = match store.acquire(&req, None).unwrap() {
+            locksmith_core::Attempt::Granted(g) => g,
+            other => panic!("{other:?}"),
+        };
+        if i % 3 != 0 {
+            store
+                .release(&by_handle(&k, &g), ReleaseReason::Completed)
+                .unwrap();
+        }
+    }
+    drop(store);
+    fs::metadata(path).unwrap().len()
+}
+
+/// Every operation a user would run next; returns the first error, if any.
+fn use_store(store: &SqliteStore) -> Option<StoreError> {
+    let reads: [&dyn Fn() -> Result<(), StoreError>; 4] = [
+        &|| store.stats().map(|_| ()),
+        &|| store.list(&ListFilter::default()).map(|_| ()),
+        &|| {
+            store
+                .history(&locksmith_core::store::HistoryFilter {
+                    limit: 100_000,
+                    ..Default::default()
+                })
+                .map(|_| ())
+        },
+        &|| store.waiters(&ListFilter::default()).map(|_| ()),
+    ];
+    for r in reads {
+        if let Err(e) = r() {
+            return Some(e);
+        }
+    }
+    for i in 0..600 {
+        let k = format!("fill/key-{i:04}/with/a/fairly/long/name/to/take/room");
+        if let Err(e) = store.acquire(&request("after", &[&k]), None) {
+            return Some(e);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_corrupted_store_gives_a_clear_error_and_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    let size = filled_store(&path, &clock);
+    let page = 4096u64;
+    assert!(
+        size >= 20 * page,
+        "the store should span many pages, it has {size} bytes"
+    );
+    // Overwrite the middle pages (not the header page) with garbage.
+    let mut bytes = fs::read(&path).unwrap();
+    let (from, to) = ((size / page / 3) * page, (size / page * 2 / 3) * page);
+    let mut x: u32 = 0x1234_5678;
+    for b in &mut bytes[from as usize..to as usize] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    fs::write(&path, &bytes).unwrap();
+    let garbage = bytes[from as usize..to as usize].to_vec();
+
+    let err = match open(&path, &clock) {
+        Err(e) => e,
+        Ok(store) => use_store(&store).expect("a damaged store went unnoticed"),
+    };
+    assert!(
+        is_refusal(&err),
+        "expected Corrupt or Unusable, got {err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("damaged") || msg.contains("not a locksmith"),
+        "{msg}"
+    );
+    let after = fs::read(&path).unwrap();
+    assert!(after.len() as u64 >= to, "the damaged file was truncated");
+    assert_eq!(
+        &after[from as usize..to as usize],
+        &garbage[..],
+        "the damaged pages were overwritten"
+    );
+}
+
+#[test]
+fn a_truncated_store_is_refused_or_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    let size = filled_store(&path, &clock);
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..(size / 2) as usize]).unwrap();
+    let err = match open(&path, &clock) {
+        Err(e) => e,
+        Ok(store) => use_store(&store).expect("a truncated store went unnoticed"),
+    };
+    assert!(
+        is_refusal(&err),
+        "expected Corrupt or Unusable, got {err:?}"
+    );
+}
+
+#[test]
+fn network_filesystems_are_classified() {
+    assert_eq!(classify_fs(0x6969), FsKind::Network("NFS"));
+    assert!(matches!(classify_fs(0xFF53_4D42), FsKind::Network(_)));
+    assert!(matches!(classify_fs(0x517B), FsKind::Network(_)));
+    assert_eq!(classify_fs(0xEF53), FsKind::Local, "ext4");
+    assert_eq!(classify_fs(0x0102_1994), FsKind::Local, "tmpfs");
+    assert_eq!(classify_fs(0x9123_683E), FsKind::Local, "btrfs");
+}
+
+#[test]
+fn reopening_keeps_fences_rising() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let mut last = 0;
+    for round in 0..4 {
+        // A fresh clock each time: the wall clock may even be the same as before.
+        let clock = ManualClock::new();
+        let store = open(&path, &clock).unwrap();
+        for i in 0..3 {
+            let g = match store
+                .acquire(&request("a", &[&format!("k{i}")]), None)
+                .unwrap()
+            {
+                locksmith_core::Attempt::Granted(g) => g,
+                other => panic!("round {round}: {other:?}"),
+            };
+            assert!(
+                g.locks[0].fence.0 > last,
+                "round {round}: fence {} after {last}",
+                g.locks[0].fence
+            );
+            last = g.locks[0].fence.0;
+            store
+                .release(&by_handle(&format!("k{i}"), &g), ReleaseReason::Completed)
+                .unwrap();
+        }
+        assert_eq!(store.stats().unwrap().last_fence, last);
+    }
+}
+
+#[test]
+fn a_held_lock_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    let g = {
+        let store = open(&path, &clock).unwrap();
+        match store.acquire(&request("a", &["k"]), None).unwrap() {
+            locksmith_core::Attempt::Granted(g) => g,
+            other => panic!("{other:?}"),
+        }
+    };
+    let store = open(&path, &clock).unwrap();
+    assert!(matches!(
+        store.acquire(&request("b", &["k"]), None).unwrap(),
+        locksmith_core::Attempt::Blocked(_)
+    ));
+    assert!(matches!(
+        store
+            .release(&by_handle("k", &g), ReleaseReason::Completed)
+            .unwrap(),
+        locksmith_core::store::Release::Released { .. }
+    ));
+}
+
+#[test]
+fn two_handles_on_one_file_see_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    let s1 = open(&path, &clock).unwrap();
+    let s2 = open(&path, &clock).unwrap();
+    let g = match s1.acquire(&request("a", &["k"]), None).unwrap() {
+        locksmith_core::Attempt::Granted(g) => g,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        s2.acquire(&request("b", &["k"]), None).unwrap(),
+        locksmith_core::Attempt::Blocked(_)
+    ));
+    s2.release(&by_handle("k", &g), ReleaseReason::Completed)
+        .unwrap();
+    let g2 = match s2.acquire(&request("b", &["k"]), None).unwrap() {
+        locksmith_core::Attempt::Granted(g) => g,
+        other => panic!("{other:?}"),
+    };
+    assert!(g2.locks[0].fence > g.locks[0].fence);
+}
