@@ -268,7 +268,7 @@ pub struct KeyStatus {
     pub key: Key,
     /// True when nothing holds or covers it.
     pub free: bool,
-    /// Locks held on it, or covering it (tree locks above, held keys below a tree).
+    /// Locks held on it, or covering it (tree locks on its ancestors).
     pub holders: Vec<LockInfo>,
     /// Its queue, in order.
     pub waiters: Vec<WaiterInfo>,

@@ -251,7 +251,15 @@ pub(crate) fn stats(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Stats, StoreE
         })
         .ok();
     Ok(Stats {
-        held: count("SELECT count(*) FROM holds")?,
+        // Ended tenures still in the table (nobody touched them since) are not held.
+        held: tx
+            .query_row(
+                "SELECT count(*) FROM holds WHERE (expires_mono IS NULL OR expires_mono > ?1)
+                   AND (max_hold_ms IS NULL OR acquired_mono + max_hold_ms * 1000 > ?1)",
+                [ctx.now.mono.0 as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(map_err)? as u64,
         waiting: waiters(tx, ctx, &ListFilter::default())?
             .iter()
             .map(|w| (w.owner.clone(), w.since))
