@@ -314,3 +314,56 @@ fn sigstop_past_the_lease_loses_the_lock_and_stops_the_command() {
         "other"
     );
 }
+
+#[test]
+fn sweep_once_uses_the_task_hook_and_the_loop_stops_on_sigterm() {
+    let env = Env::new();
+    env.run(&["acquire", "done-task", "--task", "T1"]);
+    env.run(&["acquire", "open-task", "--task", "T2"]);
+    let hook = env.file("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\n[ \"$1\" = T1 ]\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dry = env
+        .cmd(&["sweep", "--once", "--dry-run", "--json"])
+        .env("LOCKSMITH_TASK_HOOK", &hook)
+        .output()
+        .unwrap();
+    let planned: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(planned.as_array().unwrap().len(), 1);
+    assert_eq!(planned[0]["applied"], false);
+    assert_eq!(
+        env.json(&["list"]).as_array().unwrap().len(),
+        2,
+        "a dry run changes nothing"
+    );
+    let out = env
+        .cmd(&["sweep", "--once", "--json"])
+        .env("LOCKSMITH_TASK_HOOK", &hook)
+        .output()
+        .unwrap();
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done[0]["key"], "done-task");
+    assert_eq!(done[0]["reason"], "task_completed");
+    let log = String::from_utf8(out.stderr).unwrap();
+    let line: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (line["event"].as_str(), line["reason"].as_str()),
+        (Some("reaped"), Some("task_completed"))
+    );
+    assert_eq!(env.json(&["status", "open-task"])["free"], false);
+
+    let looping = env.spawn(&["sweep", "--interval", "100ms"]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(looping.id(), Signal::TERM);
+    let out = looping.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let last: Value = serde_json::from_str(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["event"], "stopped");
+}
