@@ -7,17 +7,18 @@ CREATE TABLE meta (
     v ANY
 ) STRICT, WITHOUT ROWID;
 
--- One row per held key. A grant of several keys has several rows sharing
--- grant_id (the first key's fence) and secret.
+-- One row per held key, keyed by its fence. A grant of several keys has
+-- several rows with consecutive fences, sharing grant_id (the first key's
+-- fence) and secret; a grant is found by the fence range it starts.
+-- Indexes are few on purpose: every one is written on every grant.
 CREATE TABLE holds (
-    id            INTEGER PRIMARY KEY,
+    fence         INTEGER PRIMARY KEY,
     grant_id      INTEGER NOT NULL,
     secret        TEXT    NOT NULL,
     key           TEXT    NOT NULL,
     mode          TEXT    NOT NULL,
     slots         INTEGER,
     scope         TEXT    NOT NULL,
-    fence         INTEGER NOT NULL UNIQUE,
     owner         TEXT    NOT NULL,
     task          TEXT,
     metadata      TEXT,
@@ -35,8 +36,6 @@ CREATE TABLE holds (
     renew_logged  INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX holds_by_key ON holds (key);
-CREATE INDEX holds_by_grant ON holds (grant_id);
-CREATE INDEX holds_by_owner ON holds (owner);
 CREATE INDEX holds_by_request ON holds (request_id) WHERE request_id IS NOT NULL;
 
 -- One row per queued request; seq is the arrival order.

@@ -114,10 +114,17 @@ fn entry_gone(
     pid: u32,
     pid_start: Option<i64>,
     alive_until: i64,
+    wake: &str,
 ) -> bool {
-    alive_until <= ctx.now.mono.0 as i64
-        || (boot == ctx.host.boot_id
-            && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false))
+    if alive_until <= ctx.now.mono.0 as i64 {
+        return true;
+    }
+    // A bound wake socket proves its waiter alive for one syscall; only
+    // when it is not there do we look the process up (it may live in
+    // another network namespace, where its socket cannot be seen).
+    boot == ctx.host.boot_id
+        && !ctx.waker.bound(wake)
+        && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false)
 }
 
 /// Live queue entries that could bear on `key` with `scope`, in queue order.
@@ -189,7 +196,7 @@ pub(crate) fn queue_touching(
         else {
             continue;
         };
-        if entry_gone(ctx, &boot, pid, pid_start, alive_until) {
+        if entry_gone(ctx, &boot, pid, pid_start, alive_until, &wake) {
             tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
                 .map_err(map_err)?;
             continue;
@@ -727,7 +734,7 @@ fn any_waiting(
     me: &str,
 ) -> Result<bool, StoreError> {
     let mut stmt = tx
-        .prepare_cached("SELECT owner, boot_id, pid, pid_start, alive_until FROM queue")
+        .prepare_cached("SELECT owner, boot_id, pid, pid_start, alive_until, wake FROM queue")
         .map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
     while let Some(r) = rows.next().map_err(map_err)? {
@@ -741,7 +748,8 @@ fn any_waiting(
             r.get(3).map_err(map_err)?,
             r.get(4).map_err(map_err)?,
         );
-        if !entry_gone(ctx, &boot, pid, pid_start, alive_until) {
+        let wake: String = r.get(5).map_err(map_err)?;
+        if !entry_gone(ctx, &boot, pid, pid_start, alive_until, &wake) {
             return Ok(true);
         }
     }
@@ -749,7 +757,8 @@ fn any_waiting(
 }
 
 /// Builds the waits-for graph of owners from the live queue and looks for a
-/// path from the requester back to itself.
+/// path from the requester back to itself. One read of the queue and one of
+/// the holds per distinct key; the graph itself is built in memory.
 fn find_deadlock(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
@@ -757,67 +766,34 @@ fn find_deadlock(
     my_edges: HashSet<String>,
     my_seq: Option<i64>,
 ) -> Result<Option<Vec<String>>, StoreError> {
-    type QueueRow = (i64, String, i32, String, Option<u32>, String, String);
-    type Liveness = (String, u32, Option<i64>, i64);
-    let others: Vec<(QueueRow, Liveness)> = {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT q.seq, q.owner, q.priority, q.mode, q.slots, k.key, k.scope,
-                        q.boot_id, q.pid, q.pid_start, q.alive_until
-                 FROM queue q JOIN queue_keys k ON k.seq = q.seq",
-            )
-            .map_err(map_err)?;
-        stmt.query_map([], |r| {
-            Ok((
-                (
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ),
-                (r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
-            ))
-        })
-        .map_err(map_err)?
-        .collect::<Result<_, _>>()
-        .map_err(map_err)?
-    };
+    let entries = live_queue(tx, ctx)?;
+    let mut holds_of: HashMap<(Key, Scope), Vec<HoldRow>> = HashMap::new();
     let mut graph: HashMap<String, HashSet<String>> = HashMap::new();
     graph.insert(me.to_string(), my_edges);
-    for ((seq, owner, priority, mode, slots, key, scope), (boot, pid, pid_start, alive_until)) in
-        others
-    {
-        // A waiter that no longer counts waits for nobody.
-        if Some(seq) == my_seq || owner == me || entry_gone(ctx, &boot, pid, pid_start, alive_until)
-        {
+    for e in &entries {
+        if Some(e.seq) == my_seq || e.owner == me {
             continue;
         }
-        let (Some(mode), Some(scope), Ok(key)) = (
-            Mode::from_parts(&mode, slots),
-            Scope::from_name(&scope),
-            Key::new(key),
-        ) else {
-            continue;
+        let holds = match holds_of.entry((e.key.clone(), e.scope)) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                holds_touching(tx, &e.key, e.scope)?
+                    .into_iter()
+                    .filter(|h| rules::ended(&h.lock, ctx.now.mono).is_none())
+                    .collect(),
+            ),
         };
-        let c = claim(&key, mode, scope);
-        let holds: Vec<HoldRow> = holds_touching(tx, &key, scope)?
-            .into_iter()
-            .filter(|h| rules::ended(&h.lock, ctx.now.mono).is_none())
-            .collect();
-        let edges = graph.entry(owner).or_default();
-        for b in rules::blockers(&c, &holds, |h| {
-            claim(&h.lock.key, h.lock.mode, h.lock.scope)
-        })
-        .unwrap_or_default()
+        let c = e.claim();
+        let edges = graph.entry(e.owner.clone()).or_default();
+        for b in rules::blockers(&c, holds, |h| claim(&h.lock.key, h.lock.mode, h.lock.scope))
+            .unwrap_or_default()
         {
             edges.insert(b.lock.holder.owner.clone());
         }
-        let earlier: Vec<Queued> = queue_touching(tx, ctx, &key, scope)?
-            .into_iter()
-            .filter(|q| rules::is_ahead(q.place(), (priority, seq)))
+        let earlier: Vec<Queued> = entries
+            .iter()
+            .filter(|q| q.seq != e.seq && rules::is_ahead(q.place(), e.place()) && rules::overlaps(&q.claim(), &c))
+            .cloned()
             .collect();
         let holds: Vec<&HoldRow> = holds.iter().collect();
         for q in queued_in_way(&c, &holds, &earlier).unwrap_or_default() {
@@ -830,6 +806,46 @@ fn find_deadlock(
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
     }))
+}
+
+/// Every queue entry that still counts, one per key of each request.
+fn live_queue(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT q.seq, q.owner, q.priority, q.mode, q.slots, k.key, k.scope,
+                    q.boot_id, q.pid, q.pid_start, q.alive_until, q.wake
+             FROM queue q JOIN queue_keys k ON k.seq = q.seq",
+        )
+        .map_err(map_err)?;
+    let mut rows = stmt.query([]).map_err(map_err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(map_err)? {
+        let boot: String = r.get(7).map_err(map_err)?;
+        let wake: String = r.get(11).map_err(map_err)?;
+        if entry_gone(ctx, &boot, r.get(8).map_err(map_err)?, r.get(9).map_err(map_err)?, r.get(10).map_err(map_err)?, &wake) {
+            continue;
+        }
+        let mode: String = r.get(3).map_err(map_err)?;
+        let key: String = r.get(5).map_err(map_err)?;
+        let scope: String = r.get(6).map_err(map_err)?;
+        let (Some(mode), Some(scope), Ok(key)) = (
+            Mode::from_parts(&mode, r.get(4).map_err(map_err)?),
+            Scope::from_name(&scope),
+            Key::new(key),
+        ) else {
+            continue;
+        };
+        out.push(Queued {
+            seq: r.get(0).map_err(map_err)?,
+            priority: r.get(2).map_err(map_err)?,
+            mode,
+            owner: r.get(1).map_err(map_err)?,
+            wake,
+            key,
+            scope,
+        });
+    }
+    Ok(out)
 }
 
 /// Removes a queued request that gave up and records why; wakes those behind it.

@@ -78,6 +78,7 @@ pub struct SqliteStore {
     store_id: String,
     host: rows::HostFacts,
     waker: wake::Waker,
+    gate: Option<std::fs::File>,
 }
 
 impl SqliteStore {
@@ -102,6 +103,7 @@ impl SqliteStore {
             store_id,
             host,
             waker: wake::Waker::new(),
+            gate: open::gate(path),
         };
         if store.read(|tx, ctx| open::history_due(tx, ctx.now, ctx.opts))? {
             store.prune_history()?;
@@ -125,6 +127,10 @@ impl SqliteStore {
         f: impl FnOnce(&rusqlite::Transaction<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn();
+        // Writers queue on the gate's kernel lock, which hands over the
+        // moment it is released, instead of sleeping in SQLite's busy
+        // handler (whose back-off sets the tail latency under contention).
+        let gate = self.gate.as_ref().map(open::GateGuard::lock);
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(open::map_err)?;
@@ -132,9 +138,11 @@ impl SqliteStore {
             now: self.clock.now(),
             opts: &self.opts,
             host: &self.host,
+            waker: &self.waker,
         };
         let (out, wakes) = f(&tx, &ctx)?;
         tx.commit().map_err(open::map_err)?;
+        drop(gate);
         drop(conn);
         for address in wakes {
             self.waker.wake(&address);
@@ -155,6 +163,7 @@ impl SqliteStore {
             now: self.clock.now(),
             opts: &self.opts,
             host: &self.host,
+            waker: &self.waker,
         };
         f(&tx, &ctx)
     }
@@ -165,6 +174,7 @@ pub(crate) struct Ctx<'a> {
     pub now: Now,
     pub opts: &'a Options,
     pub host: &'a rows::HostFacts,
+    pub waker: &'a wake::Waker,
 }
 
 impl Store for SqliteStore {

@@ -335,3 +335,45 @@ pub(crate) fn history_due(
         .map_err(map_err)?;
     Ok(oldest.is_some_and(|t| t < cutoff))
 }
+
+/// The write gate next to the database (`locksmith.db-gate`): every write
+/// transaction of every process first takes an exclusive `flock` on it. The
+/// kernel wakes the next writer as soon as the lock is released (and drops
+/// it if its holder dies), so contended writers neither spin nor sleep. The
+/// gate only orders writers; SQLite's own locking still guards the data, so
+/// a writer that cannot open the gate simply goes without it.
+pub(crate) fn gate(db: &Path) -> Option<fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-gate");
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(std::path::PathBuf::from(name))
+        .ok()
+}
+
+/// Holds the gate until dropped.
+pub(crate) struct GateGuard<'a>(Option<&'a fs::File>);
+
+impl<'a> GateGuard<'a> {
+    pub(crate) fn lock(file: &'a fs::File) -> GateGuard<'a> {
+        use rustix::fs::{FlockOperation, flock};
+        loop {
+            match flock(file, FlockOperation::LockExclusive) {
+                Ok(()) => return GateGuard(Some(file)),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return GateGuard(None),
+            }
+        }
+    }
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            let _ = rustix::fs::flock(f, rustix::fs::FlockOperation::Unlock);
+        }
+    }
+}

@@ -51,7 +51,12 @@ fn caller_holds(
                 )
             })?;
             let secret = h.expose().rsplit('.').next().unwrap_or_default();
-            let rows = load_holds(tx, "grant_id = ?1", [grant])?;
+            // A grant's fences start at its id and are consecutive.
+            let rows = load_holds(
+                tx,
+                "fence >= ?1 AND fence < ?1 + ?2 AND grant_id = ?1",
+                [grant, crate::acquire::MAX_KEYS as i64],
+            )?;
             if rows.iter().any(|r| r.secret != secret) {
                 return Err(not_holder(tx, &target.key)?);
             }
@@ -128,7 +133,7 @@ pub(crate) fn renew(
         let log = now.mono.0 as i64 - row.renew_logged >= RENEW_EVENT_EVERY.as_micros() as i64;
         tx.prepare_cached(
             "UPDATE holds SET seen_mono = ?2, expires_mono = ?3, ttl_ms = ?4,
-                renew_logged = CASE WHEN ?5 THEN ?2 ELSE renew_logged END WHERE id = ?1",
+                renew_logged = CASE WHEN ?5 THEN ?2 ELSE renew_logged END WHERE fence = ?1",
         )
         .map_err(map_err)?
         .execute(params![

@@ -26,13 +26,14 @@ impl HostFacts {
 }
 
 /// Columns of `holds` in the order [`hold_from_row`] reads them.
-pub(crate) const HOLD_COLUMNS: &str = "id, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
+pub(crate) const HOLD_COLUMNS: &str = "fence, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
      hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
      ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file";
 
 /// A `holds` row: the tenure plus its row id and secret.
 #[derive(Clone, Debug)]
 pub(crate) struct HoldRow {
+    /// The row's key: the tenure's fence.
     pub id: i64,
     pub secret: String,
     pub renew_logged: i64,
@@ -243,7 +244,7 @@ pub(crate) fn end_hold(
     reason: ReleaseReason,
     detail: Option<serde_json::Value>,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached("DELETE FROM holds WHERE id = ?1")
+    tx.prepare_cached("DELETE FROM holds WHERE fence = ?1")
         .map_err(map_err)?
         .execute([row.id])
         .map_err(map_err)?;

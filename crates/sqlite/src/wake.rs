@@ -113,12 +113,24 @@ impl WakeSource for WakeSocket {
 /// The sending end, one per store handle.
 pub(crate) struct Waker {
     socket: Option<UnixDatagram>,
+    /// Connected (never sent on) to test whether an address is bound.
+    prober: Option<UnixDatagram>,
 }
 
 impl Waker {
     pub fn new() -> Waker {
         Waker {
             socket: UnixDatagram::unbound().ok(),
+            prober: UnixDatagram::unbound().ok(),
+        }
+    }
+
+    /// True when some process has `address` bound: its waiter is alive.
+    /// Connecting a datagram socket sends nothing.
+    pub fn bound(&self, address: &str) -> bool {
+        match (&self.prober, SocketAddr::from_abstract_name(address.as_bytes())) {
+            (Some(p), Ok(addr)) => p.connect_addr(&addr).is_ok(),
+            _ => false,
         }
     }
 
