@@ -59,8 +59,11 @@ impl Holder {
 
 /// The default owner name: `$LOCKSMITH_OWNER`, else `user@host`.
 pub fn default_owner() -> String {
+    static USER_AT_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     match std::env::var("LOCKSMITH_OWNER") {
         Ok(o) if !o.trim().is_empty() => o,
-        _ => format!("{}@{}", sys::username(), sys::hostname()),
+        _ => USER_AT_HOST
+            .get_or_init(|| format!("{}@{}", sys::username(), sys::hostname()))
+            .clone(),
     }
 }

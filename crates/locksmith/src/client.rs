@@ -1,8 +1,8 @@
 //! Opening a store from a URL and building lock requests.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use locksmith_core::{
@@ -12,6 +12,7 @@ use locksmith_sqlite::{Options, SqliteStore};
 
 use crate::Error;
 use crate::guard::Guard;
+use crate::renewer::Renewer;
 
 /// Lease length of library guards when none is given.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -34,6 +35,8 @@ pub fn default_home() -> PathBuf {
 #[derive(Clone)]
 pub struct Client {
     store: Arc<dyn Store>,
+    /// One renewal thread for all guards of this client, started with the first lease.
+    renewer: Arc<OnceLock<Arc<Renewer>>>,
 }
 
 impl Client {
@@ -72,7 +75,10 @@ impl Client {
 
     /// Wraps an already opened store.
     pub fn from_store(store: Arc<dyn Store>) -> Client {
-        Client { store }
+        Client {
+            store,
+            renewer: Arc::new(OnceLock::new()),
+        }
     }
 
     /// The store behind this client.
@@ -234,7 +240,13 @@ impl LockBuilder {
             &cancel,
             &mut |_, _| {},
         )?;
-        Ok(Guard::start(self.client.store.clone(), grant))
+        let store = self.client.store.clone();
+        let renewer = self
+            .client
+            .renewer
+            .get_or_init(|| Renewer::spawn(store.clone()))
+            .clone();
+        Ok(Guard::with_renewer(store, grant, renewer))
     }
 
     /// Acquires; waiting happens on a blocking thread of the runtime.

@@ -2,28 +2,20 @@
 //! it is lost.
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use locksmith_core::store::{Proof, Release, Renewal, Target};
+use locksmith_core::store::{Proof, Release, Target};
 use locksmith_core::{Fence, Grant, Key, LeaseHandle, ReleaseReason, Store, StoreError};
 use tokio::sync::watch;
 
-/// What the renewal thread reports.
-#[derive(Clone, Debug, PartialEq)]
-enum State {
-    Held,
-    Lost(Option<ReleaseReason>),
-}
+use crate::renewer::{Renewer, State};
 
 /// A granted lock (or set of locks). Dropping it releases them.
 pub struct Guard {
     store: Arc<dyn Store>,
     grant: Grant,
     state: watch::Receiver<State>,
-    stop: Option<mpsc::Sender<()>>,
-    renewer: Option<JoinHandle<()>>,
+    renewer: Arc<Renewer>,
+    renewal: Option<u64>,
     released: bool,
 }
 
@@ -31,22 +23,23 @@ impl Guard {
     /// Takes charge of a grant made through the store directly: renews it
     /// in the background (when it has a lease) and releases it on drop.
     pub fn start(store: Arc<dyn Store>, grant: Grant) -> Guard {
+        let renewer = Renewer::spawn(store.clone());
+        Guard::with_renewer(store, grant, renewer)
+    }
+
+    pub(crate) fn with_renewer(
+        store: Arc<dyn Store>,
+        grant: Grant,
+        renewer: Arc<Renewer>,
+    ) -> Guard {
         let (tx, rx) = watch::channel(State::Held);
-        let (stop, stopped) = mpsc::channel();
-        let renewer = grant.ttl.map(|ttl| {
-            let store = store.clone();
-            let target = target(&grant);
-            std::thread::Builder::new()
-                .name("locksmith-renew".into())
-                .spawn(move || renew_loop(&*store, &target, ttl, &stopped, &tx))
-                .expect("cannot start the lease renewal thread")
-        });
+        let renewal = grant.ttl.map(|ttl| renewer.add(target(&grant), ttl, tx));
         Guard {
             store,
             grant,
             state: rx,
-            stop: Some(stop),
             renewer,
+            renewal,
             released: false,
         }
     }
@@ -99,9 +92,8 @@ impl Guard {
     }
 
     fn finish(&mut self, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.stop.take();
-        if let Some(r) = self.renewer.take() {
-            let _ = r.join();
+        if let Some(id) = self.renewal.take() {
+            self.renewer.remove(id);
         }
         self.released = true;
         let mut first = None;
@@ -129,48 +121,5 @@ fn target(grant: &Grant) -> Target {
     Target {
         key: grant.locks[0].key.clone(),
         by: Proof::Handle(grant.handle.clone()),
-    }
-}
-
-/// Renews at a third of the lease. A failed renewal is retried; once the
-/// lease could have run out since the last good one (on this process's own
-/// monotonic clock), the lock is reported lost.
-fn renew_loop(
-    store: &dyn Store,
-    target: &Target,
-    ttl: Duration,
-    stopped: &mpsc::Receiver<()>,
-    state: &watch::Sender<State>,
-) {
-    let every = (ttl / 3).max(Duration::from_millis(30));
-    let mut last_good = Instant::now();
-    loop {
-        match stopped.recv_timeout(every) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-        // The client's own deadline: after a pause (SIGSTOP, a suspended VM)
-        // the lease may have run out on the store's clock; say so before
-        // anything else is done under a lock that may belong to another.
-        if last_good.elapsed() >= ttl {
-            let _ = state.send(State::Lost(Some(ReleaseReason::LeaseExpired)));
-            if let Ok(Renewal::Lost { reason, .. }) = store.renew(target, None) {
-                let _ = state.send(State::Lost(reason));
-            }
-            return;
-        }
-        let started = Instant::now();
-        match store.renew(target, None) {
-            Ok(Renewal::Renewed { .. }) => last_good = started,
-            Ok(Renewal::Lost { reason, .. }) => {
-                let _ = state.send(State::Lost(reason));
-                return;
-            }
-            Err(_) if last_good.elapsed() >= ttl => {
-                let _ = state.send(State::Lost(Some(ReleaseReason::LeaseExpired)));
-                return;
-            }
-            Err(_) => {}
-        }
     }
 }

@@ -23,6 +23,7 @@
 
 mod client;
 mod guard;
+mod renewer;
 
 pub use client::{Client, LockBuilder, default_home};
 pub use guard::Guard;

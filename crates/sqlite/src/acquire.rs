@@ -792,7 +792,11 @@ fn find_deadlock(
         }
         let earlier: Vec<Queued> = entries
             .iter()
-            .filter(|q| q.seq != e.seq && rules::is_ahead(q.place(), e.place()) && rules::overlaps(&q.claim(), &c))
+            .filter(|q| {
+                q.seq != e.seq
+                    && rules::is_ahead(q.place(), e.place())
+                    && rules::overlaps(&q.claim(), &c)
+            })
             .cloned()
             .collect();
         let holds: Vec<&HoldRow> = holds.iter().collect();
@@ -822,7 +826,14 @@ fn live_queue(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, StoreE
     while let Some(r) = rows.next().map_err(map_err)? {
         let boot: String = r.get(7).map_err(map_err)?;
         let wake: String = r.get(11).map_err(map_err)?;
-        if entry_gone(ctx, &boot, r.get(8).map_err(map_err)?, r.get(9).map_err(map_err)?, r.get(10).map_err(map_err)?, &wake) {
+        if entry_gone(
+            ctx,
+            &boot,
+            r.get(8).map_err(map_err)?,
+            r.get(9).map_err(map_err)?,
+            r.get(10).map_err(map_err)?,
+            &wake,
+        ) {
             continue;
         }
         let mode: String = r.get(3).map_err(map_err)?;

@@ -16,21 +16,20 @@ use locksmith_core::{Binding, StoreError, sys};
 use rustix::fs::{FlockOperation, flock};
 
 /// Life files this process holds, by folder; kept open until exit.
-static HELD: OnceLock<Mutex<HashMap<PathBuf, (File, String)>>> = OnceLock::new();
+static HELD: OnceLock<Mutex<HashMap<PathBuf, (File, Binding)>>> = OnceLock::new();
 
 /// The binding of the calling process, creating its life file in `dir` once.
 pub(crate) fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError> {
     let pid = std::process::id();
-    let start = sys::process_start(pid);
     let held = HELD.get_or_init(|| Mutex::new(HashMap::new()));
     let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, path)) = held.get(dir) {
-        return Ok(Binding {
-            pid,
-            start,
-            life_file: Some(path.clone()),
-        });
+    // A forked child has another pid and needs a life file of its own.
+    if let Some((_, bound)) = held.get(dir)
+        && bound.pid == pid
+    {
+        return Ok(bound.clone());
     }
+    let start = sys::process_start(pid);
     let folder = dir.join("holders");
     std::fs::create_dir_all(&folder)
         .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", folder.display())))?;
@@ -51,12 +50,13 @@ pub(crate) fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError
         StoreError::Backend(format!("cannot lock the life file {}: {e}", path.display()))
     })?;
     let text = path.to_string_lossy().into_owned();
-    held.insert(dir.to_path_buf(), (file, text.clone()));
-    Ok(Binding {
+    let bound = Binding {
         pid,
         start,
         life_file: Some(text),
-    })
+    };
+    held.insert(dir.to_path_buf(), (file, bound.clone()));
+    Ok(bound)
 }
 
 /// Whether the bound process lives: `Some(false)` on proof of death.

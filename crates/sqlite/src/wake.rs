@@ -128,7 +128,10 @@ impl Waker {
     /// True when some process has `address` bound: its waiter is alive.
     /// Connecting a datagram socket sends nothing.
     pub fn bound(&self, address: &str) -> bool {
-        match (&self.prober, SocketAddr::from_abstract_name(address.as_bytes())) {
+        match (
+            &self.prober,
+            SocketAddr::from_abstract_name(address.as_bytes()),
+        ) {
             (Some(p), Ok(addr)) => p.connect_addr(&addr).is_ok(),
             _ => false,
         }
