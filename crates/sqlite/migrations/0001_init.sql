@@ -7,15 +7,16 @@ CREATE TABLE meta (
     v ANY
 ) STRICT, WITHOUT ROWID;
 
--- One row per held key, keyed by its fence. A grant of several keys has
--- several rows with consecutive fences, sharing grant_id (the first key's
--- fence) and secret; a grant is found by the fence range it starts.
--- Indexes are few on purpose: every one is written on every grant.
+-- One row per held key, clustered by key: a grant reads and writes one
+-- b-tree (indexes are few on purpose, every one is written on every grant).
+-- A grant of several keys has several rows with consecutive fences sharing
+-- grant_id (the first key's fence), grant_keys and secret.
 CREATE TABLE holds (
-    fence         INTEGER PRIMARY KEY,
-    grant_id      INTEGER NOT NULL,
-    secret        TEXT    NOT NULL,
     key           TEXT    NOT NULL,
+    fence         INTEGER NOT NULL,
+    grant_id      INTEGER NOT NULL,
+    grant_keys    INTEGER NOT NULL,
+    secret        TEXT    NOT NULL,
     mode          TEXT    NOT NULL,
     slots         INTEGER,
     scope         TEXT    NOT NULL,
@@ -33,9 +34,11 @@ CREATE TABLE holds (
     ttl_ms        INTEGER,
     max_hold_ms   INTEGER,
     request_id    TEXT,
-    renew_logged  INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE INDEX holds_by_key ON holds (key);
+    renew_logged  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key, fence)
+) STRICT, WITHOUT ROWID;
+-- Finds the other keys of a multi-key grant (single-key grants stay out of it).
+CREATE INDEX holds_of_multi_key_grants ON holds (grant_id) WHERE grant_keys > 1;
 CREATE INDEX holds_by_request ON holds (request_id) WHERE request_id IS NOT NULL;
 
 -- One row per queued request; seq is the arrival order.

@@ -135,6 +135,16 @@ pub(crate) fn queue_touching(
     key: &Key,
     scope: Scope,
 ) -> Result<Vec<Queued>, StoreError> {
+    // Most transactions meet an empty queue: one probe instead of one per key.
+    let any: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM queue LIMIT 1")
+        .map_err(map_err)?
+        .query_row([], |r| r.get(0))
+        .optional()
+        .map_err(map_err)?;
+    if any.is_none() {
+        return Ok(Vec::new());
+    }
     let mut found: Vec<(String, i64, String)> = Vec::new();
     let mut by_key = |sql: &str, a: &str, b: Option<&str>| -> Result<(), StoreError> {
         let mut stmt = tx.prepare_cached(sql).map_err(map_err)?;
@@ -611,9 +621,9 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
             "INSERT INTO holds (grant_id, secret, key, mode, slots, scope, fence, owner, task,
                 metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall,
                 seen_mono, expires_mono, ttl_ms, max_hold_ms, request_id, bind_pid, bind_start,
-                bind_file)
+                bind_file, grant_keys)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
         )
         .map_err(map_err)?
         .execute(params![
@@ -640,6 +650,7 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
             req.bind.as_ref().map(|b| b.pid),
             req.bind.as_ref().and_then(|b| b.start).map(|s| s as i64),
             req.bind.as_ref().and_then(|b| b.life_file.clone()),
+            n,
         ])
         .map_err(map_err)?;
         record(

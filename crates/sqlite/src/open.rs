@@ -92,6 +92,14 @@ fn busy_handler(attempt: i32) -> bool {
 
 static BUSY_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
 
+/// Checkpoint the WAL into the database every this many pages (default
+/// SQLite: 1000). A checkpoint costs two fsyncs; every grant writes several
+/// pages, so the default would checkpoint every hundred grants or so and the
+/// fsyncs would take a large share of the time (see docs/benchmarks.md).
+const WAL_CHECKPOINT_PAGES: u32 = 8000;
+/// Truncate the WAL back to this size after a checkpoint (bytes).
+const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// Opens or creates the database; returns the connection and the store id.
 pub(crate) fn open(
     path: &Path,
@@ -137,7 +145,8 @@ pub(crate) fn open(
         Durability::Full => "FULL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;
+         PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}; PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"
     ))
     .map_err(map_err)?;
     migrate(&conn, path)?;

@@ -51,12 +51,17 @@ fn caller_holds(
                 )
             })?;
             let secret = h.expose().rsplit('.').next().unwrap_or_default();
-            // A grant's fences start at its id and are consecutive.
-            let rows = load_holds(
+            // The named key's row, and the other keys of a multi-key grant.
+            let mut rows = load_holds(
                 tx,
-                "fence >= ?1 AND fence < ?1 + ?2 AND grant_id = ?1",
-                [grant, crate::acquire::MAX_KEYS as i64],
+                "key = ?1 AND grant_id = ?2",
+                params![target.key.as_str(), grant],
             )?;
+            for other in load_holds(tx, "grant_id = ?1 AND grant_keys > 1", [grant])? {
+                if !rows.iter().any(|r| r.id == other.id) {
+                    rows.push(other);
+                }
+            }
             if rows.iter().any(|r| r.secret != secret) {
                 return Err(not_holder(tx, &target.key)?);
             }
@@ -133,7 +138,8 @@ pub(crate) fn renew(
         let log = now.mono.0 as i64 - row.renew_logged >= RENEW_EVENT_EVERY.as_micros() as i64;
         tx.prepare_cached(
             "UPDATE holds SET seen_mono = ?2, expires_mono = ?3, ttl_ms = ?4,
-                renew_logged = CASE WHEN ?5 THEN ?2 ELSE renew_logged END WHERE fence = ?1",
+                renew_logged = CASE WHEN ?5 THEN ?2 ELSE renew_logged END
+             WHERE key = ?6 AND fence = ?1",
         )
         .map_err(map_err)?
         .execute(params![
@@ -141,7 +147,8 @@ pub(crate) fn renew(
             now.mono.0 as i64,
             expires.map(|e| e.0 as i64),
             ttl.map(|t| t.as_millis() as i64),
-            log
+            log,
+            row.lock.key.as_str()
         ])
         .map_err(map_err)?;
         if log {

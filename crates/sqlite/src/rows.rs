@@ -244,9 +244,9 @@ pub(crate) fn end_hold(
     reason: ReleaseReason,
     detail: Option<serde_json::Value>,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached("DELETE FROM holds WHERE fence = ?1")
+    tx.prepare_cached("DELETE FROM holds WHERE key = ?1 AND fence = ?2")
         .map_err(map_err)?
-        .execute([row.id])
+        .execute(params![row.lock.key.as_str(), row.id])
         .map_err(map_err)?;
     let mut e = NewEvent::about(&row.lock, kind, Some(reason));
     e.detail = detail;
