@@ -2,12 +2,14 @@
 //! each at a third of its lease, and reports a lock lost when a renewal
 //! says so or when the lease could have run out since the last good one
 //! (measured on this process's monotonic clock).
+//!
+//! Guards register and leave through a shared table; the thread is woken
+//! only when a new lease is due before the time it already sleeps to, so
+//! taking and dropping guards costs no thread switch.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use locksmith_core::store::{Renewal, Target};
@@ -28,47 +30,81 @@ struct Entry {
     state: watch::Sender<State>,
 }
 
-enum Command {
-    Add(u64, Entry),
-    Remove(u64),
+#[derive(Default)]
+struct Table {
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+    entries: HashMap<u64, Entry>,
+    /// When the thread wakes next by itself; `None` while it has nothing due.
+    sleeps_until: Option<Instant>,
+    next_id: u64,
+    closed: bool,
 }
 
-/// The handle guards use to register with the renewal thread.
+struct Shared {
+    table: Mutex<Table>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The handle guards use to register with the renewal thread; the thread
+/// ends when the last handle is dropped.
 pub(crate) struct Renewer {
-    commands: mpsc::Sender<Command>,
-    next_id: AtomicU64,
+    shared: Arc<Shared>,
 }
 
 impl Renewer {
-    /// Starts the thread; it ends when the last handle is dropped.
+    /// Starts the thread.
     pub(crate) fn spawn(store: Arc<dyn Store>) -> Arc<Renewer> {
-        let (commands, incoming) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            table: Mutex::new(Table::default()),
+            changed: Condvar::new(),
+        });
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("locksmith-renew".into())
-            .spawn(move || run(&*store, &incoming))
+            .spawn(move || run(&*store, &thread_shared))
             .expect("cannot start the lease renewal thread");
-        Arc::new(Renewer {
-            commands,
-            next_id: AtomicU64::new(1),
-        })
+        Arc::new(Renewer { shared })
     }
 
     /// Renews `target` every `ttl / 3` until removed; returns its id.
     pub(crate) fn add(&self, target: Target, ttl: Duration, state: watch::Sender<State>) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry {
-            target,
-            ttl,
-            last_good: Instant::now(),
-            state,
-        };
-        let _ = self.commands.send(Command::Add(id, entry));
+        let mut t = self.shared.lock();
+        t.next_id += 1;
+        let id = t.next_id;
+        let at = Instant::now() + every(ttl);
+        t.due.push(Reverse((at, id)));
+        let last_good = Instant::now();
+        t.entries.insert(
+            id,
+            Entry {
+                target,
+                ttl,
+                last_good,
+                state,
+            },
+        );
+        if t.sleeps_until.is_none_or(|s| at < s) {
+            self.shared.changed.notify_one();
+        }
         id
     }
 
-    /// Stops renewing `id`.
+    /// Stops renewing `id` (its slot in the schedule is skipped when due).
     pub(crate) fn remove(&self, id: u64) {
-        let _ = self.commands.send(Command::Remove(id));
+        self.shared.lock().entries.remove(&id);
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_one();
     }
 }
 
@@ -76,66 +112,93 @@ fn every(ttl: Duration) -> Duration {
     (ttl / 3).max(Duration::from_millis(30))
 }
 
-fn run(store: &dyn Store, incoming: &mpsc::Receiver<Command>) {
-    let mut due: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
-    let mut entries: HashMap<u64, Entry> = HashMap::new();
+fn run(store: &dyn Store, shared: &Shared) {
+    let mut t = shared.lock();
     loop {
-        let wait = due
-            .peek()
-            .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(3600));
-        match incoming.recv_timeout(wait) {
-            Ok(Command::Add(id, e)) => {
-                due.push(Reverse((Instant::now() + every(e.ttl), id)));
-                entries.insert(id, e);
-            }
-            Ok(Command::Remove(id)) => {
-                entries.remove(&id);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        if t.closed {
+            return;
         }
-        while let Some(Reverse((at, id))) = due.peek().copied() {
-            if at > Instant::now() {
+        let now = Instant::now();
+        let mut work = Vec::new();
+        while let Some(Reverse((at, id))) = t.due.peek().copied() {
+            if at > now {
                 break;
             }
-            due.pop();
-            let Some(e) = entries.get_mut(&id) else {
-                continue;
-            };
-            if renew(store, e) {
-                due.push(Reverse((Instant::now() + every(e.ttl), id)));
-            } else {
-                entries.remove(&id);
+            t.due.pop();
+            if let Some(e) = t.entries.get(&id) {
+                work.push((id, e.target.clone(), e.ttl, e.last_good, e.state.clone()));
             }
         }
+        if !work.is_empty() {
+            // Renew without holding the table: guards come and go meanwhile.
+            drop(t);
+            let outcomes: Vec<_> = work
+                .into_iter()
+                .map(|(id, target, ttl, last_good, state)| {
+                    (id, ttl, renew(store, &target, ttl, last_good, &state))
+                })
+                .collect();
+            t = shared.lock();
+            for (id, ttl, outcome) in outcomes {
+                match outcome {
+                    Some(good) if t.entries.contains_key(&id) => {
+                        if let Some(e) = t.entries.get_mut(&id) {
+                            e.last_good = good;
+                        }
+                        t.due.push(Reverse((Instant::now() + every(ttl), id)));
+                    }
+                    Some(_) => {}
+                    None => {
+                        t.entries.remove(&id);
+                    }
+                }
+            }
+            continue;
+        }
+        t.sleeps_until = t.due.peek().map(|Reverse((at, _))| *at);
+        t = match t.sleeps_until {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                shared
+                    .changed
+                    .wait_timeout(t, wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => shared.changed.wait(t).unwrap_or_else(|p| p.into_inner()),
+        };
+        t.sleeps_until = None;
     }
 }
 
-/// One renewal; false once the lock is lost.
-fn renew(store: &dyn Store, e: &mut Entry) -> bool {
+/// One renewal: `Some(time of the last good renewal)` while held, `None`
+/// once the lock is lost.
+fn renew(
+    store: &dyn Store,
+    target: &Target,
+    ttl: Duration,
+    last_good: Instant,
+    state: &watch::Sender<State>,
+) -> Option<Instant> {
     // The client's own deadline: after a pause (SIGSTOP, a suspended VM) the
     // lease may have run out on the store's clock; say so before anything
     // else is done under a lock that may now belong to another.
-    if e.last_good.elapsed() >= e.ttl {
-        let _ = e.state.send(State::Lost(Some(ReleaseReason::LeaseExpired)));
-        if let Ok(Renewal::Lost { reason, .. }) = store.renew(&e.target, None) {
-            let _ = e.state.send(State::Lost(reason));
+    if last_good.elapsed() >= ttl {
+        let _ = state.send(State::Lost(Some(ReleaseReason::LeaseExpired)));
+        if let Ok(Renewal::Lost { reason, .. }) = store.renew(target, None) {
+            let _ = state.send(State::Lost(reason));
         }
-        return false;
+        return None;
     }
     let started = Instant::now();
-    match store.renew(&e.target, None) {
-        Ok(Renewal::Renewed { .. }) => {
-            e.last_good = started;
-            true
-        }
+    match store.renew(target, None) {
+        Ok(Renewal::Renewed { .. }) => Some(started),
         Ok(Renewal::Lost { reason, .. }) => {
-            let _ = e.state.send(State::Lost(reason));
-            false
+            let _ = state.send(State::Lost(reason));
+            None
         }
         // A failed renewal is retried at the next turn; the deadline above
         // decides when it is too late.
-        Err(_) => true,
+        Err(_) => Some(last_good),
     }
 }

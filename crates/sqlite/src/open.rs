@@ -97,6 +97,8 @@ static BUSY_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// pages, so the default would checkpoint every hundred grants or so and the
 /// fsyncs would take a large share of the time (see docs/benchmarks.md).
 const WAL_CHECKPOINT_PAGES: u32 = 8000;
+/// Page size of a new store file, chosen by measurement (docs/benchmarks.md).
+const PAGE_SIZE: u32 = 2048;
 /// Truncate the WAL back to this size after a checkpoint (bytes).
 const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
@@ -144,6 +146,10 @@ pub(crate) fn open(
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
     };
+    // Small pages: a grant writes a handful of small rows, and every page it
+    // touches is written whole to the WAL (only takes effect on a new file).
+    conn.execute_batch(&format!("PRAGMA page_size={PAGE_SIZE}"))
+        .map_err(map_err)?;
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;
          PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}; PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"
