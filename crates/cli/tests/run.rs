@@ -2,53 +2,15 @@
 //! reasons, signal forwarding to the process group (also while waiting),
 //! SIGKILL of run, and a SIGSTOP past the lease.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
-struct Env {
-    home: tempfile::TempDir,
-}
+mod common;
 
-impl Env {
-    fn new() -> Env {
-        Env {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_locksmith"));
-        c.args(args)
-            .env("LOCKSMITH_HOME", self.home.path())
-            .env("LOCKSMITH_OWNER", "tester")
-            .stdin(Stdio::null());
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.run(&[args, &["--json"]].concat());
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-    fn file(&self, name: &str) -> PathBuf {
-        self.home.path().join(name)
-    }
-    fn last_reason(&self, key: &str) -> Value {
-        let h = self.json(&["history", key, "--limit", "1"]);
-        h[0]["reason"].clone()
-    }
-}
+use common::*;
 
 fn signal(pid: u32, sig: Signal) {
     kill_process(Pid::from_raw(pid as i32).unwrap(), sig).unwrap();

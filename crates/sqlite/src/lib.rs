@@ -134,12 +134,7 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(open::map_err)?;
-        let ctx = Ctx {
-            now: self.clock.now(),
-            opts: &self.opts,
-            host: &self.host,
-            waker: &self.waker,
-        };
+        let ctx = self.ctx();
         let (out, wakes) = f(&tx, &ctx)?;
         tx.commit().map_err(open::map_err)?;
         drop(gate);
@@ -148,6 +143,16 @@ impl SqliteStore {
             self.waker.wake(&address);
         }
         Ok(out)
+    }
+
+    /// What a transaction knows besides the database, read at its start.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            now: self.clock.now(),
+            opts: &self.opts,
+            host: &self.host,
+            waker: &self.waker,
+        }
     }
 
     /// Runs `f` in a read transaction.
@@ -159,12 +164,7 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(open::map_err)?;
-        let ctx = Ctx {
-            now: self.clock.now(),
-            opts: &self.opts,
-            host: &self.host,
-            waker: &self.waker,
-        };
+        let ctx = self.ctx();
         f(&tx, &ctx)
     }
 }

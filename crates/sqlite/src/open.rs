@@ -315,16 +315,20 @@ fn restrict_permissions(path: &Path) {
     }
 }
 
+/// Wall time (ms) before which history is past the retention.
+fn retention_cutoff(now: Now, opts: &Options) -> i64 {
+    now.wall
+        .0
+        .saturating_sub(opts.history_retention.as_millis() as u64) as i64
+}
+
 /// Deletes history older than the retention, oldest first, in bounded batches.
 pub(crate) fn prune_history(
     tx: &rusqlite::Transaction<'_>,
     now: Now,
     opts: &Options,
 ) -> Result<usize, StoreError> {
-    let cutoff = now
-        .wall
-        .0
-        .saturating_sub(opts.history_retention.as_millis() as u64) as i64;
+    let cutoff = retention_cutoff(now, opts);
     tx.execute(
         "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT 10000) AND at_wall < ?1",
         [cutoff],
@@ -338,10 +342,7 @@ pub(crate) fn history_due(
     now: Now,
     opts: &Options,
 ) -> Result<bool, StoreError> {
-    let cutoff = now
-        .wall
-        .0
-        .saturating_sub(opts.history_retention.as_millis() as u64) as i64;
+    let cutoff = retention_cutoff(now, opts);
     let oldest: Option<i64> = tx
         .query_row("SELECT at_wall FROM events ORDER BY id LIMIT 1", [], |r| {
             r.get(0)

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use locksmith_core::store::Blocked;
 use locksmith_core::time::{format_duration, parse_duration};
-use locksmith_core::{
-    AcquireError, AcquireRequest, Binding, Holder, Mode, Scope, Takeover, WaitPolicy, wait,
-};
+use locksmith_core::{AcquireError, AcquireRequest, Binding, Holder, Takeover, WaitPolicy, wait};
 use serde_json::json;
 
 use crate::output::{holder, ordinal};
@@ -45,15 +43,8 @@ pub struct Args {
     /// How long to wait for a busy lock: 0 (fail fast), a duration, or forever.
     #[arg(long, value_name = "DURATION|forever", default_value = "0")]
     wait: String,
-    /// Shared (reader) lock: many readers, no writer.
-    #[arg(long, conflicts_with = "limit")]
-    shared: bool,
-    /// Semaphore: up to N holders of the key.
-    #[arg(long, value_name = "N")]
-    limit: Option<u32>,
-    /// Tree lock: also covers every key below (folder locks).
-    #[arg(long)]
-    tree: bool,
+    #[command(flatten)]
+    mode: super::ModeArgs,
     /// Queue priority: higher is served first (default 0).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
@@ -111,12 +102,8 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
     }
     Ok(AcquireRequest {
         keys,
-        mode: match (a.shared, a.limit) {
-            (true, _) => Mode::Shared,
-            (_, Some(limit)) => Mode::Semaphore { limit },
-            _ => Mode::Exclusive,
-        },
-        scope: if a.tree { Scope::Tree } else { Scope::Key },
+        mode: a.mode.mode(),
+        scope: a.mode.scope(),
         holder: h,
         ttl: duration("ttl", &a.ttl)?,
         max_hold: duration("max-hold", &a.max_hold)?,

@@ -10,7 +10,7 @@ pub mod sweep;
 
 use std::path::PathBuf;
 
-use locksmith_core::Key;
+use locksmith_core::{Key, Mode, Scope};
 
 use crate::Failure;
 
@@ -26,8 +26,55 @@ pub fn keys(raw: &[String], paths: &[PathBuf]) -> Result<Vec<Key>, Failure> {
     Ok(out)
 }
 
+/// One key: KEY, or `--path DIR` for a directory.
+#[derive(clap::Args, Debug)]
+pub struct KeyArg {
+    /// The key.
+    #[arg(value_name = "KEY", required_unless_present = "path")]
+    key: Option<String>,
+    /// The key of a directory, by its canonical path.
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+}
+
+impl KeyArg {
+    /// The key named.
+    pub fn key(&self) -> Result<Key, Failure> {
+        one_key(self.key.as_ref(), self.path.as_ref())
+    }
+}
+
+/// How a lock shares its key, for `acquire` and `run`.
+#[derive(clap::Args, Debug)]
+pub struct ModeArgs {
+    /// Shared (reader) lock: many readers, no writer.
+    #[arg(long, conflicts_with = "limit")]
+    shared: bool,
+    /// Semaphore: up to N holders of the key.
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Tree lock: also covers every key below (folder locks).
+    #[arg(long)]
+    tree: bool,
+}
+
+impl ModeArgs {
+    /// The mode asked for.
+    pub fn mode(&self) -> Mode {
+        match (self.shared, self.limit) {
+            (true, _) => Mode::Shared,
+            (_, Some(limit)) => Mode::Semaphore { limit },
+            _ => Mode::Exclusive,
+        }
+    }
+    /// The scope asked for.
+    pub fn scope(&self) -> Scope {
+        if self.tree { Scope::Tree } else { Scope::Key }
+    }
+}
+
 /// Exactly one key from KEY or `--path DIR`.
-pub fn one_key(raw: Option<&String>, path: Option<&PathBuf>) -> Result<Key, Failure> {
+fn one_key(raw: Option<&String>, path: Option<&PathBuf>) -> Result<Key, Failure> {
     match (raw, path) {
         (Some(k), None) => Ok(Key::new(k.as_str())?),
         (None, Some(p)) => Ok(Key::from_dir(p)?),

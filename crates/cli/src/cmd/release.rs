@@ -1,8 +1,6 @@
 //! `release`, `renew` and `force-release`: ending or extending a tenure,
 //! proven by lease handle or (local trust) owner name.
 
-use std::path::PathBuf;
-
 use locksmith_core::store::{Proof, Release, Renewal, Target};
 use locksmith_core::time::{format_duration, parse_duration};
 use locksmith_core::{LeaseHandle, ReleaseReason, Store};
@@ -13,12 +11,8 @@ use crate::{Ctx, Failure};
 /// Release a lock you hold (releasing twice is not an error).
 #[derive(clap::Args, Debug)]
 pub struct ReleaseArgs {
-    /// The key.
-    #[arg(value_name = "KEY", required_unless_present = "path")]
-    key: Option<String>,
-    /// The key of a directory, by its canonical path.
-    #[arg(long, value_name = "DIR")]
-    path: Option<PathBuf>,
+    #[command(flatten)]
+    target: super::KeyArg,
     #[command(flatten)]
     proof: ProofArgs,
     /// completed (default) or failed.
@@ -29,12 +23,8 @@ pub struct ReleaseArgs {
 /// Extend a lease (or, without a lease, record a sign of life).
 #[derive(clap::Args, Debug)]
 pub struct RenewArgs {
-    /// The key.
-    #[arg(value_name = "KEY", required_unless_present = "path")]
-    key: Option<String>,
-    /// The key of a directory, by its canonical path.
-    #[arg(long, value_name = "DIR")]
-    path: Option<PathBuf>,
+    #[command(flatten)]
+    target: super::KeyArg,
     #[command(flatten)]
     proof: ProofArgs,
     /// New lease length (default: the one it was granted with).
@@ -45,12 +35,8 @@ pub struct RenewArgs {
 /// Admin: end every tenure on a key (recorded as `forced`).
 #[derive(clap::Args, Debug)]
 pub struct ForceArgs {
-    /// The key.
-    #[arg(value_name = "KEY", required_unless_present = "path")]
-    key: Option<String>,
-    /// The key of a directory, by its canonical path.
-    #[arg(long, value_name = "DIR")]
-    path: Option<PathBuf>,
+    #[command(flatten)]
+    target: super::KeyArg,
     /// Why (required; recorded in the history).
     #[arg(long)]
     reason: String,
@@ -67,13 +53,8 @@ pub struct ProofArgs {
     handle: Option<String>,
 }
 
-fn target(
-    ctx: &Ctx,
-    key: Option<&String>,
-    path: Option<&PathBuf>,
-    p: &ProofArgs,
-) -> Result<Target, Failure> {
-    let key = super::one_key(key, path)?;
+fn target(ctx: &Ctx, arg: &super::KeyArg, p: &ProofArgs) -> Result<Target, Failure> {
+    let key = arg.key()?;
     let by = match (&p.handle, &p.owner) {
         (Some(h), _) => {
             let h = LeaseHandle::from_text(h.clone());
@@ -99,7 +80,7 @@ fn reason_text(r: Option<ReleaseReason>) -> String {
 
 /// Runs `release`.
 pub fn release(ctx: &Ctx, a: ReleaseArgs) -> Result<(), Failure> {
-    let t = target(ctx, a.key.as_ref(), a.path.as_ref(), &a.proof)?;
+    let t = target(ctx, &a.target, &a.proof)?;
     let reason: ReleaseReason = a
         .reason
         .parse()
@@ -132,7 +113,7 @@ pub fn release(ctx: &Ctx, a: ReleaseArgs) -> Result<(), Failure> {
 
 /// Runs `renew`.
 pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
-    let t = target(ctx, a.key.as_ref(), a.path.as_ref(), &a.proof)?;
+    let t = target(ctx, &a.target, &a.proof)?;
     let ttl = a
         .ttl
         .as_deref()
@@ -171,7 +152,7 @@ pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
 
 /// Runs `force-release`.
 pub fn force(ctx: &Ctx, a: ForceArgs) -> Result<(), Failure> {
-    let key = super::one_key(a.key.as_ref(), a.path.as_ref())?;
+    let key = a.target.key()?;
     let ended = ctx.store()?.force_release(&key, &a.reason)?;
     if ctx.json {
         json(&serde_json::json!({ "key": key, "ended": ended }));

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use locksmith::Guard;
 use locksmith_core::store::Blocked;
 use locksmith_core::time::parse_duration;
-use locksmith_core::{
-    AcquireError, AcquireRequest, Holder, Mode, Scope, Store, Takeover, WaitPolicy, wait,
-};
+use locksmith_core::{AcquireError, AcquireRequest, Holder, Store, Takeover, WaitPolicy, wait};
 use rustix::process::{Pid, Signal};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
@@ -47,15 +45,8 @@ pub struct Args {
     /// How long to wait for busy locks: 0 (fail fast), a duration, or forever.
     #[arg(long, value_name = "DURATION|forever", default_value = "0")]
     wait: String,
-    /// Shared (reader) locks.
-    #[arg(long, conflicts_with = "limit")]
-    shared: bool,
-    /// Semaphore of N slots.
-    #[arg(long, value_name = "N")]
-    limit: Option<u32>,
-    /// Tree locks: also cover every key below.
-    #[arg(long)]
-    tree: bool,
+    #[command(flatten)]
+    mode: super::ModeArgs,
     /// Owner name [default: $LOCKSMITH_OWNER, else user@host].
     #[arg(long)]
     owner: Option<String>,
@@ -126,12 +117,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     holder.task = a.task.clone();
     let req = AcquireRequest {
         keys,
-        mode: match (a.shared, a.limit) {
-            (true, _) => Mode::Shared,
-            (_, Some(limit)) => Mode::Semaphore { limit },
-            _ => Mode::Exclusive,
-        },
-        scope: if a.tree { Scope::Tree } else { Scope::Key },
+        mode: a.mode.mode(),
+        scope: a.mode.scope(),
         holder,
         ttl: Some(ttl),
         max_hold: None,

@@ -1,7 +1,5 @@
 //! `status KEY` and `list`: who holds what, how healthy, and who waits.
 
-use std::path::PathBuf;
-
 use locksmith_core::store::{ListFilter, LockInfo, WaiterInfo};
 use locksmith_core::time::format_duration;
 use locksmith_core::{Scope, Store};
@@ -13,12 +11,8 @@ use crate::{Ctx, Failure};
 /// Show who holds a key and who waits for it.
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// The key.
-    #[arg(value_name = "KEY", required_unless_present = "path")]
-    key: Option<String>,
-    /// The key of a directory, by its canonical path.
-    #[arg(long, value_name = "DIR")]
-    path: Option<PathBuf>,
+    #[command(flatten)]
+    target: super::KeyArg,
 }
 
 /// List held locks (or, with --waiting, the queue).
@@ -105,7 +99,7 @@ const WAITER_HEADER: [&str; 7] = [
 
 /// Runs `status`.
 pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
-    let key = super::one_key(a.key.as_ref(), a.path.as_ref())?;
+    let key = a.target.key()?;
     let st = ctx.store()?.status(&key)?;
     if ctx.json {
         json(&st);
