@@ -60,8 +60,6 @@ enum Command {
     Stats(cmd::history::StatsArgs),
     Sweep(cmd::sweep::Args),
     Config(cmd::config::Args),
-    #[command(name = "__exec", hide = true)]
-    Exec(cmd::run::ExecArgs),
 }
 
 /// A command's failure with its exit code.
@@ -151,7 +149,6 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Acquire(a) => cmd::acquire::run(&ctx, a),
                 Command::Run(a) => cmd::run::run(&ctx, a),
-                Command::Exec(a) => cmd::run::exec(a),
                 Command::Release(a) => cmd::release::release(&ctx, a),
                 Command::Renew(a) => cmd::release::renew(&ctx, a),
                 Command::Status(a) => cmd::status::status(&ctx, a),

@@ -110,6 +110,37 @@ impl WakeSource for WakeSocket {
     }
 }
 
+impl Drop for WakeSocket {
+    fn drop(&mut self) {
+        // Closing an inotify instance waits for the kernel to retire its
+        // watches, which can take milliseconds: hand it to a closer thread
+        // so that the caller, who may just have been granted a lock, goes on.
+        if let Some(fd) = self.deaths.take() {
+            close_later(fd);
+        }
+    }
+}
+
+/// Closes descriptors on a background thread, started on first use.
+fn close_later(fd: rustix::fd::OwnedFd) {
+    use std::sync::mpsc::{Sender, channel};
+    use std::sync::{Mutex, OnceLock};
+    static CLOSER: OnceLock<Mutex<Sender<rustix::fd::OwnedFd>>> = OnceLock::new();
+    let sender = CLOSER.get_or_init(|| {
+        let (tx, rx) = channel::<rustix::fd::OwnedFd>();
+        // Should the thread not start, the receiver is dropped with it, every
+        // send fails, and the descriptor is closed inline below.
+        let _ = std::thread::Builder::new()
+            .name("locksmith-close".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        Mutex::new(tx)
+    });
+    let sender = sender.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(back) = sender.send(fd) {
+        drop(back.0);
+    }
+}
+
 /// The sending end, one per store handle.
 pub(crate) struct Waker {
     socket: Option<UnixDatagram>,

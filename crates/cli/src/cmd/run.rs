@@ -3,10 +3,10 @@
 //! runs, forward signals to its process group, stop it if a lock is lost,
 //! release with `completed` or `failed`, and exit with its status.
 //!
-//! The command is started through `locksmith __exec`, which asks the kernel
-//! to kill it if `run` dies (parent-death signal) and then executes it; the
-//! locks themselves are bound to `run`'s process, so a SIGKILL of `run` frees
-//! them at once and stops the command.
+//! The command is started with a parent-death signal armed between fork and
+//! exec, so the kernel kills it if `run` dies; the locks themselves are bound
+//! to `run`'s process, so a SIGKILL of `run` frees them at once and stops the
+//! command.
 
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -65,17 +65,6 @@ pub struct Args {
     grace: String,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<OsString>,
-}
-
-/// `locksmith __exec --parent PID -- CMD...` (internal).
-#[derive(clap::Args, Debug)]
-pub struct ExecArgs {
-    /// The `run` process this command must not outlive.
-    #[arg(long)]
-    parent: i32,
-    /// The command.
-    #[arg(last = true, required = true)]
     command: Vec<OsString>,
 }
 
@@ -192,21 +181,24 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let handle = grant.handle.expose().to_string();
     let guard = Guard::start(store.clone(), grant);
 
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::new(1, "error", format!("cannot find the locksmith binary: {e}")))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("__exec")
-        .arg("--parent")
-        .arg(std::process::id().to_string())
-        .arg("--")
-        .args(&a.command)
+    let mut cmd = Command::new(&a.command[0]);
+    cmd.args(&a.command[1..])
         .env("LOCKSMITH_KEYS", keys_env.join("\n"))
         .env("LOCKSMITH_FENCE", fences_env.join("\n"))
         .env("LOCKSMITH_HANDLE", handle)
         .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Failure::new(1, "error", format!("cannot start {:?}: {e}", a.command[0])))?;
+    let mut child = spawn_tied(&mut cmd).map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        Failure::new(
+            code,
+            "exec_failed",
+            format!("cannot run {:?}: {e}", a.command[0]),
+        )
+    })?;
     let pgid = child.id() as i32;
     child_group.store(pgid, Ordering::SeqCst);
     // A signal that came between the grant and the spawn is not lost.
@@ -285,33 +277,24 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
 }
 
-/// Runs `__exec`: arm the parent-death signal, check the parent is still
-/// there, then become CMD.
-pub fn exec(a: ExecArgs) -> Result<(), Failure> {
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(|e| {
-        Failure::new(
-            1,
-            "error",
-            format!("cannot arm the parent-death signal: {e}"),
-        )
-    })?;
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(a.parent) {
-        // run died before the signal was armed: do not start unprotected.
-        return Err(Failure::new(
-            1,
-            "error",
-            "locksmith run is gone; not starting CMD",
-        ));
+/// Starts `cmd` armed to be killed by the kernel when this process dies.
+///
+/// The one `unsafe` of the workspace: `pre_exec` runs in the forked child
+/// before exec, where only async-signal-safe calls are allowed. It makes two
+/// system calls (prctl and getppid), allocates nothing and takes no lock.
+#[allow(unsafe_code)]
+fn spawn_tied(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let parent = rustix::process::getpid();
+    // SAFETY: see above; the closure only issues raw system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                // run died before the signal was armed: do not start unprotected.
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
     }
-    let err = Command::new(&a.command[0]).args(&a.command[1..]).exec();
-    let code = if err.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    };
-    Err(Failure::new(
-        code,
-        "exec_failed",
-        format!("cannot run {:?}: {err}", a.command[0]),
-    ))
+    cmd.spawn()
 }

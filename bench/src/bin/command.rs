@@ -1,0 +1,460 @@
+//! `command`: the whole-command cost of taking and dropping one lock from a
+//! shell: `locksmith run -l k -- true` beside `flock(1)`, Python's
+//! `filelock` and `portalocker`, and `python3 -c pass` (the interpreter's own
+//! start-up), measured in one run, round-robin.
+//!
+//! ```text
+//! command [--runs 200] [--warmup 5] [--max-secs 900]
+//!         [--locksmith PATH] [--python PATH] [--dir DIR]
+//! ```
+//!
+//! Every command is run `--warmup` times, then `--runs` times, sequentially,
+//! interleaved round-robin (the starting command rotates every round) so
+//! that drift of the machine touches every command alike. The whole
+//! measurement stops after `--max-secs` even if the runs are not done; the
+//! report says how many were made. `--locksmith` defaults to the `locksmith`
+//! binary beside this one (`target/release/locksmith`), `--python` to the
+//! interpreter `python3` resolves to (a pyenv shim is looked through, so that
+//! its shell start-up is not counted).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// Options from the command line.
+struct Opts {
+    runs: usize,
+    warmup: usize,
+    max_secs: u64,
+    locksmith: Option<PathBuf>,
+    python: Option<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        runs: 200,
+        warmup: 5,
+        max_secs: 900,
+        locksmith: None,
+        python: None,
+        dir: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--runs" | "-n" => o.runs = num(&value("--runs")?)?,
+            "--warmup" => o.warmup = num(&value("--warmup")?)?,
+            "--max-secs" => o.max_secs = num(&value("--max-secs")?)? as u64,
+            "--locksmith" => o.locksmith = Some(value("--locksmith")?.into()),
+            "--python" => o.python = Some(value("--python")?.into()),
+            "--dir" => o.dir = Some(value("--dir")?.into()),
+            "-h" | "--help" => {
+                return Err("usage: command [--runs 200] [--warmup 5] [--max-secs 900] \
+                     [--locksmith PATH] [--python PATH] [--dir DIR]"
+                    .into());
+            }
+            n if n.parse::<usize>().is_ok() => o.runs = num(n)?,
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    if o.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    Ok(o)
+}
+
+fn num(s: &str) -> Result<usize, String> {
+    s.parse().map_err(|_| format!("not a number: {s:?}"))
+}
+
+/// One command under measurement.
+struct Subject {
+    name: &'static str,
+    shown: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    samples: Vec<u64>,
+}
+
+impl Subject {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// Runs the command once; the wall time from spawn to reaped, in ns.
+    fn time_once(&self) -> Result<u64, String> {
+        let mut c = self.command();
+        let t0 = Instant::now();
+        let status = c
+            .status()
+            .map_err(|e| format!("{}: cannot start: {e}", self.name))?;
+        let ns = t0.elapsed().as_nanos() as u64;
+        if status.success() {
+            return Ok(ns);
+        }
+        // Once more with the output kept, to say why.
+        let out = self.command().stderr(Stdio::piped()).output();
+        let why = out
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+            .unwrap_or_default();
+        Err(format!("{}: exited with {status}: {why}", self.name))
+    }
+}
+
+/// Nearest-rank quantile of sorted samples.
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(ns: f64) -> String {
+    format!("{:.2} ms", ns / 1e6)
+}
+
+fn mean(s: &[u64]) -> f64 {
+    if s.is_empty() {
+        0.0
+    } else {
+        s.iter().map(|&x| x as f64).sum::<f64>() / s.len() as f64
+    }
+}
+
+/// The interpreter `python3` really runs (through a pyenv shim, if any).
+fn real_python() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !p.is_empty()).then(|| PathBuf::from(p))
+}
+
+fn has_module(python: &Path, module: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn module_version(python: &Path, module: &str) -> String {
+    Command::new(python)
+        .args([
+            "-c",
+            &format!("import importlib.metadata as m; print(m.version({module:?}))"),
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn first_line(program: &Path, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    format!("nproc {nproc}, CPU {cpu}, kernel {kernel}")
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match bench(&o) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("command: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(o: &Opts) -> Result<(), String> {
+    let tmp = match &o.dir {
+        Some(d) => tempfile::Builder::new()
+            .prefix("locksmith-command-")
+            .tempdir_in(d),
+        None => tempfile::Builder::new()
+            .prefix("locksmith-command-")
+            .tempdir_in("/tmp"),
+    }
+    .map_err(|e| format!("cannot make a temporary folder: {e}"))?;
+    let dir = tmp.path().to_path_buf();
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+    let locksmith = match &o.locksmith {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this binary: {e}"))?
+            .with_file_name("locksmith"),
+    };
+    if !locksmith.exists() {
+        return Err(format!(
+            "{} is missing: cargo build --release -p locksmith-cli",
+            locksmith.display()
+        ));
+    }
+    let home_s = home.to_string_lossy().into_owned();
+    let mut subjects = vec![Subject {
+        name: "locksmith run",
+        shown: format!(
+            "LOCKSMITH_HOME={home_s} {} run -l k -- true",
+            locksmith.display()
+        ),
+        program: locksmith.clone(),
+        args: ["run", "-l", "k", "--", "true"].map(String::from).to_vec(),
+        env: vec![("LOCKSMITH_HOME".into(), home_s.clone())],
+        samples: Vec::new(),
+    }];
+    let mut notes = Vec::new();
+    let flock_lock = dir.join("k").to_string_lossy().into_owned();
+    match which("flock") {
+        Some(flock) => subjects.push(Subject {
+            name: "flock(1)",
+            shown: format!("{} {flock_lock} true", flock.display()),
+            program: flock,
+            args: vec![flock_lock.clone(), "true".into()],
+            env: vec![],
+            samples: Vec::new(),
+        }),
+        None => notes.push("flock(1) not found on PATH: skipped (util-linux)".to_string()),
+    }
+    let python = o.python.clone().or_else(real_python);
+    match &python {
+        None => notes.push("python3 not found: the Python commands are skipped".to_string()),
+        Some(py) => {
+            for (name, module, file, code) in [
+                (
+                    "python filelock",
+                    "filelock",
+                    "k.filelock",
+                    "import filelock; l = filelock.FileLock(PATH); l.acquire(); l.release()",
+                ),
+                (
+                    "python portalocker",
+                    "portalocker",
+                    "k.portalocker",
+                    "import portalocker; l = portalocker.Lock(PATH); l.acquire(); l.release()",
+                ),
+            ] {
+                if !has_module(py, module) {
+                    notes.push(format!(
+                        "{module} cannot be imported by {}: skipped (pip install {module})",
+                        py.display()
+                    ));
+                    continue;
+                }
+                let p = dir.join(file).to_string_lossy().into_owned();
+                let code = code.replace("PATH", &format!("{p:?}"));
+                notes.push(format!(
+                    "{module} {} under {}",
+                    module_version(py, module),
+                    py.display()
+                ));
+                subjects.push(Subject {
+                    name,
+                    shown: format!("{} -c '{code}'", py.display()),
+                    program: py.clone(),
+                    args: vec!["-c".into(), code],
+                    env: vec![],
+                    samples: Vec::new(),
+                });
+            }
+            subjects.push(Subject {
+                name: "python -c pass",
+                shown: format!("{} -c pass", py.display()),
+                program: py.clone(),
+                args: vec!["-c".into(), "pass".into()],
+                env: vec![],
+                samples: Vec::new(),
+            });
+        }
+    }
+
+    // The store is created by one run before anything is measured.
+    subjects[0].time_once()?;
+    for s in &subjects {
+        for _ in 0..o.warmup {
+            s.time_once()?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(o.max_secs);
+    let started = Instant::now();
+    let mut rounds = 0;
+    let k = subjects.len();
+    while rounds < o.runs && Instant::now() < deadline {
+        for j in 0..k {
+            let s = &mut subjects[(rounds + j) % k];
+            let ns = s.time_once()?;
+            s.samples.push(ns);
+        }
+        rounds += 1;
+    }
+    let took = started.elapsed();
+
+    let mut out = String::new();
+    let _ = writeln!(out, "## command: whole-command cost of one lock/unlock\n");
+    let _ = writeln!(
+        out,
+        "- run: `{}`",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    let _ = writeln!(out, "- machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "- {rounds} rounds of {k} commands (of {} asked) after {} warm-ups each, round-robin, {:.1} s",
+        o.runs,
+        o.warmup,
+        took.as_secs_f64()
+    );
+    if rounds < o.runs {
+        let _ = writeln!(
+            out,
+            "- stopped by --max-secs {} before all runs",
+            o.max_secs
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- locksmith: {}",
+        first_line(&locksmith, &["--version"])
+    );
+    if let Some(f) = which("flock") {
+        let _ = writeln!(out, "- flock(1): {}", first_line(&f, &["--version"]));
+    }
+    for n in &notes {
+        let _ = writeln!(out, "- {n}");
+    }
+    let _ = writeln!(out, "\nCommands, exactly:\n");
+    for s in &subjects {
+        let _ = writeln!(out, "- {}: `{}`", s.name, s.shown);
+    }
+    let _ = writeln!(
+        out,
+        "\n| command | runs | mean | p50 | p99 | min | max |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut stats = Vec::new();
+    for s in &subjects {
+        let mut v = s.samples.clone();
+        v.sort_unstable();
+        let m = mean(&v);
+        let (p50, p99) = (quantile(&v, 0.50), quantile(&v, 0.99));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            s.name,
+            v.len(),
+            ms(m),
+            ms(p50 as f64),
+            ms(p99 as f64),
+            ms(v.first().copied().unwrap_or(0) as f64),
+            ms(v.last().copied().unwrap_or(0) as f64)
+        );
+        stats.push((s.name, m, p50 as f64, p99 as f64));
+    }
+    let find = |n: &str| stats.iter().find(|s| s.0 == n).copied();
+    if let (Some(l), Some(f)) = (find("locksmith run"), find("flock(1)")) {
+        let r = (l.1 / f.1, l.2 / f.2, l.3 / f.3);
+        let verdict = |x: f64| {
+            if x <= 1.5 {
+                "goal (≤ 1.5×) met"
+            } else if x <= 3.0 {
+                "first bar (≤ 3×) met, goal (≤ 1.5×) not"
+            } else {
+                "first bar (≤ 3×) NOT met"
+            }
+        };
+        let _ = writeln!(
+            out,
+            "\nlocksmith run / flock(1): mean {:.2}×, p50 {:.2}×, p99 {:.2}×\n\
+             - by the mean: {}\n- by p50: {}",
+            r.0,
+            r.1,
+            r.2,
+            verdict(r.0),
+            verdict(r.1)
+        );
+    }
+    if let Some(b) = find("python -c pass") {
+        for n in ["python filelock", "python portalocker"] {
+            if let Some(s) = find(n) {
+                let _ = writeln!(
+                    out,
+                    "- {n} minus the interpreter start-up: mean {}, p50 {}",
+                    ms(s.1 - b.1),
+                    ms(s.2 - b.2)
+                );
+            }
+        }
+        if let Some(l) = find("locksmith run") {
+            let _ = writeln!(
+                out,
+                "- locksmith run / python -c pass: mean {:.2}×, p50 {:.2}×",
+                l.1 / b.1,
+                l.2 / b.2
+            );
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// A program on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
