@@ -306,3 +306,58 @@ fn a_sweeper_racing_live_holders_never_frees_a_live_lock() {
     stop.store(true, Ordering::SeqCst);
     assert!(sweeper.join().unwrap() > 0);
 }
+
+#[test]
+fn another_hosts_binding_is_left_to_its_lease_and_an_earlier_boots_is_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, Arc::new(SystemClock));
+    // A pid that does not exist here: judged by pid, both would look dead.
+    let gone = Binding {
+        pid: u32::MAX - 11,
+        start: Some(1),
+        life_file: None,
+    };
+    let elsewhere = Holder {
+        hostname: "another-host".into(),
+        boot_id: "another-boot".into(),
+        ..Holder::this_process("remote")
+    };
+    granted(
+        &s,
+        &AcquireRequest {
+            holder: elsewhere,
+            bind: Some(gone.clone()),
+            ttl: Some(Duration::from_secs(60)),
+            ..req("remote/k", "remote")
+        },
+    );
+    assert!(
+        matches!(
+            s.acquire(&req("remote/k", "local"), None).unwrap(),
+            Attempt::Blocked(_)
+        ),
+        "only its lease may end another host's lock"
+    );
+    assert_eq!(
+        s.status(&Key::new("remote/k").unwrap()).unwrap().holders[0].health,
+        Health::Healthy
+    );
+
+    let before_reboot = Holder {
+        boot_id: "an-earlier-boot".into(),
+        ..Holder::this_process("old")
+    };
+    granted(
+        &s,
+        &AcquireRequest {
+            holder: before_reboot,
+            bind: Some(gone),
+            ..req("rebooted/k", "old")
+        },
+    );
+    let g = granted(&s, &req("rebooted/k", "new"));
+    assert_eq!(
+        g.owner, "new",
+        "a process of an earlier boot of this host is gone"
+    );
+}

@@ -15,12 +15,14 @@ use crate::open::map_err;
 #[derive(Clone, Debug)]
 pub(crate) struct HostFacts {
     pub boot_id: String,
+    pub hostname: String,
 }
 
 impl HostFacts {
     pub fn current() -> HostFacts {
         HostFacts {
             boot_id: sys::boot_id(),
+            hostname: sys::hostname(),
         }
     }
 }
@@ -131,12 +133,13 @@ pub(crate) fn holds_touching(
 }
 
 /// Whether the bound process is known to be alive (`Some(true)`) or gone
-/// (`Some(false)`); `None` for locks not bound to a process. The embedded
-/// store serves one machine, so a binding made in an earlier boot is dead.
+/// (`Some(false)`); `None` for locks not bound to a process, and for locks
+/// held from another host, which only their lease can end. A binding made on
+/// this host under an earlier boot id is dead: the machine restarted since.
 pub(crate) fn process_alive(lock: &HeldLock, host: &HostFacts) -> Option<bool> {
     let bind = lock.bind.as_ref()?;
     if lock.holder.boot_id != host.boot_id {
-        return Some(false);
+        return (lock.holder.hostname == host.hostname).then_some(false);
     }
     crate::life::alive(bind)
 }
