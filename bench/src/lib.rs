@@ -64,6 +64,14 @@ impl Machine {
         }
     }
 
+    /// One line: `nproc N, CPU X, kernel K`.
+    pub fn line(&self) -> String {
+        format!(
+            "nproc {}, CPU {}, kernel {}",
+            self.nproc, self.cpu, self.kernel
+        )
+    }
+
     /// The machine as a two-column Markdown table.
     pub fn table(&self) -> String {
         table(

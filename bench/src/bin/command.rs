@@ -17,6 +17,7 @@
 //! interpreter `python3` resolves to (a pyenv shim is looked through, so that
 //! its shell start-up is not counted).
 
+use locksmith_bench::{Machine, quantile};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -111,15 +112,6 @@ impl Subject {
     }
 }
 
-/// Nearest-rank quantile of sorted samples.
-fn quantile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn ms(ns: f64) -> String {
     format!("{:.2} ms", ns / 1e6)
 }
@@ -181,26 +173,6 @@ fn first_line(program: &Path, args: &[&str]) -> String {
                 .to_string()
         })
         .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let kernel = rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned();
-    format!("nproc {nproc}, CPU {cpu}, kernel {kernel}")
 }
 
 fn main() -> ExitCode {
@@ -350,7 +322,11 @@ fn bench(o: &Opts) -> Result<(), String> {
         "- run: `{}`",
         std::env::args().collect::<Vec<_>>().join(" ")
     );
-    let _ = writeln!(out, "- machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "- machine: {}",
+        Machine::current(std::path::Path::new("/tmp")).line()
+    );
     let _ = writeln!(
         out,
         "- {rounds} rounds of {k} commands (of {} asked) after {} warm-ups each, round-robin, {:.1} s",

@@ -32,6 +32,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use locksmith::Client;
+use locksmith_bench::{Machine, mono_ns, quantile};
 use locksmith_core::Key;
 use locksmith_core::store::ListFilter;
 use rustix::fs::{FlockOperation, flock};
@@ -45,12 +46,6 @@ const READY: Duration = Duration::from_secs(10);
 const RECOVER: Duration = Duration::from_secs(35);
 /// Settle time after the waiter is seen queued.
 const SETTLE: Duration = Duration::from_millis(50);
-
-/// `CLOCK_MONOTONIC` in ns: one clock for every process of the machine.
-fn mono_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
@@ -478,36 +473,8 @@ fn stamp(line: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("bad line {line:?}"))
 }
 
-fn quantile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn ms(ns: u64) -> String {
     format!("{:.2} ms", ns as f64 / 1e6)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let kernel = rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned();
-    format!("nproc {nproc}, CPU {cpu}, kernel {kernel}")
 }
 
 fn bench(o: &Opts) -> Result<(), String> {
@@ -566,7 +533,11 @@ fn bench(o: &Opts) -> Result<(), String> {
         "- run: `{}`",
         std::env::args().collect::<Vec<_>>().join(" ")
     );
-    let _ = writeln!(out, "- machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "- machine: {}",
+        Machine::current(std::path::Path::new("/tmp")).line()
+    );
     let _ = writeln!(
         out,
         "- {rounds} repetitions per variant (of {} asked) after one warm-up each, interleaved, {:.1} s",
