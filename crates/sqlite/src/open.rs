@@ -306,12 +306,18 @@ fn getrandom_fill(buf: &mut [u8]) {
 }
 
 /// The database holds lease handles: keep it readable by its owner only.
+/// The WAL holds page images too, so it gets the same mode.
 fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        if let Ok(meta) = fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o600));
+        }
     }
 }
 

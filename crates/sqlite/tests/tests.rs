@@ -396,3 +396,29 @@ fn two_handles_on_one_file_see_one_order() {
     };
     assert!(g2.locks[0].fence > g.locks[0].fence);
 }
+
+#[test]
+fn the_database_and_its_wal_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let path = db_path(&dir);
+    let store = open(&path, &clock).unwrap();
+    // A grant writes a lease handle into the WAL.
+    let r = request("a", &["private/k"]);
+    assert!(matches!(
+        store.acquire(&r, None).unwrap(),
+        locksmith_core::Attempt::Granted(_)
+    ));
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        let meta = fs::metadata(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            file.display()
+        );
+    }
+    drop(store);
+}
