@@ -329,3 +329,61 @@ fn sweep_once_uses_the_task_hook_and_the_loop_stops_on_sigterm() {
     .unwrap();
     assert_eq!(last["event"], "stopped");
 }
+
+#[test]
+fn a_lock_lost_before_cmd_ends_is_reported_even_without_a_renewal() {
+    let env = Env::new();
+    let marker = env.file("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", marker.display());
+    // Two keys; the second is forced away; CMD ends before the next renewal.
+    let run = env.spawn(&[
+        "run", "-l", "a", "-l", "b", "--ttl", "30s", "--", "sh", "-c", &script,
+    ]);
+    eventually(Duration::from_secs(10), "the locks", || {
+        env.json(&["status", "b"])["free"] == false
+    });
+    assert_eq!(
+        env.run(&["force-release", "b", "--reason", "test"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        env.run(&["acquire", "b", "--owner", "other"]).status.code(),
+        Some(0)
+    );
+    std::fs::write(&marker, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forced"));
+}
+
+#[test]
+fn losing_one_key_of_several_is_seen_by_the_renewal() {
+    let env = Env::new();
+    let termed = env.file("termed");
+    let script = format!(
+        "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
+        termed.display()
+    );
+    let run = env.spawn(&[
+        "run", "-l", "a", "-l", "b", "--ttl", "600ms", "--", "sh", "-c", &script,
+    ]);
+    eventually(Duration::from_secs(10), "the locks", || {
+        env.json(&["status", "b"])["free"] == false
+    });
+    env.run(&["force-release", "b", "--reason", "test"]);
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&termed).unwrap().trim(), "TERM");
+}

@@ -107,7 +107,9 @@ pub fn health(
         Health::Expired
     } else if process_alive == Some(false) {
         Health::Dead
-    } else if now >= lock.last_seen.plus(stale_after) {
+    } else if now >= lock.last_seen.plus(stale_after) && process_alive != Some(true) {
+        // A lock bound to a process proven alive is not stale, however long
+        // since its last renewal: the process is its sign of life.
         Health::Stale
     } else {
         Health::Healthy

@@ -82,7 +82,8 @@ impl Guard {
         }
     }
 
-    /// Releases with reason `completed` and reports what happened.
+    /// Releases with reason `completed` and reports what happened: `NotHeld`
+    /// (with the reason) when any key had been lost meanwhile.
     pub fn release(mut self) -> Result<Release, StoreError> {
         self.finish(ReleaseReason::Completed)
     }
@@ -103,7 +104,10 @@ impl Guard {
                 by: Proof::Handle(self.grant.handle.clone()),
             };
             let r = self.store.release(&t, reason)?;
-            first.get_or_insert(r);
+            // Report a key that was no longer held before one that was.
+            if first.is_none() || matches!(r, Release::NotHeld { .. }) {
+                first = Some(r);
+            }
         }
         Ok(first.expect("a grant has at least one key"))
     }

@@ -3,6 +3,7 @@
 //! or queue. Also leaving the queue, and finding whom to wake after a change.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use locksmith_core::model::MAX_METADATA_BYTES;
 use locksmith_core::rules::{self, Claim};
@@ -22,6 +23,23 @@ use crate::rows::{self, HoldRow, NewEvent, end_hold, holds_touching, lock_info, 
 /// Most keys one request may name.
 pub const MAX_KEYS: usize = 64;
 const MAX_TEXT: usize = 256;
+
+/// Longest lease or `max_hold` accepted: deadlines stay far inside the
+/// store's 63-bit microsecond clock.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A lease must be at least 100 ms and at most [`MAX_DURATION`].
+pub(crate) fn check_ttl(ttl: Option<Duration>) -> Result<(), StoreError> {
+    match ttl {
+        Some(t) if t.as_millis() < 100 => {
+            Err(StoreError::Invalid("--ttl must be at least 100ms".into()))
+        }
+        Some(t) if t > MAX_DURATION => {
+            Err(StoreError::Invalid("--ttl may be at most 100 years".into()))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Refuses malformed requests before any transaction starts.
 pub(crate) fn validate(req: &AcquireRequest) -> Result<(), StoreError> {
@@ -69,8 +87,9 @@ pub(crate) fn validate(req: &AcquireRequest) -> Result<(), StoreError> {
             ));
         }
     }
-    if req.ttl.is_some_and(|t| t.as_millis() < 100) {
-        return invalid("--ttl must be at least 100ms".into());
+    check_ttl(req.ttl)?;
+    if req.max_hold.is_some_and(|m| m > MAX_DURATION) {
+        return invalid("--max-hold may be at most 100 years".into());
     }
     if let Takeover::Force { reason } = &req.takeover
         && reason.trim().is_empty()

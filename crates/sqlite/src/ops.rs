@@ -35,6 +35,26 @@ fn ended_reason(
     Ok(reason.and_then(|r| r.parse().ok()))
 }
 
+/// The key of a multi-key grant that ended last, and why.
+fn lost_key_of_grant(
+    tx: &Transaction<'_>,
+    grant: i64,
+) -> Result<(Option<Key>, Option<ReleaseReason>), StoreError> {
+    let row: Option<(String, String)> = tx
+        .query_row(
+            "SELECT key, reason FROM events WHERE grant_id = ?1 AND reason IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+            [grant],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(map_err)?;
+    Ok(match row {
+        Some((key, reason)) => (Key::new(key).ok(), reason.parse().ok()),
+        None => (None, None),
+    })
+}
+
 /// The caller's holds named by `target`: `Ok(rows)` (possibly empty when
 /// nothing of the caller's is held), or `NotHolder` when the key is held by
 /// someone else and the proof does not match.
@@ -108,9 +128,7 @@ pub(crate) fn renew(
     ttl: Option<Duration>,
 ) -> Result<Renewal, StoreError> {
     let now = ctx.now;
-    if ttl.is_some_and(|t| t.as_millis() < 100) {
-        return Err(StoreError::Invalid("--ttl must be at least 100ms".into()));
-    }
+    crate::acquire::check_ttl(ttl)?;
     let (rows, grant) = caller_holds(tx, target)?;
     let mut live = Vec::new();
     for row in rows {
@@ -129,6 +147,17 @@ pub(crate) fn renew(
         return Ok(Renewal::Lost {
             key: target.key.clone(),
             reason: ended_reason(tx, &target.key, grant, owner_of(target))?,
+        });
+    }
+    // A grant of several keys is held only while all of them are: losing
+    // any one (forced, expired, reaped) is losing the grant.
+    if let Some(first) = live.first()
+        && (live.len() as i64) < first.grant_keys
+    {
+        let (key, reason) = lost_key_of_grant(tx, first.lock.grant)?;
+        return Ok(Renewal::Lost {
+            key: key.unwrap_or_else(|| target.key.clone()),
+            reason,
         });
     }
     let mut locks = Vec::new();

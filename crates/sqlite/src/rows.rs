@@ -30,7 +30,7 @@ impl HostFacts {
 /// Columns of `holds` in the order [`hold_from_row`] reads them.
 pub(crate) const HOLD_COLUMNS: &str = "fence, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
      hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
-     ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file";
+     ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file, grant_keys";
 
 /// A `holds` row: the tenure plus its row id and secret.
 #[derive(Clone, Debug)]
@@ -39,6 +39,8 @@ pub(crate) struct HoldRow {
     pub id: i64,
     pub secret: String,
     pub renew_logged: i64,
+    /// How many keys the grant had when it was made.
+    pub grant_keys: i64,
     pub lock: HeldLock,
 }
 
@@ -64,6 +66,7 @@ pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
         id: r.get(0)?,
         secret: r.get(2)?,
         renew_logged: r.get(22)?,
+        grant_keys: r.get(26)?,
         lock: HeldLock {
             grant: r.get(1)?,
             key: Key::new(key).map_err(|_| bad_row("key"))?,

@@ -247,6 +247,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         }
     };
     let code = shell_code(status);
+    // Lost while CMD ran but found out only now (CMD ended before the next
+    // renewal): still a lost lock, never a silent success.
+    let lost_late = lost_at.is_none() && guard.is_lost();
+    if lost_late {
+        drop(guard);
+        return Err(Failure::new(
+            7,
+            "lost",
+            format!("the lock on {what} was lost while CMD ran (CMD exited {code})"),
+        ));
+    }
     if lost_at.is_some() {
         drop(guard);
         if a.on_lost == "ignore" {
@@ -267,8 +278,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     } else {
         guard.release_failed()
     };
-    if let Err(e) = released {
-        eprintln!("locksmith: CMD finished but the release failed: {e}");
+    match released {
+        Ok(locksmith_core::Release::NotHeld { reason, .. }) => {
+            let why = reason
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "no record of it".into());
+            return Err(Failure::new(
+                7,
+                "lost",
+                format!("the lock on {what} was lost while CMD ran ({why}; CMD exited {code})"),
+            ));
+        }
+        Ok(locksmith_core::Release::Released { .. }) => {}
+        Err(e) => eprintln!("locksmith: CMD finished but the release failed: {e}"),
     }
     if code == 0 {
         Ok(())
