@@ -35,24 +35,22 @@ fn ended_reason(
     Ok(reason.and_then(|r| r.parse().ok()))
 }
 
-/// The key of a multi-key grant that ended last, and why.
+/// The newest key of a grant that was taken from its holder (not released
+/// by it), and why.
 fn lost_key_of_grant(
     tx: &Transaction<'_>,
     grant: i64,
-) -> Result<(Option<Key>, Option<ReleaseReason>), StoreError> {
+) -> Result<Option<(Key, ReleaseReason)>, StoreError> {
     let row: Option<(String, String)> = tx
         .query_row(
             "SELECT key, reason FROM events WHERE grant_id = ?1 AND reason IS NOT NULL
-             ORDER BY id DESC LIMIT 1",
+               AND reason NOT IN ('completed', 'failed') ORDER BY id DESC LIMIT 1",
             [grant],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
         .map_err(map_err)?;
-    Ok(match row {
-        Some((key, reason)) => (Key::new(key).ok(), reason.parse().ok()),
-        None => (None, None),
-    })
+    Ok(row.and_then(|(key, reason)| Some((Key::new(key).ok()?, reason.parse().ok()?))))
 }
 
 /// The caller's holds named by `target`: `Ok(rows)` (possibly empty when
@@ -151,13 +149,15 @@ pub(crate) fn renew(
     }
     // A grant of several keys is held only while all of them are: losing
     // any one (forced, expired, reaped) is losing the grant.
-    if let Some(first) = live.first()
+    // (Only a handle names the whole grant; an owner names one key.)
+    if let Proof::Handle(_) = target.by
+        && let Some(first) = live.first()
         && (live.len() as i64) < first.grant_keys
+        && let Some((key, reason)) = lost_key_of_grant(tx, first.lock.grant)?
     {
-        let (key, reason) = lost_key_of_grant(tx, first.lock.grant)?;
         return Ok(Renewal::Lost {
-            key: key.unwrap_or_else(|| target.key.clone()),
-            reason,
+            key,
+            reason: Some(reason),
         });
     }
     let mut locks = Vec::new();
