@@ -361,3 +361,33 @@ fn another_hosts_binding_is_left_to_its_lease_and_an_earlier_boots_is_dead() {
         "a process of an earlier boot of this host is gone"
     );
 }
+
+#[test]
+fn a_container_sharing_the_kernel_is_not_judged_by_its_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, Arc::new(SystemClock));
+    // Same boot id (same kernel), another host name: another pid namespace,
+    // where this pid means nothing here.
+    let gone_here = Binding {
+        pid: u32::MAX - 11,
+        start: Some(1),
+        life_file: None,
+    };
+    let container = Holder {
+        hostname: "a-container".into(),
+        ..Holder::this_process("boxed")
+    };
+    granted(
+        &s,
+        &AcquireRequest {
+            holder: container,
+            bind: Some(gone_here),
+            ..req("boxed/k", "boxed")
+        },
+    );
+    assert!(matches!(
+        s.acquire(&req("boxed/k", "host"), None).unwrap(),
+        Attempt::Blocked(_)
+    ));
+    assert!(sweep(&s, false, &mut |_| false).unwrap().is_empty());
+}

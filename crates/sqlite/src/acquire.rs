@@ -126,10 +126,12 @@ impl Queued {
 }
 
 /// True when a queue entry no longer counts: it stopped refreshing its place,
-/// or its process (on this machine) is gone.
+/// or its process is gone. `machine` is the entry's boot id and host name
+/// joined by U+001F: only on the same kernel *and* host name (not another
+/// container sharing the kernel) are its pid and wake socket comparable.
 fn entry_gone(
     ctx: &Ctx<'_>,
-    boot: &str,
+    machine: &str,
     pid: u32,
     pid_start: Option<i64>,
     alive_until: i64,
@@ -141,7 +143,7 @@ fn entry_gone(
     // A bound wake socket proves its waiter alive for one syscall; only
     // when it is not there do we look the process up (it may live in
     // another network namespace, where its socket cannot be seen).
-    boot == ctx.host.boot_id
+    machine == ctx.host.machine
         && !ctx.waker.bound(wake)
         && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false)
 }
@@ -202,7 +204,8 @@ pub(crate) fn queue_touching(
     for (k, seq, sc) in found {
         let row = tx
             .prepare_cached(
-                "SELECT priority, mode, slots, owner, boot_id, pid, pid_start, alive_until, wake
+                "SELECT priority, mode, slots, owner, boot_id || char(31) || hostname, pid,
+                        pid_start, alive_until, wake
                  FROM queue WHERE seq = ?1",
             )
             .map_err(map_err)?
@@ -764,7 +767,10 @@ fn any_waiting(
     me: &str,
 ) -> Result<bool, StoreError> {
     let mut stmt = tx
-        .prepare_cached("SELECT owner, boot_id, pid, pid_start, alive_until, wake FROM queue")
+        .prepare_cached(
+            "SELECT owner, boot_id || char(31) || hostname, pid, pid_start, alive_until, wake
+             FROM queue",
+        )
         .map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
     while let Some(r) = rows.next().map_err(map_err)? {
@@ -847,7 +853,7 @@ fn live_queue(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, StoreE
     let mut stmt = tx
         .prepare_cached(
             "SELECT q.seq, q.owner, q.priority, q.mode, q.slots, k.key, k.scope,
-                    q.boot_id, q.pid, q.pid_start, q.alive_until, q.wake
+                    q.boot_id || char(31) || q.hostname, q.pid, q.pid_start, q.alive_until, q.wake
              FROM queue q JOIN queue_keys k ON k.seq = q.seq",
         )
         .map_err(map_err)?;

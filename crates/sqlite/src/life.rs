@@ -59,8 +59,9 @@ pub(crate) fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError
     Ok(bound)
 }
 
-/// Whether the bound process lives: `Some(false)` on proof of death.
-pub(crate) fn alive(b: &Binding) -> Option<bool> {
+/// Whether the bound process lives: `Some(false)` on proof of death. Without
+/// its life file, pid and start time decide, and only when `same_host`.
+pub(crate) fn alive(b: &Binding, same_host: bool) -> Option<bool> {
     if let Some(path) = &b.life_file {
         match File::open(path) {
             Ok(f) => {
@@ -73,13 +74,16 @@ pub(crate) fn alive(b: &Binding) -> Option<bool> {
             Err(_) => return None,
         }
     }
+    if !same_host {
+        return None;
+    }
     sys::process_alive(b.pid, b.start)
 }
 
 /// Removes the life file of a process proven dead.
 pub(crate) fn remove_dead(b: &Binding) {
     if let Some(path) = &b.life_file
-        && alive(b) == Some(false)
+        && alive(b, true) == Some(false)
     {
         let _ = std::fs::remove_file(path);
     }

@@ -94,7 +94,8 @@ pub(crate) fn waiters(
     let mut stmt = tx
         .prepare_cached(
             "SELECT k.key, k.scope, q.seq, q.priority, q.mode, q.slots, q.owner, q.task, q.hostname,
-                    q.boot_id, q.pid, q.pid_start, q.since_mono, q.since_wall, q.alive_until
+                    q.boot_id || char(31) || q.hostname, q.pid, q.pid_start, q.since_mono,
+                    q.since_wall, q.alive_until
              FROM queue_keys k JOIN queue q ON q.seq = k.seq ORDER BY k.key",
         )
         .map_err(map_err)?;
@@ -107,7 +108,7 @@ pub(crate) fn waiters(
         let pid_start: Option<i64> = r.get(11).map_err(map_err)?;
         let alive_until: i64 = r.get(14).map_err(map_err)?;
         let gone = alive_until <= ctx.now.mono.0 as i64
-            || (boot == ctx.host.boot_id
+            || (boot == ctx.host.machine
                 && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false));
         if gone {
             continue;

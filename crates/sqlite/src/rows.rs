@@ -16,13 +16,17 @@ use crate::open::map_err;
 pub(crate) struct HostFacts {
     pub boot_id: String,
     pub hostname: String,
+    /// `boot_id` and `hostname` joined by U+001F, as queue queries return them.
+    pub machine: String,
 }
 
 impl HostFacts {
     pub fn current() -> HostFacts {
+        let (boot_id, hostname) = (sys::boot_id(), sys::hostname());
         HostFacts {
-            boot_id: sys::boot_id(),
-            hostname: sys::hostname(),
+            machine: format!("{boot_id}\u{1f}{hostname}"),
+            boot_id,
+            hostname,
         }
     }
 }
@@ -144,7 +148,9 @@ pub(crate) fn process_alive(lock: &HeldLock, host: &HostFacts) -> Option<bool> {
     if lock.holder.boot_id != host.boot_id {
         return (lock.holder.hostname == host.hostname).then_some(false);
     }
-    crate::life::alive(bind)
+    // Same kernel: its life file is proof either way; its pid only when it
+    // is not in another container (another host name, another pid space).
+    crate::life::alive(bind, lock.holder.hostname == host.hostname)
 }
 
 /// The public view of a hold at `now`.

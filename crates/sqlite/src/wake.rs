@@ -102,7 +102,7 @@ impl WakeSource for WakeSocket {
                 start: None,
                 life_file: Some(t.clone()),
             };
-            if crate::life::alive(&b) != Some(true) {
+            if crate::life::alive(&b, false) == Some(false) {
                 self.pending = true;
             }
             self.watched.push(t.clone());
