@@ -391,3 +391,43 @@ fn a_container_sharing_the_kernel_is_not_judged_by_its_pid() {
     ));
     assert!(sweep(&s, false, &mut |_| false).unwrap().is_empty());
 }
+
+#[test]
+fn steal_stale_does_not_steal_for_a_request_that_earlier_waiters_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let s = store(&dir, Arc::new(clock.clone()));
+    granted(&s, &req("steal/k", "h"));
+    let mut w = locksmith::core::store::Waiter {
+        wake: s.wake_source().unwrap(),
+        seq: None,
+    };
+    assert!(matches!(
+        s.acquire(&req("steal/k", "w"), Some(&mut w)).unwrap(),
+        Attempt::Blocked(_)
+    ));
+    clock.advance(Duration::from_secs(601));
+    let thief = AcquireRequest {
+        takeover: Takeover::StealStale,
+        ..req("steal/k", "t")
+    };
+    // Keep the waiter's place alive across the jump of the manual clock.
+    assert!(matches!(
+        s.acquire(&req("steal/k", "w"), Some(&mut w)).unwrap(),
+        Attempt::Blocked(_)
+    ));
+    assert!(matches!(
+        s.acquire(&thief, None).unwrap(),
+        Attempt::Blocked(_)
+    ));
+    let st = s.status(&Key::new("steal/k").unwrap()).unwrap();
+    assert_eq!(
+        st.holders[0].owner, "h",
+        "nothing was stolen for a request that is not granted"
+    );
+    let f = locksmith::core::store::HistoryFilter {
+        kind: Some(locksmith::core::EventKind::Stolen),
+        ..Default::default()
+    };
+    assert!(s.history(&f).unwrap().is_empty());
+}

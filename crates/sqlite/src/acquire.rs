@@ -411,7 +411,13 @@ pub(crate) fn run(
                 rows::lock_info(&b.lock, now, ctx.opts.stale_after, ctx.host).health
                     != Health::Healthy
             });
-            if all_stale {
+            // Steal only when the request is then granted in this same
+            // transaction: earlier waiters may still be in its way.
+            let taking: HashSet<i64> = blockers.iter().map(|b| b.id).collect();
+            let standing: Vec<&HoldRow> =
+                holds.iter().filter(|h| !taking.contains(&h.id)).collect();
+            let me = (req.priority, my_seq.unwrap_or(i64::MAX));
+            if all_stale && waiters_ahead(tx, ctx, req, &standing, me)?.0.is_empty() {
                 for b in blockers.drain(..) {
                     taken_over.insert(b.id);
                     let detail = json!({ "by": req.holder.owner });
