@@ -387,3 +387,40 @@ fn losing_one_key_of_several_is_seen_by_the_renewal() {
     );
     assert_eq!(std::fs::read_to_string(&termed).unwrap().trim(), "TERM");
 }
+
+#[test]
+fn after_sigkill_of_run_the_lock_lasts_while_cmds_children_run() {
+    let env = Env::new();
+    let gpid = env.file("grandchild");
+    let script = format!("sleep 30 & echo $! > {}; wait", gpid.display());
+    let mut run = env.spawn(&[
+        "run", "-l", "tree", "--ttl", "60s", "--", "sh", "-c", &script,
+    ]);
+    eventually(Duration::from_secs(10), "the grandchild", || {
+        gpid.exists() && std::fs::metadata(&gpid).unwrap().len() > 0
+    });
+    let grandchild = read_pid(&gpid);
+    signal(run.id(), Signal::KILL);
+    run.wait().unwrap();
+    // run and its direct child are gone; the grandchild still works: still held.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(running(grandchild));
+    assert_eq!(
+        env.run(&["acquire", "tree", "--owner", "other"])
+            .status
+            .code(),
+        Some(3)
+    );
+    signal(grandchild, Signal::KILL);
+    let next = env.run(&["acquire", "tree", "--owner", "other", "--wait", "10s"]);
+    assert_eq!(
+        next.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert_eq!(
+        env.json(&["history", "tree", "--kind", "reaped"])[0]["reason"],
+        "dead_process"
+    );
+}

@@ -111,6 +111,15 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// A binding that lasts while this process *or any process it starts*
+    /// lives (the life file's descriptor is inherited). Keep the returned
+    /// file open, and remove the binding's file when done. Used by
+    /// `locksmith run`, so that a command's own children keep its locks.
+    pub fn bind_process_tree(&self) -> Result<(Binding, std::fs::File), StoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        life::bind_tree(dir, &self.host.boot_id)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -88,3 +88,37 @@ pub(crate) fn remove_dead(b: &Binding) {
         let _ = std::fs::remove_file(path);
     }
 }
+
+/// A proof of life shared with the processes this one starts: a new life
+/// file whose descriptor is inherited across exec (no close-on-exec), so the
+/// kernel lock, and with it the locks bound to it, lasts until the last
+/// process of the tree has exited, as with flock(1). The caller keeps the
+/// returned file open for as long as it runs and removes the path at the end.
+pub(crate) fn bind_tree(dir: &Path, boot_id: &str) -> Result<(Binding, File), StoreError> {
+    let pid = std::process::id();
+    let start = sys::process_start(pid);
+    let folder = dir.join("holders");
+    std::fs::create_dir_all(&folder)
+        .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", folder.display())))?;
+    let path = folder.join(format!("{boot_id}-{pid}-{}-tree", start.unwrap_or(0)));
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Backend(format!(
+            "cannot {what} the life file {}: {e}",
+            path.display()
+        ))
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fail("create", &e))?;
+    flock(&file, FlockOperation::LockExclusive).map_err(|e| fail("lock", &e))?;
+    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty()).map_err(|e| fail("share", &e))?;
+    let bound = Binding {
+        pid,
+        start,
+        life_file: Some(path.to_string_lossy().into_owned()),
+    };
+    Ok((bound, file))
+}

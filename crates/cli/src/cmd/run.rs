@@ -83,6 +83,22 @@ fn signal_group(pgid: i32, sig: Signal) {
     }
 }
 
+/// The proof of life shared with CMD's tree; its file is removed when `run`
+/// is done (the descriptor itself closes when the last process holding it
+/// exits).
+struct LifeFile {
+    path: Option<PathBuf>,
+    _file: std::fs::File,
+}
+
+impl Drop for LifeFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 enum Event {
     Exited(ExitStatus),
 }
@@ -101,7 +117,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let ttl = parse_duration(&a.ttl).map_err(|e| invalid("ttl", e))?;
     let grace = parse_duration(&a.grace).map_err(|e| invalid("grace", e))?;
     let policy = WaitPolicy::parse(&a.wait).map_err(|e| invalid("wait", e))?;
-    let store: Arc<dyn Store> = Arc::new(ctx.store()?);
+    let sqlite = ctx.store()?;
+    // Bound to this process and everything CMD starts: a SIGKILL of run frees
+    // the locks only once CMD's whole tree is gone (its descendants inherit
+    // the life file, as with flock(1)).
+    let (bind, file) = sqlite.bind_process_tree()?;
+    let _life = LifeFile {
+        path: bind.life_file.clone().map(PathBuf::from),
+        _file: file,
+    };
+    let store: Arc<dyn Store> = Arc::new(sqlite);
     let mut holder = Holder::this_process(a.owner.clone().unwrap_or_else(|| ctx.config.owner()));
     holder.task = a.task.clone();
     let req = AcquireRequest {
@@ -114,7 +139,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         priority: a.priority,
         takeover: Takeover::None,
         request_id: None,
-        bind: store.bind_current_process()?,
+        bind: Some(bind),
     };
 
     // Signals: while waiting they stop the wait; once CMD runs they go to its group.
