@@ -280,3 +280,27 @@ fn config_shows_sources_and_example_parses() {
         "the example, uncommented, is a valid file"
     );
 }
+
+#[test]
+fn a_stuck_writer_gives_a_clear_busy_error_after_the_busy_timeout() {
+    let env = Env::new();
+    assert_eq!(code(&env.run(&["acquire", "k"])), 0);
+    // Play a process stopped in the middle of a write transaction.
+    let gate = std::fs::File::open(env.home.path().join("locksmith.db-gate")).unwrap();
+    rustix::fs::flock(&gate, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let started = Instant::now();
+    let out = env
+        .cmd(&["acquire", "k2"])
+        .env("LOCKSMITH_BUSY_TIMEOUT", "500ms")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("write gate"), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(gate);
+    assert_eq!(
+        code(&env.run(&["acquire", "k2"])),
+        0,
+        "nothing was left half done"
+    );
+}

@@ -139,7 +139,10 @@ impl SqliteStore {
         // Writers queue on the gate's kernel lock, which hands over the
         // moment it is released, instead of sleeping in SQLite's busy
         // handler (whose back-off sets the tail latency under contention).
-        let gate = self.gate.as_ref().map(open::GateGuard::lock);
+        let gate = match &self.gate {
+            Some(g) => Some(open::GateGuard::lock(g, self.opts.busy_timeout)?),
+            None => None,
+        };
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(open::map_err)?;

@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::Read;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use locksmith_core::{Now, StoreError};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
@@ -380,13 +381,32 @@ pub(crate) fn gate(db: &Path) -> Option<fs::File> {
 pub(crate) struct GateGuard<'a>(Option<&'a fs::File>);
 
 impl<'a> GateGuard<'a> {
-    pub(crate) fn lock(file: &'a fs::File) -> GateGuard<'a> {
+    /// Takes the gate, giving up after `timeout`. The lock is asked for
+    /// without blocking and retried after short pauses (a few yields, then sleeps
+    /// of at most 100 µs), so a writer whose holder was stopped mid-transaction
+    /// (Ctrl-Z, a paused container) gets a clear `Busy` instead of hanging.
+    pub(crate) fn lock(file: &'a fs::File, timeout: Duration) -> Result<GateGuard<'a>, StoreError> {
         use rustix::fs::{FlockOperation, flock};
+        let started = Instant::now();
+        let mut tries = 0u32;
         loop {
-            match flock(file, FlockOperation::LockExclusive) {
-                Ok(()) => return GateGuard(Some(file)),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return GateGuard(None),
+            match flock(file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(GateGuard(Some(file))),
+                Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {}
+                // The gate only orders writers; without it SQLite still guards the data.
+                Err(_) => return Ok(GateGuard(None)),
+            }
+            if started.elapsed() >= timeout {
+                return Err(StoreError::Busy(format!(
+                    "another process has held the lock database's write gate for over {}; it may be stopped (Ctrl-Z, a paused container). Resume or end it and try again",
+                    locksmith_core::time::format_duration(timeout)
+                )));
+            }
+            tries += 1;
+            if tries < 4 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(u64::from(tries.min(100))));
             }
         }
     }
