@@ -64,9 +64,21 @@ impl Guard {
     pub fn grant(&self) -> &Grant {
         &self.grant
     }
-    /// True once a renewal found the lock gone or the lease ran out unrenewed.
+    /// True once a renewal found the lock gone, or when nine tenths of the
+    /// lease have passed since the last good renewal on this process's own
+    /// clock: the client's deadline runs out before the store's, so a stuck
+    /// renewal (a store that does not answer) is never taken for "held".
     pub fn is_lost(&self) -> bool {
-        matches!(*self.state.borrow(), State::Lost(_))
+        if matches!(*self.state.borrow(), State::Lost(_)) {
+            return true;
+        }
+        match (self.renewal, self.grant.ttl) {
+            (Some(id), Some(ttl)) => self
+                .renewer
+                .last_good(id)
+                .is_none_or(|t| t.elapsed() >= ttl * 9 / 10),
+            _ => false,
+        }
     }
     /// Resolves when the lock is lost, with the reason when the store knows it.
     /// Never resolves while the lock is held.

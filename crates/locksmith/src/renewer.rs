@@ -95,6 +95,11 @@ impl Renewer {
         id
     }
 
+    /// When the lease of `id` was last renewed (or granted), while renewed.
+    pub(crate) fn last_good(&self, id: u64) -> Option<Instant> {
+        self.shared.lock().entries.get(&id).map(|e| e.last_good)
+    }
+
     /// Stops renewing `id` (its slot in the schedule is skipped when due).
     pub(crate) fn remove(&self, id: u64) {
         self.shared.lock().entries.remove(&id);

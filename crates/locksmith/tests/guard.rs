@@ -79,3 +79,32 @@ fn unknown_url_schemes_list_the_accepted_ones() {
     let err = Client::open("redis://localhost").err().expect("refused");
     assert!(err.to_string().contains("sqlite:///"), "{err}");
 }
+
+#[test]
+fn a_renewal_stuck_in_the_store_counts_as_lost_before_the_lease_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = client(&dir);
+    let guard = a
+        .lock("lib/stuck")
+        .ttl(Duration::from_millis(500))
+        .acquire_blocking()
+        .unwrap();
+    // Play a writer stopped mid-transaction: every renewal now waits at the gate.
+    let gate = std::fs::File::open(dir.path().join("locksmith.db-gate")).unwrap();
+    rustix::fs::flock(&gate, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let started = std::time::Instant::now();
+    while !guard.is_lost() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never reported lost"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Reported on the client's own deadline: nine tenths of the lease.
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(gate);
+}
