@@ -62,6 +62,11 @@ fn exit_status_passes_through_with_completed_or_failed() {
     assert_eq!(env.last_reason("job"), "failed");
     let missing = env.run(&["run", "-l", "job", "--", "/no/such/program"]);
     assert_eq!(missing.status.code(), Some(127));
+    assert_eq!(
+        env.last_reason("job"),
+        "failed",
+        "a command that cannot start failed"
+    );
     assert_eq!(env.json(&["status", "job"])["free"], true);
 }
 

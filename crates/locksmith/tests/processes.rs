@@ -62,14 +62,33 @@ fn append(log: &Path, line: &str) {
 }
 
 /// The witness of an exclusive key: a file that must read `free` on entry.
+/// Whether process `pid` still runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// On entry the witness must read `free`, or name a holder that is dead
+/// (SIGKILLed while holding: the crash test frees its lock on proof of death).
 fn witness_enter(path: &Path, me: &str) {
     let seen = std::fs::read_to_string(path).unwrap_or_else(|_| "free".into());
-    assert_eq!(
-        seen,
-        "free",
-        "witness {} busy on entry of {me}",
-        path.display()
-    );
+    if seen != "free" {
+        let pid: u32 = seen
+            .split('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            pid != 0 && !running(pid),
+            "witness {} held by live {seen} on entry of {me}",
+            path.display()
+        );
+    }
     std::fs::write(path, me).unwrap();
 }
 
@@ -296,7 +315,14 @@ fn sigkill_during_acquire_and_release_never_grants_twice() {
         assert!(Instant::now() < deadline, "crash test ran out of time");
         std::thread::sleep(Duration::from_millis(40 + rng.below(120)));
         let i = rng.below(workers.len() as u64) as usize;
-        let victim = workers.remove(i);
+        let mut victim = workers.remove(i);
+        if let Ok(Some(status)) = victim.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = victim.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("a worker ended by itself ({status}): {err}");
+        }
         let pid = victim.id();
         killed.insert(pid, mono_ns());
         rustix::process::kill_process(
@@ -304,7 +330,6 @@ fn sigkill_during_acquire_and_release_never_grants_twice() {
             rustix::process::Signal::KILL,
         )
         .unwrap();
-        let mut victim = victim;
         victim.wait().unwrap();
         workers.push(spawn_worker(
             &log,

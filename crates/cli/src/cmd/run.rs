@@ -205,6 +205,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let fences_env: Vec<String> = grant.locks.iter().map(|l| l.fence.to_string()).collect();
     let handle = grant.handle.expose().to_string();
     let guard = Guard::start(store.clone(), grant);
+    // A signal that came while waiting stops run even if the same attempt
+    // was granted: CMD is not started.
+    let sig = last_signal.load(Ordering::SeqCst);
+    if cancel.load(Ordering::SeqCst) && sig > 0 {
+        let _ = guard.release_failed();
+        return Err(Failure::new(
+            128u8.wrapping_add(sig as u8),
+            "cancelled",
+            format!("stopped by signal {sig} as {what} was granted; CMD was not started"),
+        ));
+    }
 
     let mut cmd = Command::new(&a.command[0]);
     cmd.args(&a.command[1..])
@@ -212,18 +223,22 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         .env("LOCKSMITH_FENCE", fences_env.join("\n"))
         .env("LOCKSMITH_HANDLE", handle)
         .process_group(0);
-    let mut child = spawn_tied(&mut cmd).map_err(|e| {
-        let code = if e.kind() == std::io::ErrorKind::NotFound {
-            127
-        } else {
-            126
-        };
-        Failure::new(
-            code,
-            "exec_failed",
-            format!("cannot run {:?}: {e}", a.command[0]),
-        )
-    })?;
+    let mut child = match spawn_tied(&mut cmd) {
+        Ok(child) => child,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let _ = guard.release_failed();
+            return Err(Failure::new(
+                code,
+                "exec_failed",
+                format!("cannot run {:?}: {e}", a.command[0]),
+            ));
+        }
+    };
     let pgid = child.id() as i32;
     child_group.store(pgid, Ordering::SeqCst);
     // A signal that came between the grant and the spawn is not lost.
