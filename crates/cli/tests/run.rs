@@ -250,10 +250,15 @@ fn sigstop_past_the_lease_loses_the_lock_and_stops_the_command() {
         "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
         termed.display()
     );
-    let run = env.spawn(&[
+    let mut run = env.spawn(&[
         "run", "-l", "paused", "--ttl", "1s", "--grace", "5s", "--", "sh", "-c", &script,
     ]);
     eventually(Duration::from_secs(10), "the lock", || {
+        if let Ok(Some(status)) = run.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err);
+            panic!("run ended early ({status}): {err}");
+        }
         env.json(&["status", "paused"])["free"] == false
     });
     signal(run.id(), Signal::STOP);
