@@ -55,7 +55,6 @@ impl Shared {
 /// ends when the last handle is dropped.
 pub(crate) struct Renewer {
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Renewer {
@@ -66,14 +65,11 @@ impl Renewer {
             changed: Condvar::new(),
         });
         let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("locksmith-renew".into())
             .spawn(move || run(&*store, &thread_shared))
             .expect("cannot start the lease renewal thread");
-        Arc::new(Renewer {
-            shared,
-            thread: Some(thread),
-        })
+        Arc::new(Renewer { shared })
     }
 
     /// Renews `target` every `ttl / 3` until removed; returns its id.
@@ -114,11 +110,6 @@ impl Drop for Renewer {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.changed.notify_one();
-        // Wait for the thread, so that its handle on the store is gone when
-        // the last guard and client are: the store then closes cleanly.
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
