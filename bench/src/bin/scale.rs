@@ -16,7 +16,7 @@ use locksmith_bench::{
     Args, Machine, WorkDir, file_size, fmt_ns, fmt_rate, median_of, mono_ns, table,
 };
 use locksmith_core::store::ListFilter;
-use locksmith_core::{AcquireRequest, Attempt, Holder, Key, Mode, Scope, Store, Takeover};
+use locksmith_core::{AcquireRequest, Attempt, Holder, Key, Store};
 use locksmith_sqlite::{Options, SqliteStore};
 
 fn key(i: u64) -> String {
@@ -135,18 +135,10 @@ fn main() {
     let machine = Machine::current(work.path());
     let db = work.path().join("locksmith.db");
     let store = SqliteStore::open(&db, Options::default()).expect("open the store");
-    let mut req = AcquireRequest {
-        keys: vec![Key::new("scale/start").expect("valid key")],
-        mode: Mode::Exclusive,
-        scope: Scope::Key,
-        holder: Holder::this_process("scale-bench"),
-        ttl: None,
-        max_hold: None,
-        priority: 0,
-        takeover: Takeover::None,
-        request_id: None,
-        bind: None,
-    };
+    let mut req = AcquireRequest::exclusive(
+        vec![Key::new("scale/start").expect("valid key")],
+        Holder::this_process("scale-bench"),
+    );
 
     let chunk = (n / 10).max(1);
     let started = mono_ns();

@@ -25,7 +25,11 @@ fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn read_pid(path: &Path) -> u32 {
+/// Waits (up to 10 s) for a command to write a pid into `path`, and reads it.
+fn wait_for_pid(path: &Path, what: &str) -> u32 {
+    eventually(Duration::from_secs(10), what, || {
+        std::fs::read_to_string(path).is_ok_and(|t| t.trim().parse::<u32>().is_ok())
+    });
     std::fs::read_to_string(path)
         .unwrap()
         .trim()
@@ -114,10 +118,7 @@ fn signals_reach_the_whole_process_group() {
         trapped.display()
     );
     let run = env.spawn(&["run", "-l", "sig", "--", "sh", "-c", &script]);
-    eventually(Duration::from_secs(10), "the grandchild", || {
-        pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0
-    });
-    let grandchild = read_pid(&pidfile);
+    let grandchild = wait_for_pid(&pidfile, "the grandchild");
     signal(run.id(), Signal::INT);
     let out = run.wait_with_output().unwrap();
     assert_eq!(
@@ -143,10 +144,7 @@ fn signals_reach_the_whole_process_group() {
         &format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
     ]);
     std::fs::remove_file(&pidfile).ok();
-    eventually(Duration::from_secs(10), "the grandchild", || {
-        pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0
-    });
-    let grandchild = read_pid(&pidfile);
+    let grandchild = wait_for_pid(&pidfile, "the grandchild");
     signal(run.id(), Signal::TERM);
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143));
@@ -207,10 +205,7 @@ fn sigkill_of_run_takes_its_command_and_frees_the_lock() {
         "-c",
         &format!("echo $$ > {}; exec sleep 30", pidfile.display()),
     ]);
-    eventually(Duration::from_secs(10), "the child", || {
-        pidfile.exists() && std::fs::metadata(&pidfile).unwrap().len() > 0
-    });
-    let child = read_pid(&pidfile);
+    let child = wait_for_pid(&pidfile, "the child");
     assert!(running(child));
     let waiter = env.spawn(&[
         "acquire", "killed", "--owner", "next", "--wait", "20s", "--json",
@@ -406,10 +401,7 @@ fn after_sigkill_of_run_the_lock_lasts_while_cmds_children_run() {
     let mut run = env.spawn(&[
         "run", "-l", "tree", "--ttl", "60s", "--", "sh", "-c", &script,
     ]);
-    eventually(Duration::from_secs(10), "the grandchild", || {
-        gpid.exists() && std::fs::metadata(&gpid).unwrap().len() > 0
-    });
-    let grandchild = read_pid(&gpid);
+    let grandchild = wait_for_pid(&gpid, "the grandchild");
     signal(run.id(), Signal::KILL);
     run.wait().unwrap();
     // run and its direct child are gone; the grandchild still works: still held.

@@ -52,6 +52,26 @@ pub struct AcquireRequest {
     pub bind: Option<Binding>,
 }
 
+impl AcquireRequest {
+    /// The plainest request: exclusive, key scope, no lease, no cap,
+    /// priority 0, no takeover, no request id, not bound to a process.
+    /// Change fields with struct update syntax.
+    pub fn exclusive(keys: Vec<Key>, holder: Holder) -> AcquireRequest {
+        AcquireRequest {
+            keys,
+            mode: Mode::Exclusive,
+            scope: Scope::Key,
+            holder,
+            ttl: None,
+            max_hold: None,
+            priority: 0,
+            takeover: Takeover::None,
+            request_id: None,
+            bind: None,
+        }
+    }
+}
+
 /// One key of a grant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrantedLock {

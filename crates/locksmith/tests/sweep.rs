@@ -10,8 +10,8 @@ use std::time::Duration;
 use locksmith::core::store::{ListFilter, Proof, Release, Renewal, Target};
 use locksmith::core::sweep::sweep;
 use locksmith::core::{
-    AcquireRequest, Attempt, Binding, Health, Holder, ManualClock, Mode, ReleaseReason, Scope,
-    Store, SystemClock, Takeover, sys,
+    AcquireRequest, Attempt, Binding, Health, Holder, ManualClock, ReleaseReason, Store,
+    SystemClock, Takeover, sys,
 };
 use locksmith::{Key, Options};
 use locksmith_sqlite::SqliteStore;
@@ -25,18 +25,7 @@ fn store(dir: &tempfile::TempDir, clock: Arc<dyn locksmith::core::Clock>) -> Sql
 }
 
 fn req(key: &str, owner: &str) -> AcquireRequest {
-    AcquireRequest {
-        keys: vec![Key::new(key).unwrap()],
-        mode: Mode::Exclusive,
-        scope: Scope::Key,
-        holder: Holder::this_process(owner),
-        ttl: None,
-        max_hold: None,
-        priority: 0,
-        takeover: Takeover::None,
-        request_id: None,
-        bind: None,
-    }
+    AcquireRequest::exclusive(vec![Key::new(key).unwrap()], Holder::this_process(owner))
 }
 
 fn granted(s: &dyn Store, r: &AcquireRequest) -> locksmith::core::Grant {

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use locksmith_core::store::{HistoryFilter, ListFilter, Proof, Target, Waiter};
 use locksmith_core::{
-    AcquireRequest, Attempt, Blocked, Event, Grant, Holder, Key, ManualClock, Mode, Scope, Store,
-    StoreError, Takeover,
+    AcquireRequest, Attempt, Blocked, Event, Grant, Holder, Key, ManualClock, Store, StoreError,
 };
 
 /// A fresh store on a hand-driven clock.
@@ -202,18 +201,7 @@ pub fn holder(owner: &str) -> Holder {
 /// An exclusive, key-scoped, lease-less request of `keys` by `owner`;
 /// change fields with struct update syntax.
 pub fn request(owner: &str, keys: &[&str]) -> AcquireRequest {
-    AcquireRequest {
-        keys: keys.iter().map(|k| key(k)).collect(),
-        mode: Mode::Exclusive,
-        scope: Scope::Key,
-        holder: holder(owner),
-        ttl: None,
-        max_hold: None,
-        priority: 0,
-        takeover: Takeover::None,
-        request_id: None,
-        bind: None,
-    }
+    AcquireRequest::exclusive(keys.iter().map(|k| key(k)).collect(), holder(owner))
 }
 
 /// Renew or release `key` with the grant's handle.
