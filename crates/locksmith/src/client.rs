@@ -231,15 +231,13 @@ impl LockBuilder {
 
     /// Acquires without an async runtime, blocking the thread while waiting.
     pub fn acquire_blocking(self) -> Result<Guard, Error> {
+        self.acquire_until(&AtomicBool::new(false))
+    }
+
+    /// Acquires; stops waiting (and leaves the queue) once `cancel` is set.
+    fn acquire_until(self, cancel: &AtomicBool) -> Result<Guard, Error> {
         let req = self.request()?;
-        let cancel = AtomicBool::new(false);
-        let grant = wait::acquire(
-            &*self.client.store,
-            &req,
-            self.wait,
-            &cancel,
-            &mut |_, _| {},
-        )?;
+        let grant = wait::acquire(&*self.client.store, &req, self.wait, cancel, &mut |_, _| {})?;
         let store = self.client.store.clone();
         let renewer = self
             .client
@@ -250,13 +248,28 @@ impl LockBuilder {
     }
 
     /// Acquires; waiting happens on a blocking thread of the runtime.
+    /// Dropping the future (a timeout, a `select!`) cancels the wait: the
+    /// request leaves the queue, and a grant that races the drop is released.
     pub async fn acquire(self) -> Result<Guard, Error> {
-        tokio::task::spawn_blocking(move || self.acquire_blocking())
+        /// Sets the flag when the future is dropped before it finished.
+        struct CancelOnDrop(Arc<AtomicBool>, bool);
+        impl Drop for CancelOnDrop {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut on_drop = CancelOnDrop(cancel.clone(), true);
+        let result = tokio::task::spawn_blocking(move || self.acquire_until(&cancel))
             .await
             .map_err(|e| {
                 Error::Store(locksmith_core::StoreError::Backend(format!(
                     "acquire task failed: {e}"
                 )))
-            })?
+            })?;
+        on_drop.1 = false;
+        result
     }
 }

@@ -108,3 +108,35 @@ fn a_renewal_stuck_in_the_store_counts_as_lost_before_the_lease_ends() {
     );
     drop(gate);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_acquire_future_leaves_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = client(&dir);
+    let _held = a.lock("lib/drop").acquire().await.unwrap();
+    let b = client(&dir);
+    let waiting = b
+        .lock("lib/drop")
+        .owner("impatient")
+        .wait(Duration::from_secs(30))
+        .acquire();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), waiting)
+            .await
+            .is_err()
+    );
+    let filter = locksmith::core::store::ListFilter::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !a.store().waiters(&filter).unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped request stayed queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let f = locksmith::core::store::HistoryFilter {
+        kind: Some(locksmith::core::EventKind::WaitCancelled),
+        ..Default::default()
+    };
+    assert_eq!(a.store().history(&f).unwrap().len(), 1);
+}
