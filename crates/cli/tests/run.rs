@@ -3,6 +3,7 @@
 //! SIGKILL of run, and a SIGSTOP past the lease.
 
 use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
@@ -23,6 +24,18 @@ fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits until `run` holds `key`; fails with run's own words if it ended first.
+fn wait_until_held(env: &Env, run: &mut Child, key: &str) {
+    eventually(Duration::from_secs(10), "the lock", || {
+        if let Ok(Some(status)) = run.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err);
+            panic!("run ended early ({status}): {err}");
+        }
+        env.json(&["status", key])["free"] == false
+    });
 }
 
 /// Waits (up to 10 s) for a command to write a pid into `path`, and reads it.
@@ -246,16 +259,9 @@ fn sigstop_past_the_lease_loses_the_lock_and_stops_the_command() {
         termed.display()
     );
     let mut run = env.spawn(&[
-        "run", "-l", "paused", "--ttl", "1s", "--grace", "5s", "--", "sh", "-c", &script,
+        "run", "-l", "paused", "--ttl", "2s", "--grace", "5s", "--", "sh", "-c", &script,
     ]);
-    eventually(Duration::from_secs(10), "the lock", || {
-        if let Ok(Some(status)) = run.try_wait() {
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err);
-            panic!("run ended early ({status}): {err}");
-        }
-        env.json(&["status", "paused"])["free"] == false
-    });
+    wait_until_held(&env, &mut run, "paused");
     signal(run.id(), Signal::STOP);
     // Another process takes the lock once the lease has run out.
     let other = env.run(&[
@@ -341,12 +347,10 @@ fn a_lock_lost_before_cmd_ends_is_reported_even_without_a_renewal() {
     let marker = env.file("go");
     let script = format!("while [ ! -e {} ]; do sleep 0.02; done", marker.display());
     // Two keys; the second is forced away; CMD ends before the next renewal.
-    let run = env.spawn(&[
+    let mut run = env.spawn(&[
         "run", "-l", "a", "-l", "b", "--ttl", "30s", "--", "sh", "-c", &script,
     ]);
-    eventually(Duration::from_secs(10), "the locks", || {
-        env.json(&["status", "b"])["free"] == false
-    });
+    wait_until_held(&env, &mut run, "b");
     assert_eq!(
         env.run(&["force-release", "b", "--reason", "test"])
             .status
@@ -376,12 +380,10 @@ fn losing_one_key_of_several_is_seen_by_the_renewal() {
         "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
         termed.display()
     );
-    let run = env.spawn(&[
-        "run", "-l", "a", "-l", "b", "--ttl", "600ms", "--", "sh", "-c", &script,
+    let mut run = env.spawn(&[
+        "run", "-l", "a", "-l", "b", "--ttl", "3s", "--", "sh", "-c", &script,
     ]);
-    eventually(Duration::from_secs(10), "the locks", || {
-        env.json(&["status", "b"])["free"] == false
-    });
+    wait_until_held(&env, &mut run, "b");
     env.run(&["force-release", "b", "--reason", "test"]);
     let out = run.wait_with_output().unwrap();
     assert_eq!(
