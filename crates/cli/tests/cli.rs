@@ -304,3 +304,18 @@ fn a_stuck_writer_gives_a_clear_busy_error_after_the_busy_timeout() {
         "nothing was left half done"
     );
 }
+
+#[test]
+fn processes_creating_a_new_store_at_the_same_moment_all_succeed() {
+    for round in 0..3 {
+        let env = Env::new();
+        let children: Vec<_> = (0..8)
+            .map(|i| env.spawn(&["acquire", &format!("fresh/{round}/{i}")]))
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+        }
+        assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 8);
+    }
+}

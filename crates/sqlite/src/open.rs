@@ -110,6 +110,26 @@ pub(crate) fn open(
     host: &HostFacts,
     now: Now,
 ) -> Result<(Connection, String), StoreError> {
+    // Processes that open a new store at the same moment race to switch it
+    // to WAL and migrate it; SQLite answers some of those steps with BUSY
+    // without calling the busy handler. Start over until the busy timeout.
+    let started = Instant::now();
+    loop {
+        match open_once(path, opts, host, now) {
+            Err(StoreError::Busy(_)) if started.elapsed() < opts.busy_timeout => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_once(
+    path: &Path,
+    opts: &Options,
+    host: &HostFacts,
+    now: Now,
+) -> Result<(Connection, String), StoreError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -183,11 +203,15 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
 
 /// Refuses SQLite files that belong to something else.
 fn identify(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let app: i32 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(map_err)?;
-    let tables: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+    // One statement, one snapshot: another process may be creating the
+    // store right now, and two separate reads could see half of it.
+    let (app, tables): (i32, i64) = conn
+        .query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id),
+                    (SELECT count(*) FROM sqlite_schema)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .map_err(map_err)?;
     if app == APPLICATION_ID || (app == 0 && tables == 0) {
         return Ok(());
