@@ -428,3 +428,38 @@ fn after_sigkill_of_run_the_lock_lasts_while_cmds_children_run() {
         "dead_process"
     );
 }
+
+/// The one-letter state of a process (`T` when stopped).
+fn state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .trim_start()
+        .chars()
+        .next()
+        .unwrap_or('?')
+}
+
+#[test]
+fn ctrl_z_suspends_the_command_with_run_and_sigcont_resumes_both() {
+    let env = Env::new();
+    let pidfile = env.file("child");
+    let script = format!(
+        "echo $$ > {}; while :; do sleep 0.02; done",
+        pidfile.display()
+    );
+    let mut run = env.spawn(&["run", "-l", "tstp", "--", "sh", "-c", &script]);
+    let child = wait_for_pid(&pidfile, "the child");
+    signal(run.id(), Signal::TSTP);
+    eventually(Duration::from_secs(5), "both stopped", || {
+        state(child) == 'T' && state(run.id()) == 'T'
+    });
+    signal(run.id(), Signal::CONT);
+    eventually(Duration::from_secs(5), "both running", || {
+        state(child) != 'T' && state(run.id()) != 'T'
+    });
+    signal(run.id(), Signal::TERM);
+    let out = run.wait().unwrap();
+    assert_eq!(out.code(), Some(143));
+}

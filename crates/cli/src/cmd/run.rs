@@ -21,7 +21,7 @@ use locksmith_core::store::Blocked;
 use locksmith_core::time::parse_duration;
 use locksmith_core::{AcquireError, AcquireRequest, Holder, Store, Takeover, WaitPolicy, wait};
 use rustix::process::{Pid, Signal};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGCONT, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP};
 
 use crate::{Ctx, Failure};
 
@@ -29,7 +29,8 @@ use crate::{Ctx, Failure};
 ///
 /// CMD gets LOCKSMITH_KEYS and LOCKSMITH_FENCE (one line per key, in the
 /// order given) and LOCKSMITH_HANDLE. SIGINT, SIGTERM, SIGHUP and SIGQUIT are
-/// forwarded to CMD's process group. If a lock is lost while CMD runs, CMD's
+/// forwarded to CMD's process group; Ctrl-Z (SIGTSTP) suspends it with run
+/// and SIGCONT resumes both. If a lock is lost while CMD runs, CMD's
 /// group gets SIGTERM, then SIGKILL after --grace, and run exits 7.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -146,13 +147,32 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cancel = Arc::new(AtomicBool::new(false));
     let last_signal = Arc::new(AtomicI32::new(0));
     let child_group = Arc::new(AtomicI32::new(0));
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
-        .map_err(|e| Failure::new(1, "error", format!("cannot install signal handlers: {e}")))?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGCONT])
+            .map_err(|e| Failure::new(1, "error", format!("cannot install signal handlers: {e}")))?;
     {
         let (cancel, last_signal, child_group) =
             (cancel.clone(), last_signal.clone(), child_group.clone());
         std::thread::spawn(move || {
             for sig in signals.forever() {
+                // Ctrl-Z suspends CMD's group with run, and `fg` resumes both
+                // (CMD's own group is not the terminal's foreground group).
+                if sig == SIGTSTP || sig == SIGCONT {
+                    let pgid = child_group.load(Ordering::SeqCst);
+                    if pgid > 0 {
+                        let forward = if sig == SIGTSTP {
+                            Signal::TSTP
+                        } else {
+                            Signal::CONT
+                        };
+                        signal_group(pgid, forward);
+                    }
+                    if sig == SIGTSTP {
+                        let _ =
+                            rustix::process::kill_process(rustix::process::getpid(), Signal::STOP);
+                    }
+                    continue;
+                }
                 last_signal.store(sig, Ordering::SeqCst);
                 let pgid = child_group.load(Ordering::SeqCst);
                 if pgid > 0 {
