@@ -80,16 +80,39 @@ impl Guard {
             _ => false,
         }
     }
-    /// Resolves when the lock is lost, with the reason when the store knows it.
-    /// Never resolves while the lock is held.
+    /// Resolves when the lock is lost, with the reason when the store knows it,
+    /// or with `lease_expired` when the client's own deadline passes (as in
+    /// [`Guard::is_lost`]). Never resolves while the lock is held. Needs a
+    /// Tokio runtime with its timer enabled (the default of `#[tokio::main]`).
     pub async fn lost(&self) -> Option<ReleaseReason> {
         let mut rx = self.state.clone();
         loop {
             if let State::Lost(r) = &*rx.borrow_and_update() {
                 return *r;
             }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            if self.is_lost() {
+                return Some(ReleaseReason::LeaseExpired);
+            }
+            let deadline = match (self.renewal, self.grant.ttl) {
+                (Some(id), Some(ttl)) => self.renewer.last_good(id).map(|t| t + ttl * 9 / 10),
+                _ => None,
+            };
+            match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                tokio::time::sleep_until(at.into()).await;
+                            }
+                        }
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
             }
         }
     }

@@ -140,3 +140,28 @@ async fn dropping_the_acquire_future_leaves_the_queue() {
     };
     assert_eq!(a.store().history(&f).unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_resolves_on_the_clients_own_deadline_while_a_renewal_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = client(&dir);
+    let guard = a
+        .lock("lib/stuck-async")
+        .ttl(Duration::from_millis(500))
+        .acquire()
+        .await
+        .unwrap();
+    let gate = std::fs::File::open(dir.path().join("locksmith.db-gate")).unwrap();
+    rustix::fs::flock(&gate, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let started = std::time::Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("lost() resolved");
+    assert_eq!(reason, Some(ReleaseReason::LeaseExpired));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(gate);
+}
