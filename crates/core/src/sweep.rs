@@ -38,23 +38,28 @@ pub fn reason_for(lock: &LockInfo) -> Option<ReleaseReason> {
     }
 }
 
-/// One pass over every held lock. `task_done(task)` answers whether a task
+/// One pass over the held locks. `task_done(task)` answers whether a task
 /// is finished (the task hook); it is asked only for healthy locks with a
-/// task. Each end is a second look inside the store ([`Store::reap`]), so a
+/// task. Without a hook only the locks that can be unhealthy are read. Each end is a second look inside the store ([`Store::reap`]), so a
 /// lock renewed since the scan is kept.
 pub fn sweep(
     store: &dyn Store,
     dry_run: bool,
-    task_done: &mut dyn FnMut(&str) -> bool,
+    mut task_done: Option<&mut dyn FnMut(&str) -> bool>,
 ) -> Result<Vec<SweepAction>, StoreError> {
+    let filter = ListFilter {
+        unhealthy: task_done.is_none(),
+        ..ListFilter::default()
+    };
     let mut actions = Vec::new();
-    for lock in store.list(&ListFilter::default())? {
-        let reason = match reason_for(&lock) {
-            Some(r) => r,
-            None => match &lock.task {
-                Some(t) if task_done(t) => ReleaseReason::TaskCompleted,
-                _ => continue,
+    for lock in store.list(&filter)? {
+        let reason = match (reason_for(&lock), &lock.task, task_done.as_mut()) {
+            (Some(r), _, _) => r,
+            (None, Some(t), Some(done)) => match done(t) {
+                true => ReleaseReason::TaskCompleted,
+                false => continue,
             },
+            _ => continue,
         };
         let applied = !dry_run && store.reap(&lock.key, lock.fence, reason)?;
         if dry_run || applied {

@@ -88,7 +88,7 @@ fn every_sweeper_rule_with_a_manual_clock() {
     let mut hook = |t: &str| t == "T-done";
 
     // Nothing is due yet, except the finished task.
-    let first = sweep(&s, false, &mut hook).unwrap();
+    let first = sweep(&s, false, Some(&mut hook)).unwrap();
     assert_eq!(
         first
             .iter()
@@ -98,7 +98,7 @@ fn every_sweeper_rule_with_a_manual_clock() {
     );
 
     clock.advance(Duration::from_secs(11));
-    let dry = sweep(&s, true, &mut hook).unwrap();
+    let dry = sweep(&s, true, Some(&mut hook)).unwrap();
     assert_eq!(dry.len(), 1);
     assert!(!dry[0].applied);
     assert_eq!(
@@ -106,7 +106,7 @@ fn every_sweeper_rule_with_a_manual_clock() {
         4,
         "a dry run changes nothing"
     );
-    let second = sweep(&s, false, &mut hook).unwrap();
+    let second = sweep(&s, false, Some(&mut hook)).unwrap();
     assert_eq!(
         second
             .iter()
@@ -116,7 +116,7 @@ fn every_sweeper_rule_with_a_manual_clock() {
     );
 
     clock.advance(Duration::from_secs(10));
-    let third = sweep(&s, false, &mut hook).unwrap();
+    let third = sweep(&s, false, Some(&mut hook)).unwrap();
     assert_eq!(
         third
             .iter()
@@ -126,7 +126,7 @@ fn every_sweeper_rule_with_a_manual_clock() {
     );
 
     clock.advance(Duration::from_secs(600));
-    let fourth = sweep(&s, false, &mut hook).unwrap();
+    let fourth = sweep(&s, false, Some(&mut hook)).unwrap();
     let mut keys: Vec<_> = fourth.iter().map(|a| (a.key.as_str(), a.reason)).collect();
     keys.sort_by_key(|k| k.0);
     assert_eq!(
@@ -181,7 +181,7 @@ fn a_dead_bound_process_is_swept_and_a_live_one_is_not() {
         },
     );
     assert!(
-        sweep(&s, false, &mut |_| false).unwrap().is_empty(),
+        sweep(&s, false, None).unwrap().is_empty(),
         "both processes live"
     );
     child.kill().unwrap();
@@ -190,7 +190,7 @@ fn a_dead_bound_process_is_swept_and_a_live_one_is_not() {
         s.status(&Key::new("bound").unwrap()).unwrap().holders[0].health,
         Health::Dead
     );
-    let swept = sweep(&s, false, &mut |_| false).unwrap();
+    let swept = sweep(&s, false, None).unwrap();
     assert_eq!(swept.len(), 1);
     assert_eq!(
         (swept[0].key.as_str(), swept[0].reason),
@@ -251,7 +251,7 @@ fn a_sweeper_racing_live_holders_never_frees_a_live_lock() {
             let s = SqliteStore::open(&path, Options::default()).unwrap();
             let mut passes = 0;
             while !stop.load(Ordering::SeqCst) {
-                let ended = sweep(&s, false, &mut |_| false).unwrap();
+                let ended = sweep(&s, false, None).unwrap();
                 assert!(ended.is_empty(), "the sweeper ended a live lock: {ended:?}");
                 passes += 1;
             }
@@ -378,7 +378,7 @@ fn a_container_sharing_the_kernel_is_not_judged_by_its_pid() {
         s.acquire(&req("boxed/k", "host"), None).unwrap(),
         Attempt::Blocked(_)
     ));
-    assert!(sweep(&s, false, &mut |_| false).unwrap().is_empty());
+    assert!(sweep(&s, false, None).unwrap().is_empty());
 }
 
 #[test]

@@ -111,7 +111,11 @@ fn hook_says_done(hook: &str, task: &str) -> bool {
 fn pass(ctx: &Ctx, store: &dyn Store, dry_run: bool) -> Result<Vec<SweepAction>, Failure> {
     let hook = ctx.config.task_hook();
     let mut task_done = |task: &str| hook.as_deref().is_some_and(|h| hook_says_done(h, task));
-    let actions = sweep::sweep(store, dry_run, &mut task_done)?;
+    let asker: Option<&mut dyn FnMut(&str) -> bool> = match hook {
+        Some(_) => Some(&mut task_done),
+        None => None,
+    };
+    let actions = sweep::sweep(store, dry_run, asker)?;
     for a in &actions {
         log(
             "info",
