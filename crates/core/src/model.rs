@@ -115,7 +115,15 @@ impl LeaseHandle {
         let mut buf = [0u8; 16];
         getrandom::fill(&mut buf).expect("the operating system's random source failed");
         let secret: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+        LeaseHandle::from_parts(grant, &secret)
+    }
+    /// The handle of grant `grant` with the secret a store kept for it.
+    pub fn from_parts(grant: i64, secret: &str) -> LeaseHandle {
         LeaseHandle(format!("lh1.{grant}.{secret}"))
+    }
+    /// The secret part, for a store to keep and compare.
+    pub fn secret(&self) -> &str {
+        self.0.rsplit('.').next().unwrap_or_default()
     }
     /// Wraps text given by a user; [`LeaseHandle::grant`] tells if it is well formed.
     pub fn from_text(text: impl Into<String>) -> LeaseHandle {

@@ -95,6 +95,27 @@ pub fn ended(lock: &HeldLock, now: Mono) -> Option<ReleaseReason> {
     }
 }
 
+/// When the tenure ends by itself (lease or `max_hold`, whichever first),
+/// if it does: a waiter blocked by it re-checks then.
+pub fn ends_at(lock: &HeldLock) -> Option<Mono> {
+    let cap = lock.max_hold.map(|m| lock.acquired.plus(m));
+    match (lock.expires, cap) {
+        (Some(e), Some(c)) => Some(e.min(c)),
+        (e, c) => e.or(c),
+    }
+}
+
+impl HeldLock {
+    /// What this tenure occupies.
+    pub fn claim(&self) -> Claim<'_> {
+        Claim {
+            key: &self.key,
+            mode: self.mode,
+            scope: self.scope,
+        }
+    }
+}
+
 /// The health shown for a held lock. `process_alive` is `Some(false)` when the
 /// holder process is known to be gone.
 pub fn health(

@@ -129,7 +129,7 @@ impl Queued {
 /// or its process is gone. `machine` is the entry's boot id and host name
 /// joined by U+001F: only on the same kernel *and* host name (not another
 /// container sharing the kernel) are its pid and wake socket comparable.
-fn entry_gone(
+pub(crate) fn entry_gone(
     ctx: &Ctx<'_>,
     machine: &str,
     pid: u32,
@@ -146,6 +146,27 @@ fn entry_gone(
     machine == ctx.host.machine
         && !ctx.waker.bound(wake)
         && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false)
+}
+
+/// Removes queue entry `seq` (its keys go with it).
+fn drop_entry(tx: &Transaction<'_>, seq: i64) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")
+        .map_err(map_err)?
+        .execute([seq])
+        .map_err(map_err)?;
+    Ok(())
+}
+
+/// The holds on `key` (with `scope`) whose tenure has not ended by itself.
+fn standing_holds(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    key: &Key,
+    scope: Scope,
+) -> Result<Vec<HoldRow>, StoreError> {
+    let mut holds = holds_touching(tx, key, scope)?;
+    holds.retain(|h| rules::ended(&h.lock, ctx.now.mono).is_none());
+    Ok(holds)
 }
 
 /// Live queue entries that could bear on `key` with `scope`, in queue order.
@@ -229,8 +250,7 @@ pub(crate) fn queue_touching(
             continue;
         };
         if entry_gone(ctx, &boot, pid, pid_start, alive_until, &wake) {
-            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
-                .map_err(map_err)?;
+            drop_entry(tx, seq)?;
             continue;
         }
         let (Some(mode), Some(scope), Ok(key)) = (
@@ -273,19 +293,9 @@ fn live_holds(
                 continue;
             }
             match rules::ended(&row.lock, ctx.now.mono) {
-                Some(reason) => end_hold(tx, ctx.now, &row, EventKind::Expired, reason, None)?,
+                Some(reason) => end_hold(tx, ctx.now, &row, reason, None)?,
                 None if rows::process_alive(&row.lock, ctx.host) == Some(false) => {
-                    end_hold(
-                        tx,
-                        ctx.now,
-                        &row,
-                        EventKind::Reaped,
-                        ReleaseReason::DeadProcess,
-                        None,
-                    )?;
-                    if let Some(b) = &row.lock.bind {
-                        crate::life::remove_dead(b);
-                    }
+                    end_hold(tx, ctx.now, &row, ReleaseReason::DeadProcess, None)?;
                 }
                 None => live.push(row),
             }
@@ -301,9 +311,7 @@ fn hold_blockers<'h>(
 ) -> Result<Vec<&'h HoldRow>, StoreError> {
     let mut out: Vec<&HoldRow> = Vec::new();
     for key in &req.keys {
-        for b in rules::blockers(&claim(key, req.mode, req.scope), holds, |h| {
-            claim(&h.lock.key, h.lock.mode, h.lock.scope)
-        })? {
+        for b in rules::blockers(&claim(key, req.mode, req.scope), holds, |h| h.lock.claim())? {
             if !out.iter().any(|o| o.id == b.id) {
                 out.push(b);
             }
@@ -331,7 +339,7 @@ fn queued_in_way<'q>(
         .chain(earlier.iter().map(InWay::Queued))
         .collect();
     let in_way = rules::blockers(c, &both, |x| match x {
-        InWay::Held(h) => claim(&h.lock.key, h.lock.mode, h.lock.scope),
+        InWay::Held(h) => h.lock.claim(),
         InWay::Queued(q) => q.claim(),
     })?;
     Ok(in_way
@@ -377,7 +385,7 @@ pub(crate) fn run(
     ctx: &Ctx<'_>,
     req: &AcquireRequest,
     queue: Option<&mut Waiter>,
-) -> Result<(Result<Attempt, StoreError>, Vec<String>), StoreError> {
+) -> Result<Result<Attempt, StoreError>, StoreError> {
     let now = ctx.now;
     let my_seq = match queue.as_ref().and_then(|w| w.seq) {
         Some(seq) => own_entry(tx, ctx, seq)?,
@@ -386,24 +394,18 @@ pub(crate) fn run(
     if let Some(rid) = &req.request_id
         && let Some(g) = replay(tx, ctx, req, rid)?
     {
-        return Ok((Ok(Attempt::Granted(g)), Vec::new()));
+        return Ok(Ok(Attempt::Granted(g)));
     }
     let holds = live_holds(tx, ctx, &req.keys, req.scope)?;
     let mut blockers = hold_blockers(req, &holds)?;
     let mut taken_over: HashSet<i64> = HashSet::new();
     let forced = matches!(req.takeover, Takeover::Force { .. });
+    let me = (req.priority, my_seq.unwrap_or(i64::MAX));
     match &req.takeover {
         Takeover::Force { reason } => {
             for b in blockers.drain(..) {
                 let detail = json!({ "reason": reason, "by": req.holder.owner });
-                end_hold(
-                    tx,
-                    now,
-                    b,
-                    EventKind::Forced,
-                    ReleaseReason::Forced,
-                    Some(detail),
-                )?;
+                end_hold(tx, now, b, ReleaseReason::Forced, Some(detail))?;
             }
         }
         Takeover::StealStale if !blockers.is_empty() => {
@@ -416,25 +418,16 @@ pub(crate) fn run(
             let taking: HashSet<i64> = blockers.iter().map(|b| b.id).collect();
             let standing: Vec<&HoldRow> =
                 holds.iter().filter(|h| !taking.contains(&h.id)).collect();
-            let me = (req.priority, my_seq.unwrap_or(i64::MAX));
             if all_stale && waiters_ahead(tx, ctx, req, &standing, me)?.0.is_empty() {
                 for b in blockers.drain(..) {
                     taken_over.insert(b.id);
                     let detail = json!({ "by": req.holder.owner });
-                    end_hold(
-                        tx,
-                        now,
-                        b,
-                        EventKind::Stolen,
-                        ReleaseReason::Stolen,
-                        Some(detail),
-                    )?;
+                    end_hold(tx, now, b, ReleaseReason::Stolen, Some(detail))?;
                 }
             }
         }
         _ => {}
     }
-    let me = (req.priority, my_seq.unwrap_or(i64::MAX));
     let standing: Vec<&HoldRow> = holds
         .iter()
         .filter(|h| !taken_over.contains(&h.id))
@@ -446,21 +439,14 @@ pub(crate) fn run(
     };
     if blockers.is_empty() && ahead.is_empty() {
         if let Some(seq) = my_seq {
-            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
-                .map_err(map_err)?;
+            drop_entry(tx, seq)?;
         }
         let grant = grant(tx, ctx, req)?;
-        return Ok((Ok(Attempt::Granted(grant)), Vec::new()));
+        return Ok(Ok(Attempt::Granted(grant)));
     }
     let retry_at = blockers
         .iter()
-        .filter_map(|b| {
-            let cap = b.lock.max_hold.map(|m| b.lock.acquired.plus(m));
-            match (b.lock.expires, cap) {
-                (Some(e), Some(c)) => Some(e.min(c)),
-                (e, c) => e.or(c),
-            }
-        })
+        .filter_map(|b| rules::ends_at(&b.lock))
         .min();
     let mut blocked = Blocked {
         holders: blockers
@@ -476,7 +462,7 @@ pub(crate) fn run(
             .collect(),
     };
     let Some(waiter) = queue else {
-        return Ok((Ok(Attempt::Blocked(blocked)), Vec::new()));
+        return Ok(Ok(Attempt::Blocked(blocked)));
     };
     let mut waits_for: HashSet<String> = blockers
         .iter()
@@ -496,8 +482,7 @@ pub(crate) fn run(
     };
     if let Some(cycle) = cycle {
         if let Some(seq) = my_seq {
-            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
-                .map_err(map_err)?;
+            drop_entry(tx, seq)?;
         }
         waiter.seq = None;
         let key = req.keys[0].clone();
@@ -515,7 +500,7 @@ pub(crate) fn run(
                 detail: Some(json!({ "cycle": cycle })),
             },
         )?;
-        return Ok((Err(StoreError::Deadlock { key, cycle }), Vec::new()));
+        return Ok(Err(StoreError::Deadlock { key, cycle }));
     }
     let alive_until = now.mono.plus(REFRESH * 3).0 as i64;
     let seq = match my_seq {
@@ -537,7 +522,7 @@ pub(crate) fn run(
         .collect();
     places.remove(&seq);
     blocked.position = Some(places.len() + 1);
-    Ok((Ok(Attempt::Blocked(blocked)), Vec::new()))
+    Ok(Ok(Attempt::Blocked(blocked)))
 }
 
 /// The caller's own queue place `seq`, if it still counts. A place that
@@ -554,8 +539,7 @@ fn own_entry(tx: &Transaction<'_>, ctx: &Ctx<'_>, seq: i64) -> Result<Option<i64
     match alive_until {
         Some(t) if t > ctx.now.mono.0 as i64 => Ok(Some(seq)),
         Some(_) => {
-            tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
-                .map_err(map_err)?;
+            drop_entry(tx, seq)?;
             Ok(None)
         }
         None => Ok(None),
@@ -633,12 +617,7 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
         .map_err(map_err)?;
     let first = last - n + 1;
     let handle = LeaseHandle::generate(first);
-    let secret = handle
-        .expose()
-        .rsplit('.')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let secret = handle.secret().to_string();
     let expires = req.ttl.map(|t| now.mono.plus(t));
     let h = &req.holder;
     let metadata = h.metadata.as_ref().map(|m| m.to_string());
@@ -745,7 +724,7 @@ fn replay(
             req.holder.owner
         )));
     }
-    let handle = LeaseHandle::from_text(format!("lh1.{}.{}", first.lock.grant, first.secret));
+    let handle = LeaseHandle::from_parts(first.lock.grant, &first.secret);
     Ok(Some(Grant {
         grant: first.lock.grant,
         handle,
@@ -772,30 +751,9 @@ fn any_waiting(
     owners: &HashSet<String>,
     me: &str,
 ) -> Result<bool, StoreError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "SELECT owner, boot_id || char(31) || hostname, pid, pid_start, alive_until, wake
-             FROM queue",
-        )
-        .map_err(map_err)?;
-    let mut rows = stmt.query([]).map_err(map_err)?;
-    while let Some(r) = rows.next().map_err(map_err)? {
-        let owner: String = r.get(0).map_err(map_err)?;
-        if owner == me || !owners.contains(&owner) {
-            continue;
-        }
-        let boot: String = r.get(1).map_err(map_err)?;
-        let (pid, pid_start, alive_until) = (
-            r.get(2).map_err(map_err)?,
-            r.get(3).map_err(map_err)?,
-            r.get(4).map_err(map_err)?,
-        );
-        let wake: String = r.get(5).map_err(map_err)?;
-        if !entry_gone(ctx, &boot, pid, pid_start, alive_until, &wake) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(live_queue(tx, ctx)?
+        .iter()
+        .any(|q| q.owner != me && owners.contains(&q.owner)))
 }
 
 /// Builds the waits-for graph of owners from the live queue and looks for a
@@ -818,18 +776,13 @@ fn find_deadlock(
         }
         let holds = match holds_of.entry((e.key.clone(), e.scope)) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                holds_touching(tx, &e.key, e.scope)?
-                    .into_iter()
-                    .filter(|h| rules::ended(&h.lock, ctx.now.mono).is_none())
-                    .collect(),
-            ),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(standing_holds(tx, ctx, &e.key, e.scope)?)
+            }
         };
         let c = e.claim();
         let edges = graph.entry(e.owner.clone()).or_default();
-        for b in rules::blockers(&c, holds, |h| claim(&h.lock.key, h.lock.mode, h.lock.scope))
-            .unwrap_or_default()
-        {
+        for b in rules::blockers(&c, holds, |h| h.lock.claim()).unwrap_or_default() {
             edges.insert(b.lock.holder.owner.clone());
         }
         let earlier: Vec<Queued> = entries
@@ -924,8 +877,7 @@ pub(crate) fn leave(
         .map_err(map_err)?
         .collect::<Result<_, _>>()
         .map_err(map_err)?;
-    tx.execute("DELETE FROM queue WHERE seq = ?1", [seq])
-        .map_err(map_err)?;
+    drop_entry(tx, seq)?;
     let kind = match why {
         LeaveReason::TimedOut => EventKind::WaitTimedOut,
         LeaveReason::Cancelled => EventKind::WaitCancelled,
@@ -967,15 +919,9 @@ pub(crate) fn wake_list(
     let entries = queue_touching(tx, ctx, key, scope)?;
     let mut wakes = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let holds: Vec<HoldRow> = holds_touching(tx, &e.key, e.scope)?
-            .into_iter()
-            .filter(|h| rules::ended(&h.lock, ctx.now.mono).is_none())
-            .collect();
+        let holds = standing_holds(tx, ctx, &e.key, e.scope)?;
         let c = e.claim();
-        let held = rules::blockers(&c, &holds, |h| {
-            claim(&h.lock.key, h.lock.mode, h.lock.scope)
-        })
-        .unwrap_or_default();
+        let held = rules::blockers(&c, &holds, |h| h.lock.claim()).unwrap_or_default();
         let queued = rules::blockers(&c, &entries[..i], Queued::claim).unwrap_or_default();
         if held.is_empty() && queued.is_empty() && !wakes.contains(&e.wake) {
             wakes.push(e.wake.clone());

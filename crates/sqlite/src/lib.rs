@@ -196,7 +196,9 @@ impl Store for SqliteStore {
         queue: Option<&mut locksmith_core::store::Waiter>,
     ) -> Result<Attempt, StoreError> {
         acquire::validate(req)?;
-        self.write(|tx, ctx| acquire::run(tx, ctx, req, queue))?
+        // An acquire never frees capacity for others (what it ends by itself,
+        // waiters find by their own re-check), so it wakes nobody.
+        self.write(|tx, ctx| Ok((acquire::run(tx, ctx, req, queue)?, Vec::new())))?
     }
 
     fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::Ctx;
 use crate::acquire::wake_list;
 use crate::open::map_err;
-use crate::rows::{self, HoldRow, NewEvent, end_hold, kind_for, load_holds, lock_info, record};
+use crate::rows::{self, HoldRow, NewEvent, end_hold, load_holds, lock_info, record};
 
 /// A renewal writes a `renewed` event at most this often per grant.
 const RENEW_EVENT_EVERY: Duration = Duration::from_secs(60);
@@ -68,7 +68,7 @@ fn caller_holds(
                         .into(),
                 )
             })?;
-            let secret = h.expose().rsplit('.').next().unwrap_or_default();
+            let secret = h.secret();
             // The named key's row, and the other keys of a multi-key grant.
             let mut rows = load_holds(
                 tx,
@@ -111,6 +111,25 @@ fn not_holder(tx: &Transaction<'_>, key: &Key) -> Result<StoreError, StoreError>
     })
 }
 
+/// The caller holds nothing on the key: why its tenure ended, from the
+/// history. An owner whose own tenure ended (released twice, expired,
+/// forced) is told so; an owner who never held the key, while another does,
+/// is refused.
+fn no_longer_held(
+    tx: &Transaction<'_>,
+    target: &Target,
+    grant: Option<i64>,
+) -> Result<Option<ReleaseReason>, StoreError> {
+    let reason = ended_reason(tx, &target.key, grant, owner_of(target))?;
+    if let Proof::Owner(_) = target.by
+        && reason.is_none()
+        && !load_holds(tx, "key = ?1", [target.key.as_str()])?.is_empty()
+    {
+        return Err(not_holder(tx, &target.key)?);
+    }
+    Ok(reason)
+}
+
 fn owner_of(target: &Target) -> Option<&str> {
     match &target.by {
         Proof::Owner(o) => Some(o),
@@ -131,20 +150,14 @@ pub(crate) fn renew(
     let mut live = Vec::new();
     for row in rows {
         match rules::ended(&row.lock, now.mono) {
-            Some(reason) => end_hold(tx, now, &row, EventKind::Expired, reason, None)?,
+            Some(reason) => end_hold(tx, now, &row, reason, None)?,
             None => live.push(row),
         }
     }
     if !live.iter().any(|r| r.lock.key == target.key) {
-        if let Proof::Owner(_) = target.by
-            && !load_holds(tx, "key = ?1", [target.key.as_str()])?.is_empty()
-            && ended_reason(tx, &target.key, grant, owner_of(target))?.is_none()
-        {
-            return Err(not_holder(tx, &target.key)?);
-        }
         return Ok(Renewal::Lost {
             key: target.key.clone(),
-            reason: ended_reason(tx, &target.key, grant, owner_of(target))?,
+            reason: no_longer_held(tx, target, grant)?,
         });
     }
     // A grant of several keys is held only while all of them are: losing
@@ -211,15 +224,7 @@ pub(crate) fn release(
         .collect();
     let row = match mine.as_slice() {
         [] => {
-            // As for renew: an owner whose own tenure ended (released twice,
-            // expired, forced) is told so; only one who never held it is refused.
-            if let Proof::Owner(_) = target.by
-                && !load_holds(tx, "key = ?1", [target.key.as_str()])?.is_empty()
-                && ended_reason(tx, &target.key, grant, owner_of(target))?.is_none()
-            {
-                return Err(not_holder(tx, &target.key)?);
-            }
-            let reason = ended_reason(tx, &target.key, grant, owner_of(target))?;
+            let reason = no_longer_held(tx, target, grant)?;
             return Ok((
                 Release::NotHeld {
                     key: target.key.clone(),
@@ -238,27 +243,26 @@ pub(crate) fn release(
             )));
         }
     };
-    if let Some(ended) = rules::ended(&row.lock, now.mono) {
-        end_hold(tx, now, row, EventKind::Expired, ended, None)?;
-        let wakes = wake_list(tx, ctx, &row.lock.key, row.lock.scope)?;
-        return Ok((
+    // A tenure that ended by itself is recorded as such, not as released.
+    let (why, out) = match rules::ended(&row.lock, now.mono) {
+        Some(ended) => (
+            ended,
             Release::NotHeld {
                 key: target.key.clone(),
                 reason: Some(ended),
             },
-            wakes,
-        ));
-    }
-    end_hold(tx, now, row, kind_for(reason), reason, None)?;
-    let wakes = wake_list(tx, ctx, &row.lock.key, row.lock.scope)?;
-    Ok((
-        Release::Released {
-            key: row.lock.key.clone(),
-            fence: row.lock.fence,
-            held_for: now.mono.since(row.lock.acquired),
-        },
-        wakes,
-    ))
+        ),
+        None => (
+            reason,
+            Release::Released {
+                key: row.lock.key.clone(),
+                fence: row.lock.fence,
+                held_for: now.mono.since(row.lock.acquired),
+            },
+        ),
+    };
+    end_hold(tx, now, row, why, None)?;
+    Ok((out, wake_list(tx, ctx, &row.lock.key, row.lock.scope)?))
 }
 
 /// Ends every tenure on `key` (admin) and records the text given.
@@ -286,7 +290,6 @@ pub(crate) fn force_release(
             tx,
             ctx.now,
             row,
-            EventKind::Forced,
             ReleaseReason::Forced,
             Some(json!({ "reason": why })),
         )?;
@@ -316,13 +319,14 @@ pub(crate) fn reap(
     let Some(row) = rows.first() else {
         return Ok((false, Vec::new()));
     };
-    let info = lock_info(&row.lock, ctx.now, ctx.opts.stale_after, ctx.host);
     let still = match reason {
         ReleaseReason::LeaseExpired | ReleaseReason::MaxHold => {
             rules::ended(&row.lock, ctx.now.mono) == Some(reason)
         }
         ReleaseReason::DeadProcess => rows::process_alive(&row.lock, ctx.host) == Some(false),
-        ReleaseReason::StaleTimeout => info.health == Health::Stale,
+        ReleaseReason::StaleTimeout => {
+            lock_info(&row.lock, ctx.now, ctx.opts.stale_after, ctx.host).health == Health::Stale
+        }
         ReleaseReason::TaskCompleted => true,
         other => {
             return Err(StoreError::Invalid(format!(
@@ -333,11 +337,6 @@ pub(crate) fn reap(
     if !still {
         return Ok((false, Vec::new()));
     }
-    end_hold(tx, ctx.now, row, kind_for(reason), reason, None)?;
-    if reason == ReleaseReason::DeadProcess
-        && let Some(b) = &row.lock.bind
-    {
-        crate::life::remove_dead(b);
-    }
+    end_hold(tx, ctx.now, row, reason, None)?;
     Ok((true, wake_list(tx, ctx, key, row.lock.scope)?))
 }

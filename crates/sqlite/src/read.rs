@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use locksmith_core::store::{HistoryFilter, KeyStatus, ListFilter, LockInfo, Stats, WaiterInfo};
-use locksmith_core::{
-    Event, EventKind, Fence, Health, Key, Mode, Scope, StoreError, Wall, rules, sys,
-};
+use locksmith_core::{Event, EventKind, Fence, Health, Key, Mode, Scope, StoreError, Wall, rules};
 use rusqlite::{Transaction, params_from_iter, types::Value};
 
 use crate::Ctx;
@@ -108,7 +106,7 @@ pub(crate) fn waiters(
         .prepare_cached(
             "SELECT k.key, k.scope, q.seq, q.priority, q.mode, q.slots, q.owner, q.task, q.hostname,
                     q.boot_id || char(31) || q.hostname, q.pid, q.pid_start, q.since_mono,
-                    q.since_wall, q.alive_until
+                    q.since_wall, q.alive_until, q.wake
              FROM queue_keys k JOIN queue q ON q.seq = k.seq ORDER BY k.key",
         )
         .map_err(map_err)?;
@@ -120,10 +118,8 @@ pub(crate) fn waiters(
         let pid: u32 = r.get(10).map_err(map_err)?;
         let pid_start: Option<i64> = r.get(11).map_err(map_err)?;
         let alive_until: i64 = r.get(14).map_err(map_err)?;
-        let gone = alive_until <= ctx.now.mono.0 as i64
-            || (boot == ctx.host.machine
-                && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false));
-        if gone {
+        let wake: String = r.get(15).map_err(map_err)?;
+        if crate::acquire::entry_gone(ctx, &boot, pid, pid_start, alive_until, &wake) {
             continue;
         }
         let mode: String = r.get(4).map_err(map_err)?;

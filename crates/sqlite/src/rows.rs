@@ -247,12 +247,12 @@ pub(crate) fn record(tx: &Transaction<'_>, now: Now, e: NewEvent<'_>) -> Result<
     Ok(())
 }
 
-/// Deletes a hold and records how it ended.
+/// Deletes a hold and records how it ended (the event kind follows from the
+/// reason). A holder proven dead also loses its life file.
 pub(crate) fn end_hold(
     tx: &Transaction<'_>,
     now: Now,
     row: &HoldRow,
-    kind: EventKind,
     reason: ReleaseReason,
     detail: Option<serde_json::Value>,
 ) -> Result<(), StoreError> {
@@ -260,7 +260,12 @@ pub(crate) fn end_hold(
         .map_err(map_err)?
         .execute(params![row.lock.key.as_str(), row.id])
         .map_err(map_err)?;
-    let mut e = NewEvent::about(&row.lock, kind, Some(reason));
+    if reason == ReleaseReason::DeadProcess
+        && let Some(b) = &row.lock.bind
+    {
+        crate::life::remove_dead(b);
+    }
+    let mut e = NewEvent::about(&row.lock, kind_for(reason), Some(reason));
     e.detail = detail;
     record(tx, now, e)
 }
