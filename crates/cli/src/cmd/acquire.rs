@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use locksmith_core::store::Blocked;
 use locksmith_core::time::{format_duration, parse_duration};
-use locksmith_core::{AcquireError, AcquireRequest, Binding, Holder, Takeover, WaitPolicy, wait};
+use locksmith_core::{
+    AcquireError, AcquireRequest, Binding, Grant, Store, Takeover, WaitPolicy, wait,
+};
 use serde_json::json;
 
 use crate::output::{holder, ordinal};
@@ -94,8 +96,7 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
         })?;
         meta.insert(k.to_string(), json!(v));
     }
-    let mut h = Holder::this_process(a.owner.clone().unwrap_or_else(|| ctx.config.owner()));
-    h.task = a.task.clone();
+    let mut h = super::holder(ctx, a.owner.as_ref(), a.task.as_ref());
     h.metadata = (!meta.is_empty()).then_some(serde_json::Value::Object(meta));
     if a.reason.is_some() && !a.force {
         return Err(Failure::new(2, "invalid", "--reason goes with --force"));
@@ -151,20 +152,17 @@ fn blocked_text(b: &Blocked) -> String {
     s
 }
 
-/// Runs `acquire`.
-pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
-    let req = request(ctx, &a)?;
-    let policy = WaitPolicy::parse(&a.wait)
-        .map_err(|e| Failure::new(2, "invalid", format!("--wait: {e}")))?;
-    let store = ctx.store()?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        let _ = signal_hook::flag::register(sig, cancel.clone());
-    }
+/// Acquires per `policy`, showing one live status line while waiting on a
+/// terminal, and turns every way of not getting the lock into its exit code
+/// (3 busy, 4 timed out, 130 cancelled by a signal).
+pub fn wait_for_grant(
+    ctx: &Ctx,
+    store: &dyn Store,
+    req: &AcquireRequest,
+    policy: WaitPolicy,
+    wait_text: &str,
+    cancel: &AtomicBool,
+) -> Result<Grant, Failure> {
     let names: Vec<&str> = req.keys.iter().map(|k| k.as_str()).collect();
     let what = names.join(", ");
     let live = std::io::stderr().is_terminal() && !ctx.json;
@@ -180,12 +178,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             shown = true;
         }
     };
-    let result = wait::acquire(&store, &req, policy, &cancel, &mut on_blocked);
+    let result = wait::acquire(store, req, policy, cancel, &mut on_blocked);
     if shown {
         eprint!("\r\x1b[2K");
     }
-    let grant = match result {
-        Ok(g) => g,
+    match result {
+        Ok(g) => Ok(g),
         Err(AcquireError::Busy(b)) => {
             let mut f = Failure::new(
                 3,
@@ -196,30 +194,44 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 ),
             );
             f.extra = Some(json!({ "holders": b.holders, "waiters_ahead": b.waiters_ahead }));
-            return Err(f);
+            Err(f)
         }
         Err(AcquireError::TimedOut(b)) => {
             let mut f = Failure::new(
                 4,
                 "timed_out",
                 format!(
-                    "timed out after {} waiting for {what}: {}",
-                    a.wait,
+                    "timed out after {wait_text} waiting for {what}: {}",
                     blocked_text(&b)
                 ),
             );
             f.extra = Some(json!({ "holders": b.holders, "position": b.position }));
-            return Err(f);
+            Err(f)
         }
-        Err(AcquireError::Cancelled) => {
-            return Err(Failure::new(
-                130,
-                "cancelled",
-                format!("stopped waiting for {what}; left the queue"),
-            ));
-        }
-        Err(AcquireError::Store(e)) => return Err(e.into()),
-    };
+        Err(AcquireError::Cancelled) => Err(Failure::new(
+            130,
+            "cancelled",
+            format!("stopped waiting for {what}; left the queue"),
+        )),
+        Err(AcquireError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// Runs `acquire`.
+pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    let req = request(ctx, &a)?;
+    let policy = WaitPolicy::parse(&a.wait)
+        .map_err(|e| Failure::new(2, "invalid", format!("--wait: {e}")))?;
+    let store = ctx.store()?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let _ = signal_hook::flag::register(sig, cancel.clone());
+    }
+    let grant = wait_for_grant(ctx, &store, &req, policy, &a.wait, &cancel)?;
     let expires = |l: &locksmith_core::GrantedLock| l.expires_at.map(|w| w.rfc3339());
     if ctx.json {
         let lock = |l: &locksmith_core::GrantedLock| {

@@ -10,7 +10,7 @@ pub mod sweep;
 
 use std::path::PathBuf;
 
-use locksmith_core::{Key, Mode, Scope};
+use locksmith_core::{Holder, Key, Mode, Scope};
 
 use crate::Failure;
 
@@ -24,6 +24,13 @@ pub fn keys(raw: &[String], paths: &[PathBuf]) -> Result<Vec<Key>, Failure> {
         out.push(Key::from_dir(p)?);
     }
     Ok(out)
+}
+
+/// This process as holder: `--owner` (else the configured owner) and `--task`.
+pub fn holder(ctx: &crate::Ctx, owner: Option<&String>, task: Option<&String>) -> Holder {
+    let mut h = Holder::this_process(owner.cloned().unwrap_or_else(|| ctx.config.owner()));
+    h.task = task.cloned();
+    h
 }
 
 /// One key: KEY, or `--path DIR` for a directory.

@@ -17,9 +17,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use locksmith::Guard;
-use locksmith_core::store::Blocked;
 use locksmith_core::time::parse_duration;
-use locksmith_core::{AcquireError, AcquireRequest, Holder, Store, Takeover, WaitPolicy, wait};
+use locksmith_core::{AcquireRequest, Store, Takeover, WaitPolicy};
 use rustix::process::{Pid, Signal};
 use signal_hook::consts::{SIGCONT, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP};
 
@@ -128,8 +127,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         _file: file,
     };
     let store: Arc<dyn Store> = Arc::new(sqlite);
-    let mut holder = Holder::this_process(a.owner.clone().unwrap_or_else(|| ctx.config.owner()));
-    holder.task = a.task.clone();
+    let holder = super::holder(ctx, a.owner.as_ref(), a.task.as_ref());
     let req = AcquireRequest {
         keys,
         mode: a.mode.mode(),
@@ -186,32 +184,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
 
     let what: Vec<String> = req.keys.iter().map(|k| k.to_string()).collect();
     let what = what.join(", ");
-    let mut on_blocked = |_: &Blocked, _: Duration| {};
-    let grant = match wait::acquire(&*store, &req, policy, &cancel, &mut on_blocked) {
+    let grant = match super::acquire::wait_for_grant(ctx, &*store, &req, policy, &a.wait, &cancel) {
         Ok(g) => g,
-        Err(AcquireError::Busy(b)) => {
-            let holder = b
-                .holders
-                .first()
-                .map(crate::output::holder)
-                .unwrap_or_else(|| "earlier waiters".into());
-            return Err(Failure::new(
-                3,
-                "busy",
-                format!("busy: {what} is held by {holder}; CMD was not started (use --wait)"),
-            ));
-        }
-        Err(AcquireError::TimedOut(_)) => {
-            return Err(Failure::new(
-                4,
-                "timed_out",
-                format!(
-                    "timed out after {} waiting for {what}; CMD was not started",
-                    a.wait
-                ),
-            ));
-        }
-        Err(AcquireError::Cancelled) => {
+        // A signal stopped the wait: exit as a shell does for that signal.
+        Err(f) if f.kind == "cancelled" => {
             let sig = last_signal.load(Ordering::SeqCst);
             return Err(Failure::new(
                 128u8.wrapping_add(sig as u8),
@@ -219,7 +195,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 format!("stopped waiting for {what} (signal {sig}); CMD was not started"),
             ));
         }
-        Err(AcquireError::Store(e)) => return Err(e.into()),
+        Err(f) => return Err(f),
     };
     let keys_env: Vec<String> = grant.locks.iter().map(|l| l.key.to_string()).collect();
     let fences_env: Vec<String> = grant.locks.iter().map(|l| l.fence.to_string()).collect();
