@@ -29,32 +29,8 @@ pub(crate) fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError
     {
         return Ok(bound.clone());
     }
-    let start = sys::process_start(pid);
-    let folder = dir.join("holders");
-    std::fs::create_dir_all(&folder)
-        .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", folder.display())))?;
-    let path = folder.join(format!("{boot_id}-{pid}-{}", start.unwrap_or(0)));
     // std opens with O_CLOEXEC: a child we exec does not inherit the proof.
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot create the life file {}: {e}",
-                path.display()
-            ))
-        })?;
-    flock(&file, FlockOperation::LockExclusive).map_err(|e| {
-        StoreError::Backend(format!("cannot lock the life file {}: {e}", path.display()))
-    })?;
-    let text = path.to_string_lossy().into_owned();
-    let bound = Binding {
-        pid,
-        start,
-        life_file: Some(text),
-    };
+    let (bound, file) = make_life_file(dir, boot_id, "", false)?;
     held.insert(dir.to_path_buf(), (file, bound.clone()));
     Ok(bound)
 }
@@ -95,12 +71,23 @@ pub(crate) fn remove_dead(b: &Binding) {
 /// process of the tree has exited, as with flock(1). The caller keeps the
 /// returned file open for as long as it runs and removes the path at the end.
 pub(crate) fn bind_tree(dir: &Path, boot_id: &str) -> Result<(Binding, File), StoreError> {
+    make_life_file(dir, boot_id, "-tree", true)
+}
+
+/// Creates `holders/<boot>-<pid>-<start><suffix>` in `dir` and takes an
+/// exclusive lock on it; `inherited` leaves the descriptor open across exec.
+fn make_life_file(
+    dir: &Path,
+    boot_id: &str,
+    suffix: &str,
+    inherited: bool,
+) -> Result<(Binding, File), StoreError> {
     let pid = std::process::id();
     let start = sys::process_start(pid);
     let folder = dir.join("holders");
     std::fs::create_dir_all(&folder)
         .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", folder.display())))?;
-    let path = folder.join(format!("{boot_id}-{pid}-{}-tree", start.unwrap_or(0)));
+    let path = folder.join(format!("{boot_id}-{pid}-{}{suffix}", start.unwrap_or(0)));
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         StoreError::Backend(format!(
             "cannot {what} the life file {}: {e}",
@@ -114,7 +101,10 @@ pub(crate) fn bind_tree(dir: &Path, boot_id: &str) -> Result<(Binding, File), St
         .open(&path)
         .map_err(|e| fail("create", &e))?;
     flock(&file, FlockOperation::LockExclusive).map_err(|e| fail("lock", &e))?;
-    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty()).map_err(|e| fail("share", &e))?;
+    if inherited {
+        rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty())
+            .map_err(|e| fail("share", &e))?;
+    }
     let bound = Binding {
         pid,
         start,

@@ -238,25 +238,26 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     if version as usize == MIGRATIONS.len() {
         return Ok(());
     }
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
+    let tx = immediate(conn)?;
     // Another process may have migrated while we waited for the write lock.
-    let version: i64 = conn
+    let version: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(map_err)?;
-    let result = (|| {
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            conn.execute_batch(sql)?;
-            conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
-        }
-        conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))
-    })();
-    match result {
-        Ok(()) => conn.execute_batch("COMMIT").map_err(map_err),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(map_err(e))
-        }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(map_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(map_err)?;
     }
+    tx.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))
+        .map_err(map_err)?;
+    tx.commit().map_err(map_err)
+}
+
+/// A write transaction on a connection that is not yet a store; it rolls
+/// back when dropped without commit.
+fn immediate(conn: &Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+        .map_err(map_err)
 }
 
 /// Reads (creating once) the store id, and after a reboot moves every lease
@@ -273,61 +274,55 @@ fn after_boot(conn: &Connection, host: &HostFacts, now: Now) -> Result<String, S
     {
         return Ok(id);
     }
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
-    let result = (|| -> rusqlite::Result<String> {
-        let id: Option<String> = conn
+    let tx = immediate(conn)?;
+    let write = || -> rusqlite::Result<String> {
+        let id: Option<String> = tx
             .query_row("SELECT v FROM meta WHERE k = 'store_id'", [], |r| r.get(0))
             .optional()?;
         let id = match id {
             Some(id) => id,
             None => {
-                let mut b = [0u8; 8];
-                getrandom_fill(&mut b);
-                let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                conn.execute(
+                let id = random_hex(8);
+                tx.execute(
                     "INSERT INTO meta (k, v) VALUES ('store_id', ?1), ('fence', 0)",
                     [&id],
                 )?;
                 id
             }
         };
-        let boot: Option<String> = conn
+        let boot: Option<String> = tx
             .query_row("SELECT v FROM meta WHERE k = 'boot_id'", [], |r| r.get(0))
             .optional()?;
         if boot.as_deref() != Some(host.boot_id.as_str()) {
             let last: Option<i64> =
-                conn.query_row("SELECT max(seen_mono) FROM holds", [], |r| r.get(0))?;
+                tx.query_row("SELECT max(seen_mono) FROM holds", [], |r| r.get(0))?;
             if let Some(last) = last {
                 let shift = now.mono.0 as i64 - last;
-                conn.execute(
+                tx.execute(
                     "UPDATE holds SET acquired_mono = max(0, acquired_mono + ?1),
                         seen_mono = seen_mono + ?1, expires_mono = expires_mono + ?1",
                     [shift],
                 )?;
             }
-            conn.execute("DELETE FROM queue", [])?;
-            conn.execute(
+            tx.execute("DELETE FROM queue", [])?;
+            tx.execute(
                 "INSERT INTO meta (k, v) VALUES ('boot_id', ?1)
                  ON CONFLICT (k) DO UPDATE SET v = excluded.v",
                 params![host.boot_id],
             )?;
         }
         Ok(id)
-    })();
-    match result {
-        Ok(id) => {
-            conn.execute_batch("COMMIT").map_err(map_err)?;
-            Ok(id)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(map_err(e))
-        }
-    }
+    };
+    let id = write().map_err(map_err)?;
+    tx.commit().map_err(map_err)?;
+    Ok(id)
 }
 
-fn getrandom_fill(buf: &mut [u8]) {
-    getrandom::fill(buf).expect("the operating system's random source failed");
+/// `bytes` random bytes from the operating system, as hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The database holds lease handles: keep it readable by its owner only.

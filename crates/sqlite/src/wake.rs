@@ -27,10 +27,7 @@ pub struct WakeSocket {
 impl WakeSocket {
     /// Binds a fresh address for a waiter of store `store_id`.
     pub fn bind(store_id: &str) -> Result<WakeSocket, StoreError> {
-        let mut b = [0u8; 12];
-        getrandom::fill(&mut b).map_err(|e| StoreError::Backend(format!("random source: {e}")))?;
-        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let address = format!("locksmith/{store_id}/{id}");
+        let address = format!("locksmith/{store_id}/{}", crate::open::random_hex(12));
         let addr = SocketAddr::from_abstract_name(address.as_bytes())
             .map_err(|e| StoreError::Backend(format!("wake socket address: {e}")))?;
         let socket = UnixDatagram::bind_addr(&addr)
