@@ -17,7 +17,7 @@
 //! interpreter `python3` resolves to (a pyenv shim is looked through, so that
 //! its shell start-up is not counted).
 
-use locksmith_bench::{Machine, quantile};
+use locksmith_bench::{quantile, report_header};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -315,18 +315,7 @@ fn bench(o: &Opts) -> Result<(), String> {
     }
     let took = started.elapsed();
 
-    let mut out = String::new();
-    let _ = writeln!(out, "## command: whole-command cost of one lock/unlock\n");
-    let _ = writeln!(
-        out,
-        "- run: `{}`",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
-    let _ = writeln!(
-        out,
-        "- machine: {}",
-        Machine::current(std::path::Path::new("/tmp")).line()
-    );
+    let mut out = report_header("command: whole-command cost of one lock/unlock");
     let _ = writeln!(
         out,
         "- {rounds} rounds of {k} commands (of {} asked) after {} warm-ups each, round-robin, {:.1} s",

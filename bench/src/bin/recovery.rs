@@ -32,7 +32,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use locksmith::Client;
-use locksmith_bench::{Machine, mono_ns, quantile};
+use locksmith_bench::{mono_ns, quantile, report_header};
 use locksmith_core::Key;
 use locksmith_core::store::ListFilter;
 use rustix::fs::{FlockOperation, flock};
@@ -386,18 +386,12 @@ fn once(env: &Env, v: Variant) -> Result<u64, String> {
             holder.expect("ready", READY)?;
             let waiter = Proc::spawn(env.worker(&["lib-wait", url]), true)?;
             waiter.expect("waiting", READY)?;
-            poll_until(READY, "waiter queued", || env.queued(waiter.pid()))?;
-            std::thread::sleep(SETTLE);
-            let t0 = mono_ns();
-            holder.kill();
-            let line = waiter.expect("acquired", RECOVER)?;
-            let t1 = stamp(&line)?;
-            holder.reap(READY);
-            if waiter.reap(READY).is_none_or(|s| !s.success()) {
-                return Err("the library waiter did not end cleanly".into());
-            }
+            let pid = waiter.pid();
+            let took = kill_and_time(holder, waiter, "library", "waiter queued", || {
+                env.queued(pid)
+            })?;
             poll_until(READY, "key free again", || env.key_free())?;
-            Ok(t1.saturating_sub(t0))
+            Ok(took)
         }
         Variant::Flock => {
             let file = env.dir.join("flock.lock");
@@ -406,19 +400,10 @@ fn once(env: &Env, v: Variant) -> Result<u64, String> {
             holder.expect("ready", READY)?;
             let waiter = Proc::spawn(env.worker(&["flock-wait", &file]), true)?;
             waiter.expect("waiting", READY)?;
-            poll_until(READY, "waiter blocked in flock", || {
-                flock_blocked(waiter.pid())
-            })?;
-            std::thread::sleep(SETTLE);
-            let t0 = mono_ns();
-            holder.kill();
-            let line = waiter.expect("acquired", RECOVER)?;
-            let t1 = stamp(&line)?;
-            holder.reap(READY);
-            if waiter.reap(READY).is_none_or(|s| !s.success()) {
-                return Err("the flock waiter did not end cleanly".into());
-            }
-            Ok(t1.saturating_sub(t0))
+            let pid = waiter.pid();
+            kill_and_time(holder, waiter, "flock", "waiter blocked in flock", || {
+                flock_blocked(pid)
+            })
         }
         Variant::Cli => {
             let cli = |args: &[&str]| {
@@ -464,6 +449,28 @@ fn once(env: &Env, v: Variant) -> Result<u64, String> {
             Ok(t1.saturating_sub(t0))
         }
     }
+}
+
+/// Once `waiting()` holds (plus a settle time), SIGKILLs `holder` and returns
+/// the time until `waiter` reports its acquire (its own clock stamp).
+fn kill_and_time(
+    holder: Proc,
+    waiter: Proc,
+    name: &str,
+    what: &str,
+    waiting: impl FnMut() -> bool,
+) -> Result<u64, String> {
+    poll_until(READY, what, waiting)?;
+    std::thread::sleep(SETTLE);
+    let t0 = mono_ns();
+    holder.kill();
+    let line = waiter.expect("acquired", RECOVER)?;
+    let t1 = stamp(&line)?;
+    holder.reap(READY);
+    if waiter.reap(READY).is_none_or(|s| !s.success()) {
+        return Err(format!("the {name} waiter did not end cleanly"));
+    }
+    Ok(t1.saturating_sub(t0))
 }
 
 fn stamp(line: &str) -> Result<u64, String> {
@@ -526,18 +533,7 @@ fn bench(o: &Opts) -> Result<(), String> {
     }
     let took = started.elapsed();
 
-    let mut out = String::new();
-    let _ = writeln!(out, "## recovery: SIGKILL of the holder → waiter holds\n");
-    let _ = writeln!(
-        out,
-        "- run: `{}`",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
-    let _ = writeln!(
-        out,
-        "- machine: {}",
-        Machine::current(std::path::Path::new("/tmp")).line()
-    );
+    let mut out = report_header("recovery: SIGKILL of the holder → waiter holds");
     let _ = writeln!(
         out,
         "- {rounds} repetitions per variant (of {} asked) after one warm-up each, interleaved, {:.1} s",
