@@ -362,6 +362,15 @@ pub mod recipe {
     }
 }
 
+/// The opening of a one-page report: title, exact command, machine.
+pub fn report_header(title: &str) -> String {
+    format!(
+        "## {title}\n\n- run: `{}`\n- machine: {}\n",
+        std::env::args().collect::<Vec<_>>().join(" "),
+        Machine::current(Path::new("/tmp")).line()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,13 +415,4 @@ mod tests {
         assert_eq!(fmt_ns(12_345), "12.3 µs");
         assert_eq!(fmt_ns(1_200_000), "1.20 ms");
     }
-}
-
-/// The opening of a one-page report: title, exact command, machine.
-pub fn report_header(title: &str) -> String {
-    format!(
-        "## {title}\n\n- run: `{}`\n- machine: {}\n",
-        std::env::args().collect::<Vec<_>>().join(" "),
-        Machine::current(Path::new("/tmp")).line()
-    )
 }
