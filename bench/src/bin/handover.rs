@@ -2,7 +2,7 @@
 //! measures the time from one holder's release to the next holder's grant,
 //! and how fair the order of grants is. Three peers run the same protocol:
 //! `locksmith` (the library, `wait_forever`), `core` (the same request through
-//! `locksmith_core::wait::acquire` and `Guard::start`, on a store wrapper that
+//! `locksmith::wait::acquire` and `Guard::start`, on a store wrapper that
 //! also notes when a waiter is woken and when its granted attempt starts), and
 //! `flock` (blocking `LOCK_EX` on one file).
 //!
@@ -34,10 +34,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use locksmith_bench::{Args, Machine, Summary, WorkDir, fmt_ns, fmt_rate, mono_ns, table};
 use locksmith_core::store::{
     HistoryFilter, KeyStatus, LeaveReason, ListFilter, LockInfo, Release, Renewal, Stats, Target,
-    Waiter, WaiterInfo, WakeSource,
+    Ticket, WaiterInfo,
 };
+use locksmith_core::tenure::Reap;
 use locksmith_core::{
-    AcquireRequest, Attempt, Binding, Event, Fence, Key, Now, ReleaseReason, Store, StoreError,
+    AcquireRequest, Attempt, Event, Key, Notifier, ProcessBinder, ReleaseReason, Store, StoreError,
+    WakeSource,
 };
 use rustix::fs::{FlockOperation, flock};
 
@@ -147,9 +149,23 @@ fn open_rw(path: &Path) -> File {
 /// A store that notes when each acquire attempt starts and when a waiter
 /// was last woken, so the core variant can split a hand-over into its steps.
 struct Timed {
-    inner: locksmith_sqlite::SqliteStore,
+    inner: Arc<locksmith_sqlite::SqliteStore>,
     attempt: Arc<AtomicU64>,
+}
+
+/// The notifier of [`Timed`]: its wake sources note when a wait ends by a wake-up.
+struct TimedNotifier {
+    inner: locksmith_sqlite::SqliteNotifier,
     woke: Arc<AtomicU64>,
+}
+
+impl Notifier for TimedNotifier {
+    fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
+        Ok(Box::new(TimedWake {
+            inner: self.inner.wake_source()?,
+            woke: self.woke.clone(),
+        }))
+    }
 }
 
 /// The wake source of [`Timed`]: notes the time a wait ends by a wake-up.
@@ -178,25 +194,22 @@ impl Store for Timed {
     fn acquire(
         &self,
         req: &AcquireRequest,
-        queue: Option<&mut Waiter>,
+        queue: Option<&mut Ticket>,
     ) -> Result<Attempt, StoreError> {
         self.attempt.store(mono_ns(), Ordering::Relaxed);
         self.inner.acquire(req, queue)
     }
-    fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
-        Ok(Box::new(TimedWake {
-            inner: self.inner.wake_source()?,
-            woke: self.woke.clone(),
-        }))
-    }
-    fn leave_queue(&self, waiter: &Waiter, why: LeaveReason) -> Result<(), StoreError> {
-        self.inner.leave_queue(waiter, why)
+    fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
+        self.inner.leave_queue(ticket, why)
     }
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
         self.inner.renew(target, ttl)
     }
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
         self.inner.release(target, reason)
+    }
+    fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
+        self.inner.release_grant(target, reason)
     }
     fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
         self.inner.force_release(key, why)
@@ -216,15 +229,16 @@ impl Store for Timed {
     fn stats(&self) -> Result<Stats, StoreError> {
         self.inner.stats()
     }
-    fn now(&self) -> Now {
-        self.inner.now()
+    fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError> {
+        self.inner.reap(batch)
     }
-    fn bind_current_process(&self) -> Result<Option<Binding>, StoreError> {
-        self.inner.bind_current_process()
-    }
-    fn reap(&self, key: &Key, fence: Fence, reason: ReleaseReason) -> Result<bool, StoreError> {
-        self.inner.reap(key, fence, reason)
-    }
+}
+
+/// The binding the library makes for this process (its life file).
+fn bind_self(_client: &locksmith::Client, dir: &Path) -> Result<locksmith_core::Binding, String> {
+    locksmith_sqlite::SqliteStore::open(&dir.join("locksmith.db"), Default::default())
+        .and_then(|s| s.bind_current_process())
+        .map_err(|e| e.to_string())
 }
 
 fn owner_name(id: usize) -> String {
@@ -238,16 +252,25 @@ fn worker(cfg: WorkerCfg) -> Result<(), String> {
     let client = match cfg.kind {
         Kind::Locksmith => Some(locksmith::Client::open(&url).map_err(|e| e.to_string())?),
         Kind::Core => {
-            let inner = locksmith_sqlite::SqliteStore::open(
-                &cfg.dir.join("locksmith.db"),
-                Default::default(),
-            )
-            .map_err(|e| e.to_string())?;
-            Some(locksmith::Client::from_store(Arc::new(Timed {
-                inner,
-                attempt: attempt_at.clone(),
+            let inner = Arc::new(
+                locksmith_sqlite::SqliteStore::open(
+                    &cfg.dir.join("locksmith.db"),
+                    Default::default(),
+                )
+                .map_err(|e| e.to_string())?,
+            );
+            let notifier = Arc::new(TimedNotifier {
+                inner: inner.notifier(),
                 woke: woke_at.clone(),
-            })))
+            });
+            Some(locksmith::Client::from_parts(
+                Arc::new(Timed {
+                    inner: inner.clone(),
+                    attempt: attempt_at.clone(),
+                }),
+                notifier,
+                Some(inner),
+            ))
         }
         Kind::Flock => None,
     };
@@ -257,16 +280,13 @@ fn worker(cfg: WorkerCfg) -> Result<(), String> {
             keys: vec![locksmith_core::Key::new("handover/k").map_err(|e| e.to_string())?],
             mode: locksmith_core::Mode::Exclusive,
             scope: locksmith_core::Scope::Key,
-            holder: locksmith_core::Holder::this_process(owner_name(cfg.id)),
+            holder: locksmith::host::this_process(owner_name(cfg.id)),
             ttl: Some(cfg.ttl),
             max_hold: None,
             priority: 0,
             takeover: locksmith_core::Takeover::None,
             request_id: None,
-            bind: c
-                .store()
-                .bind_current_process()
-                .map_err(|e| e.to_string())?,
+            bind: Some(bind_self(c, &cfg.dir)?),
         }),
         _ => None,
     };
@@ -289,8 +309,9 @@ fn worker(cfg: WorkerCfg) -> Result<(), String> {
                 let guard = match &core_req {
                     Some(req) => {
                         let cancel = std::sync::atomic::AtomicBool::new(false);
-                        let grant = locksmith_core::wait::acquire(
+                        let grant = locksmith::wait::acquire(
                             &**client.store(),
+                            &**client.notifier(),
                             req,
                             locksmith_core::WaitPolicy::Forever,
                             &cancel,

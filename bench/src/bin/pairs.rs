@@ -19,10 +19,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use locksmith_bench::{Args, Machine, Summary, WorkDir, fmt_ns, fmt_rate, recipe, table, wall_ms};
+use locksmith_core::ProcessBinder;
 use locksmith_core::store::{Proof, Release, Target};
-use locksmith_core::{
-    AcquireRequest, Attempt, Holder, Key, Mode, ReleaseReason, Scope, Store, Takeover,
-};
+use locksmith_core::{AcquireRequest, Attempt, Key, Mode, ReleaseReason, Scope, Store, Takeover};
 use locksmith_sqlite::{Options, SqliteStore};
 use rustix::fs::{FlockOperation, flock};
 
@@ -117,10 +116,10 @@ fn client(variant: Variant, dir: &Path, c: usize, keys: usize) -> Result<Pair, S
             let like_library = variant == Variant::StoreTtl;
             let ttl = like_library.then_some(Duration::from_secs(30));
             let bind = match like_library {
-                true => store.bind_current_process().map_err(|e| e.to_string())?,
+                true => Some(store.bind_current_process().map_err(|e| e.to_string())?),
                 false => None,
             };
-            let holder = Holder::this_process(owner);
+            let holder = locksmith::host::this_process(owner);
             let reqs: Vec<AcquireRequest> = names
                 .iter()
                 .map(|n| AcquireRequest {
@@ -313,8 +312,8 @@ fn library_parts(dir: &Path) -> Vec<Vec<String>> {
         drop(stop);
         t.join().expect("join");
     });
-    let (holder_ns, _) = median_of(2000, || Holder::this_process("parts"));
-    let (bind_ns, _) = median_of(2000, || store.bind_current_process().map(|b| b.is_some()));
+    let (holder_ns, _) = median_of(2000, || locksmith::host::this_process("parts"));
+    let (bind_ns, _) = median_of(2000, || store.bind_current_process().map(|b| b.pid > 0));
     let (key_ns, _) = median_of(2000, || Key::new("bench/c0/k42").is_ok());
     vec![
         vec![

@@ -13,18 +13,30 @@
 use std::collections::VecDeque;
 
 use locksmith_bench::{Args, Machine, Summary, WorkDir, fmt_ns, median_of, mono_ns, table};
-use locksmith_core::store::{Proof, Target, Waiter};
+use locksmith_core::store::{Proof, Target, Ticket as Waiter};
 use locksmith_core::{
-    AcquireRequest, Attempt, Grant, Holder, Key, Mode, ReleaseReason, Scope, Store, Takeover,
+    AcquireRequest, Attempt, Grant, Key, Mode, ReleaseReason, Scope, Store, Takeover,
 };
+use locksmith_core::{Notifier, WakeSource};
 use locksmith_sqlite::{Options, SqliteStore};
+
+/// A new ticket whose wake socket is kept in `wakes`.
+fn new_waiter(notifier: &dyn Notifier, wakes: &mut Vec<Box<dyn WakeSource>>) -> Waiter {
+    let source = notifier.wake_source().expect("wake socket");
+    let ticket = Waiter {
+        seq: None,
+        wake: source.address().to_string(),
+    };
+    wakes.push(source);
+    ticket
+}
 
 fn request(owner: &str) -> AcquireRequest {
     AcquireRequest {
         keys: vec![Key::new("probe/k").expect("valid key")],
         mode: Mode::Exclusive,
         scope: Scope::Key,
-        holder: Holder::this_process(owner),
+        holder: locksmith::host::this_process(owner),
         ttl: Some(std::time::Duration::from_secs(30)),
         max_hold: None,
         priority: 0,
@@ -51,12 +63,12 @@ fn measure(store: &SqliteStore, w: usize, cycles: usize, secs: u64) -> Row {
         Attempt::Granted(g) => g,
         Attempt::Blocked(_) => panic!("probe/k should be free"),
     };
+    let notifier = store.notifier();
+    // The wake sockets stay bound while their tickets wait.
+    let mut wakes: Vec<Box<dyn WakeSource>> = Vec::new();
     let mut queue: VecDeque<(usize, Waiter)> = VecDeque::new();
     for (i, req) in reqs.iter().enumerate().skip(1) {
-        let mut waiter = Waiter {
-            wake: store.wake_source().expect("wake socket"),
-            seq: None,
-        };
+        let mut waiter = new_waiter(&notifier, &mut wakes);
         match store.acquire(req, Some(&mut waiter)).expect("enqueue") {
             Attempt::Blocked(_) => queue.push_back((i, waiter)),
             Attempt::Granted(_) => panic!("should be blocked"),
@@ -86,10 +98,7 @@ fn measure(store: &SqliteStore, w: usize, cycles: usize, secs: u64) -> Row {
             .expect("release");
         rel.push(mono_ns() - t);
         // The releaser asks again at once and joins the tail of the queue.
-        let mut waiter = Waiter {
-            wake: store.wake_source().expect("wake socket"),
-            seq: None,
-        };
+        let mut waiter = new_waiter(&notifier, &mut wakes);
         let (head, mut head_waiter) = queue.pop_front().expect("a waiter");
         let t = mono_ns();
         let a = store
@@ -150,7 +159,7 @@ fn main() {
     let store = SqliteStore::open(&work.path().join("locksmith.db"), Options::default())
         .expect("open the store");
     let me = std::process::id();
-    let (stat_ns, _) = median_of(1000, || locksmith_core::sys::process_start(me));
+    let (stat_ns, _) = median_of(1000, || locksmith::host::sys::process_start(me));
     let rows: Vec<Vec<String>> = sizes
         .iter()
         .map(|&w| {

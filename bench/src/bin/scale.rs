@@ -15,8 +15,9 @@ use std::process::Command;
 use locksmith_bench::{
     Args, Machine, WorkDir, file_size, fmt_ns, fmt_rate, median_of, mono_ns, table,
 };
+use locksmith_core::ProcessBinder;
 use locksmith_core::store::ListFilter;
-use locksmith_core::{AcquireRequest, Attempt, Holder, Key, Store};
+use locksmith_core::{AcquireRequest, Attempt, Key, Store};
 use locksmith_sqlite::{Options, SqliteStore};
 
 fn key(i: u64) -> String {
@@ -137,7 +138,7 @@ fn main() {
     let store = SqliteStore::open(&db, Options::default()).expect("open the store");
     let mut req = AcquireRequest::exclusive(
         vec![Key::new("scale/start").expect("valid key")],
-        Holder::this_process("scale-bench"),
+        locksmith::host::this_process("scale-bench"),
     );
 
     let chunk = (n / 10).max(1);
@@ -201,7 +202,7 @@ fn main() {
     let big = reads(&store, done, runs);
     // The library binds its locks to the holder process by default; a listing
     // then checks each holder's life file. 1000 such locks, listed and probed.
-    req.bind = store.bind_current_process().expect("bind");
+    req.bind = Some(store.bind_current_process().expect("bind"));
     for i in 0..1000 {
         req.keys[0] = Key::new(format!("scale/bound/k{i}")).expect("valid key");
         store.acquire(&req, None).expect("acquire a bound key");

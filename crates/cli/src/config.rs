@@ -98,7 +98,7 @@ impl Config {
             "home",
             (default_home().display().to_string(), Source::Default),
         );
-        values.insert("owner", (locksmith_core::default_owner(), Source::Default));
+        values.insert("owner", (locksmith::host::default_owner(), Source::Default));
         if let Ok(h) = std::env::var("LOCKSMITH_HOME")
             && !h.is_empty()
         {

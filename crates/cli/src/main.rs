@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use locksmith_core::StoreError;
+use locksmith_core::{Code, StoreError, exit};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -65,9 +65,9 @@ enum Command {
 /// A command's failure with its exit code.
 #[derive(Debug)]
 pub struct Failure {
-    /// Exit code.
+    /// Exit status.
     pub code: u8,
-    /// Machine-readable code for `--json`.
+    /// Machine-readable code for `--json` (see `locksmith_core::outcome`).
     pub kind: &'static str,
     /// What went wrong and what to do.
     pub message: String,
@@ -76,8 +76,16 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A failure with a code.
-    pub fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
+    /// A failure with its code from the outcome table.
+    pub fn new(code: Code, message: impl Into<String>) -> Failure {
+        Failure::status(code.exit_status(), code.name(), message)
+    }
+    /// A failure outside the table: an error of the command line itself.
+    pub fn error(message: impl Into<String>) -> Failure {
+        Failure::status(exit::ERROR, "error", message)
+    }
+    /// A failure that exits with a status of its own (`run` passes CMD's on).
+    pub fn status(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
         Failure {
             code,
             kind,
@@ -89,18 +97,13 @@ impl Failure {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Failure {
-        let (code, kind) = match &e {
-            StoreError::Key(_) | StoreError::Invalid(_) | StoreError::LimitMismatch(_) => {
-                (2, "invalid")
-            }
-            StoreError::Deadlock { .. } => (5, "deadlock"),
-            StoreError::NotHolder { .. } => (6, "not_holder"),
-            StoreError::Unusable(_) => (1, "unusable_store"),
-            StoreError::Corrupt(_) => (1, "corrupt_store"),
-            StoreError::Busy(_) => (1, "store_busy"),
-            StoreError::Backend(_) => (1, "store_error"),
+        // The library's words, with the advice that only the command line can give.
+        let message = match &e {
+            StoreError::NotHolder { .. } => format!("{e} (--handle, or the right --owner)"),
+            StoreError::LimitMismatch(m) => format!("{e}; pass --limit {}", m.held),
+            _ => e.to_string(),
         };
-        let mut f = Failure::new(code, kind, e.to_string());
+        let mut f = Failure::new(e.code(), message);
         if let StoreError::Deadlock { cycle, .. } = &e {
             f.extra = Some(serde_json::json!({ "cycle": cycle }));
         }
@@ -110,13 +113,13 @@ impl From<StoreError> for Failure {
 
 impl From<locksmith_core::KeyError> for Failure {
     fn from(e: locksmith_core::KeyError) -> Failure {
-        Failure::new(2, "invalid", e.to_string())
+        Failure::new(Code::Invalid, e.to_string())
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        Failure::new(1, "error", format!("{e:#}"))
+        Failure::error(format!("{e:#}"))
     }
 }
 
@@ -130,12 +133,9 @@ pub struct Ctx {
 
 impl Ctx {
     /// Opens the embedded store.
-    pub fn store(&self) -> Result<locksmith_sqlite::SqliteStore, Failure> {
+    pub fn store(&self) -> Result<locksmith::SqliteStore, Failure> {
         let opts = self.config.options()?;
-        Ok(locksmith_sqlite::SqliteStore::open(
-            &self.config.db_path(),
-            opts,
-        )?)
+        Ok(locksmith::SqliteStore::open(&self.config.db_path(), opts)?)
     }
 }
 
@@ -143,7 +143,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     let result = config::Config::load(cli.config.as_deref())
-        .map_err(|e| Failure::new(2, "invalid_config", format!("{e:#}")))
+        .map_err(|e| Failure::new(Code::Invalid, format!("{e:#}")))
         .and_then(|config| {
             let ctx = Ctx { json, config };
             match cli.command {

@@ -1,8 +1,7 @@
-//! Lock keys: validation, canonical folder keys, and the tree relations
+//! Lock keys: validation and the tree relations
 //! (ancestor, descendant) that tree-scoped locks are built on.
 
 use std::fmt;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +39,8 @@ pub enum KeyError {
         /// What is wrong with it.
         what: &'static str,
     },
-    /// `--path` was given something that is not an existing directory.
-    #[error("invalid --path {path:?}: {why}")]
+    /// A folder path that is not an existing directory.
+    #[error("invalid folder path {path:?}: {why}")]
     Path {
         /// The path as given.
         path: String,
@@ -78,24 +77,6 @@ impl Key {
             });
         }
         Ok(Key(raw))
-    }
-
-    /// The canonical key of an existing directory: symlinks and `..` resolved.
-    pub fn from_dir(dir: &Path) -> Result<Key, KeyError> {
-        let fail = |why: String| KeyError::Path {
-            path: dir.display().to_string(),
-            why,
-        };
-        let canon = dir
-            .canonicalize()
-            .map_err(|e| fail(format!("{e}; it must be an existing directory")))?;
-        if !canon.is_dir() {
-            return Err(fail("it is not a directory".into()));
-        }
-        let text = canon
-            .to_str()
-            .ok_or_else(|| fail("the path is not valid UTF-8".into()))?;
-        Key::new(text)
     }
 
     /// The key as text.
@@ -214,13 +195,5 @@ mod tests {
                 "{outside}"
             );
         }
-    }
-
-    #[test]
-    fn path_keys_are_canonical() {
-        let dir = std::env::temp_dir();
-        let k = Key::from_dir(&dir.join(".")).unwrap();
-        assert_eq!(k.as_str(), dir.canonicalize().unwrap().to_str().unwrap());
-        assert!(Key::from_dir(Path::new("/definitely/not/here")).is_err());
     }
 }

@@ -110,13 +110,6 @@ impl Scope {
 pub struct LeaseHandle(String);
 
 impl LeaseHandle {
-    /// A new handle for grant `grant` with 128 random bits of secret.
-    pub fn generate(grant: i64) -> LeaseHandle {
-        let mut buf = [0u8; 16];
-        getrandom::fill(&mut buf).expect("the operating system's random source failed");
-        let secret: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-        LeaseHandle::from_parts(grant, &secret)
-    }
     /// The handle of grant `grant` with the secret a store kept for it.
     pub fn from_parts(grant: i64, secret: &str) -> LeaseHandle {
         LeaseHandle(format!("lh1.{grant}.{secret}"))
@@ -239,6 +232,26 @@ impl ReleaseReason {
             ReleaseReason::Forced => "forced",
             ReleaseReason::Stolen => "stolen",
         }
+    }
+}
+
+impl ReleaseReason {
+    /// The history event that records a tenure ending for this reason.
+    pub fn event_kind(self) -> EventKind {
+        match self {
+            ReleaseReason::Completed | ReleaseReason::Failed => EventKind::Released,
+            ReleaseReason::LeaseExpired | ReleaseReason::MaxHold => EventKind::Expired,
+            ReleaseReason::Forced => EventKind::Forced,
+            ReleaseReason::Stolen => EventKind::Stolen,
+            ReleaseReason::Exited
+            | ReleaseReason::DeadProcess
+            | ReleaseReason::StaleTimeout
+            | ReleaseReason::TaskCompleted => EventKind::Reaped,
+        }
+    }
+    /// True for the reasons a holder gives itself (not a loss).
+    pub fn by_holder(self) -> bool {
+        matches!(self, ReleaseReason::Completed | ReleaseReason::Failed)
     }
 }
 
@@ -382,6 +395,34 @@ pub struct HeldLock {
     pub request_id: Option<String>,
     /// The process this tenure is bound to, if any.
     pub bind: Option<Binding>,
+}
+
+/// A held tenure as a store loaded it: the lock, what only the store keeps
+/// (the handle's secret, the grant's size, when a renewal was last recorded),
+/// and what the host could tell about its bound process.
+#[derive(Clone, PartialEq)]
+pub struct Hold {
+    /// The tenure.
+    pub lock: HeldLock,
+    /// The secret part of the grant's lease handle.
+    pub secret: String,
+    /// How many keys the grant had when it was made.
+    pub grant_keys: u32,
+    /// When a `renewed` event was last recorded for it.
+    pub renew_logged: Mono,
+    /// Whether its bound process lives: `Some(false)` on proof of death,
+    /// `Some(true)` when proven alive, `None` when unbound or unknowable here.
+    pub alive: Option<bool>,
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hold")
+            .field("lock", &self.lock)
+            .field("grant_keys", &self.grant_keys)
+            .field("alive", &self.alive)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A lock's health as shown by `status` and `list`.

@@ -9,8 +9,10 @@ use crate::key::{Key, KeyError};
 use crate::model::{
     Binding, Event, EventKind, Fence, Health, Holder, LeaseHandle, Mode, ReleaseReason, Scope,
 };
+use crate::outcome::Code;
 use crate::rules::LimitMismatch;
-use crate::time::{Mono, Now, Wall};
+use crate::tenure::Reap;
+use crate::time::Wall;
 
 /// What to do with holders in the way.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -109,11 +111,11 @@ pub struct Blocked {
     pub waiters_ahead: usize,
     /// 1-based place in the queue, when the request is queued.
     pub position: Option<usize>,
-    /// The earliest instant a holder in the way runs out by itself.
-    #[serde(skip)]
-    pub retry_at: Option<Mono>,
+    /// How soon a holder in the way runs out by itself, if one does.
+    #[serde(with = "opt_duration_ms", default)]
+    pub retry_after: Option<Duration>,
     /// Proofs of life of process-bound holders in the way, for the waiter's
-    /// wake source to watch (see [`WakeSource::watch`]).
+    /// wake source to watch (see [`crate::local::WakeSource::watch`]); local to one host.
     #[serde(skip)]
     pub watch: Vec<String>,
 }
@@ -127,23 +129,16 @@ pub enum Attempt {
     Blocked(Blocked),
 }
 
-/// Where a waiter is told that it may be its turn.
-pub trait WakeSource: Send {
-    /// The address a releaser notifies, stored with the queue entry.
-    fn address(&self) -> &str;
-    /// Blocks until notified or `timeout` passes; true when notified.
-    fn wait(&mut self, timeout: Duration) -> bool;
-    /// Also wake when one of these holders dies (addresses from
-    /// [`Blocked::watch`]); stores without such proofs ignore it.
-    fn watch(&mut self, _targets: &[String]) {}
-}
-
-/// A request's place in the queue, across its attempts.
-pub struct Waiter {
-    /// How it is woken.
-    pub wake: Box<dyn WakeSource>,
-    /// Arrival number given by the store on the first queued attempt.
+/// A request's place in the queue across its attempts: plain data, so that
+/// it can cross a network. The first queued attempt fills in `seq`; later
+/// attempts with the same ticket keep the place.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// Arrival number given by the store, `None` before the first queued attempt.
     pub seq: Option<i64>,
+    /// Where a releaser wakes the waiter (see [`crate::local::WakeSource`]);
+    /// empty where the transport wakes its waiters by itself.
+    pub wake: String,
 }
 
 /// Which tenure a renew or release is about.
@@ -352,7 +347,12 @@ pub enum LeaveReason {
     Cancelled,
 }
 
-/// Everything that can go wrong in a store.
+/// The source of a store failure, kept for logs and `{:#}` chains.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in a store. [`StoreError::code`] gives the
+/// stable machine code of the outcome table ([`crate::outcome`]).
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A key was refused.
@@ -374,7 +374,7 @@ pub enum StoreError {
     },
     /// The caller is not the holder.
     #[error(
-        "not the holder: {key} is held by {holders}; pass the lease handle (--handle) or the right --owner"
+        "not the holder: {key} is held by {holders}; prove holding with the lease handle or the holder's owner name"
     )]
     NotHolder {
         /// The key.
@@ -386,37 +386,151 @@ pub enum StoreError {
     #[error("{0}")]
     Unusable(String),
     /// The store's data is damaged.
-    #[error("{0}")]
-    Corrupt(String),
-    /// The store stayed busy longer than its timeout.
+    #[error("{message}")]
+    Corrupt {
+        /// What is damaged and what to do.
+        message: String,
+        /// The failure underneath, if any.
+        #[source]
+        source: Option<Source>,
+    },
+    /// The store stayed busy longer than its timeout, or cannot be reached.
     #[error("{0}")]
     Busy(String),
     /// An I/O or database failure.
-    #[error("{0}")]
-    Backend(String),
+    #[error("{message}")]
+    Backend {
+        /// What failed and what to do.
+        message: String,
+        /// The failure underneath, if any.
+        #[source]
+        source: Option<Source>,
+    },
+}
+
+impl StoreError {
+    /// An I/O or database failure without a further source.
+    pub fn backend(message: impl Into<String>) -> StoreError {
+        StoreError::Backend {
+            message: message.into(),
+            source: None,
+        }
+    }
+    /// An I/O or database failure caused by `source`.
+    pub fn backend_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Backend {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+    /// Damaged data, without a further source.
+    pub fn corrupt(message: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            message: message.into(),
+            source: None,
+        }
+    }
+    /// The stable code of this outcome.
+    pub fn code(&self) -> Code {
+        match self {
+            StoreError::Key(_) | StoreError::Invalid(_) | StoreError::LimitMismatch(_) => {
+                Code::Invalid
+            }
+            StoreError::Deadlock { .. } => Code::Deadlock,
+            StoreError::NotHolder { .. } => Code::NotHolder,
+            StoreError::Unusable(_) => Code::Unusable,
+            StoreError::Corrupt { .. } => Code::Corrupt,
+            StoreError::Busy(_) => Code::Unavailable,
+            StoreError::Backend { .. } => Code::StoreError,
+        }
+    }
+}
+
+/// How long to wait for a busy lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WaitPolicy {
+    /// Fail at once (default).
+    #[default]
+    FailFast,
+    /// Wait up to this long.
+    For(Duration),
+    /// Wait until granted or cancelled.
+    Forever,
+}
+
+impl WaitPolicy {
+    /// Parses `0`, a duration such as `10s`, or `forever`.
+    pub fn parse(text: &str) -> Result<WaitPolicy, String> {
+        match text.trim() {
+            "forever" => Ok(WaitPolicy::Forever),
+            t => match crate::time::parse_duration(t)? {
+                d if d.is_zero() => Ok(WaitPolicy::FailFast),
+                d => Ok(WaitPolicy::For(d)),
+            },
+        }
+    }
+}
+
+/// Why an acquire ended without a grant.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// Fail-fast and the lock was busy.
+    #[error("busy")]
+    Busy(Blocked),
+    /// The wait deadline passed.
+    #[error("timed out waiting")]
+    TimedOut(Blocked),
+    /// The caller cancelled the wait.
+    #[error("wait cancelled")]
+    Cancelled,
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AcquireError {
+    /// The stable code of this outcome.
+    pub fn code(&self) -> Code {
+        match self {
+            AcquireError::Busy(_) => Code::Busy,
+            AcquireError::TimedOut(_) => Code::WaitTimedOut,
+            AcquireError::Cancelled => Code::Cancelled,
+            AcquireError::Store(e) => e.code(),
+        }
+    }
 }
 
 /// A lock store: the one seam between the rules and their persistence.
 ///
-/// Every write happens in one transaction on the store's own clock. The rules
-/// (`crate::rules`) decide; the store loads, applies and records events.
-pub trait Store: Send + Sync {
+/// Every write happens in one transaction on the store's own clock: the
+/// store loads what the rules need, asks them ([`crate::decide`],
+/// [`crate::tenure`]) and writes their answer. Everything that crosses this
+/// trait is plain data, so that a network can carry it. Wake-ups
+/// ([`crate::local::Notifier`]) and process binding stay beside it, with the
+/// host that has them.
+pub trait Store: Send + Sync + 'static {
     /// One attempt. With `queue`, a blocked request joins (or keeps its
-    /// place in) the queue and a wait that would close a cycle is refused.
+    /// place in) the queue, the ticket records the place, and a wait that
+    /// would close a cycle is refused.
     fn acquire(
         &self,
         req: &AcquireRequest,
-        queue: Option<&mut Waiter>,
+        queue: Option<&mut Ticket>,
     ) -> Result<Attempt, StoreError>;
-    /// A new place to be woken at, for one waiting request.
-    fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError>;
     /// Removes a queued request that gives up, and records why.
-    fn leave_queue(&self, waiter: &Waiter, why: LeaveReason) -> Result<(), StoreError>;
+    fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError>;
     /// Extends the lease of every lock of the grant (by handle) or of the
     /// owner's lock on the key; `ttl` replaces the lease length.
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError>;
     /// Ends the caller's tenure of the key.
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError>;
+    /// Ends every tenure of the grant named by the target's handle, in one
+    /// call. Answers `NotHeld` (with the reason) when any key had been lost.
+    fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError>;
     /// Ends every tenure on the key (admin); returns what was ended.
     fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError>;
     /// Holders and queue of one key.
@@ -429,16 +543,9 @@ pub trait Store: Send + Sync {
     fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError>;
     /// Counters.
     fn stats(&self) -> Result<Stats, StoreError>;
-    /// The store's clock.
-    fn now(&self) -> Now;
-    /// A binding of the calling process whose death the store can prove at
-    /// once, or `None` where the store has no such proof.
-    fn bind_current_process(&self) -> Result<Option<Binding>, StoreError> {
-        Ok(None)
-    }
-    /// Ends the tenure `fence` of `key` with `reason` if it is still held and
-    /// the reason still holds now (the sweeper's second look); true when ended.
-    fn reap(&self, key: &Key, fence: Fence, reason: ReleaseReason) -> Result<bool, StoreError>;
+    /// The sweeper's second look, for a batch: ends each tenure if it is
+    /// still held and its rule still holds now; answers which were ended.
+    fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError>;
     /// Drops history older than the retention; returns how many events went.
     fn prune_history(&self) -> Result<usize, StoreError> {
         Ok(0)

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,25 +82,6 @@ pub struct Now {
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current instant.
     fn now(&self) -> Now;
-}
-
-/// The machine clock: `CLOCK_BOOTTIME` and the system wall clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Now {
-        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-        let mono = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Now {
-            mono: Mono(mono),
-            wall: Wall(wall),
-        }
-    }
 }
 
 /// A clock moved only by [`ManualClock::advance`]; cheap to clone, shared.

@@ -6,13 +6,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use locksmith_core::{
-    AcquireRequest, Holder, Key, Mode, Scope, Store, Takeover, WaitPolicy, default_owner, wait,
+    AcquireRequest, Key, Mode, Notifier, ProcessBinder, Scope, Store, Takeover, WaitPolicy,
 };
+use locksmith_host::{default_owner, this_process};
 use locksmith_sqlite::{Options, SqliteStore};
 
 use crate::Error;
 use crate::guard::Guard;
 use crate::renewer::Renewer;
+use crate::wait;
 
 /// Lease length of library guards when none is given.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -35,6 +37,8 @@ pub fn default_home() -> PathBuf {
 #[derive(Clone)]
 pub struct Client {
     store: Arc<dyn Store>,
+    notifier: Arc<dyn Notifier>,
+    binder: Option<Arc<dyn ProcessBinder>>,
     /// One renewal thread for all guards of this client, started with the first lease.
     renewer: Arc<OnceLock<Arc<Renewer>>>,
 }
@@ -68,17 +72,33 @@ impl Client {
                 )));
             }
         };
-        Ok(Client::from_store(Arc::new(SqliteStore::open(
-            &path, opts,
-        )?)))
+        Ok(Client::sqlite(Arc::new(SqliteStore::open(&path, opts)?)))
     }
 
-    /// Wraps an already opened store.
-    pub fn from_store(store: Arc<dyn Store>) -> Client {
+    /// Wraps an opened embedded store, with its wake-ups and process binding.
+    pub fn sqlite(store: Arc<SqliteStore>) -> Client {
+        let notifier = Arc::new(store.notifier());
+        Client::from_parts(store.clone(), notifier, Some(store))
+    }
+
+    /// Wraps a store with the wake-ups of its waiters and, where the store
+    /// can prove a process dead, the binder of this process's locks.
+    pub fn from_parts(
+        store: Arc<dyn Store>,
+        notifier: Arc<dyn Notifier>,
+        binder: Option<Arc<dyn ProcessBinder>>,
+    ) -> Client {
         Client {
             store,
+            notifier,
+            binder,
             renewer: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The wake-ups of this store's waiters.
+    pub fn notifier(&self) -> &Arc<dyn Notifier> {
+        &self.notifier
     }
 
     /// The store behind this client.
@@ -208,7 +228,7 @@ impl LockBuilder {
             .map(|k| Key::new(k.as_str()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(locksmith_core::StoreError::from)?;
-        let mut holder = Holder::this_process(self.owner.clone().unwrap_or_else(default_owner));
+        let mut holder = this_process(self.owner.clone().unwrap_or_else(default_owner));
         holder.task = self.task.clone();
         holder.metadata = self.metadata.clone();
         Ok(AcquireRequest {
@@ -221,10 +241,9 @@ impl LockBuilder {
             priority: self.priority,
             takeover: Takeover::None,
             request_id: self.request_id.clone(),
-            bind: if self.bind {
-                self.client.store.bind_current_process()?
-            } else {
-                None
+            bind: match (&self.client.binder, self.bind) {
+                (Some(b), true) => Some(b.bind_current_process()?),
+                _ => None,
             },
         })
     }
@@ -237,7 +256,14 @@ impl LockBuilder {
     /// Acquires; stops waiting (and leaves the queue) once `cancel` is set.
     fn acquire_until(self, cancel: &AtomicBool) -> Result<Guard, Error> {
         let req = self.request()?;
-        let grant = wait::acquire(&*self.client.store, &req, self.wait, cancel, &mut |_, _| {})?;
+        let grant = wait::acquire(
+            &*self.client.store,
+            &*self.client.notifier,
+            &req,
+            self.wait,
+            cancel,
+            &mut |_, _| {},
+        )?;
         let store = self.client.store.clone();
         let renewer = self
             .client
@@ -265,9 +291,10 @@ impl LockBuilder {
         let result = tokio::task::spawn_blocking(move || self.acquire_until(&cancel))
             .await
             .map_err(|e| {
-                Error::Store(locksmith_core::StoreError::Backend(format!(
-                    "acquire task failed: {e}"
-                )))
+                Error::Store(locksmith_core::StoreError::backend_from(
+                    "the acquire task failed",
+                    e,
+                ))
             })?;
         on_drop.1 = false;
         result

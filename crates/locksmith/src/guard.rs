@@ -132,19 +132,7 @@ impl Guard {
             self.renewer.remove(id);
         }
         self.released = true;
-        let mut first = None;
-        for lock in &self.grant.locks {
-            let t = Target {
-                key: lock.key.clone(),
-                by: Proof::Handle(self.grant.handle.clone()),
-            };
-            let r = self.store.release(&t, reason)?;
-            // Report a key that was no longer held before one that was.
-            if first.is_none() || matches!(r, Release::NotHeld { .. }) {
-                first = Some(r);
-            }
-        }
-        Ok(first.expect("a grant has at least one key"))
+        self.store.release_grant(&target(&self.grant), reason)
     }
 }
 

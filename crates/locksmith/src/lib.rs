@@ -24,17 +24,21 @@
 mod client;
 mod guard;
 mod renewer;
+pub mod sweep;
+pub mod wait;
 
 pub use client::{Client, LockBuilder, default_home};
 pub use guard::Guard;
 pub use locksmith_core as core;
 pub use locksmith_core::{Fence, Key, LeaseHandle, ReleaseReason};
-pub use locksmith_sqlite::{Durability, Options};
+pub use locksmith_host as host;
+pub use locksmith_sqlite::{Durability, Options, SqliteStore};
 
 use locksmith_core::store::Blocked;
 use locksmith_core::{AcquireError, StoreError};
 
-/// Everything the library can report.
+/// Everything the library can report; [`Error::code`] gives its stable code.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A URL the library cannot open.
@@ -54,6 +58,19 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
+impl Error {
+    /// The stable code of this outcome (see [`locksmith_core::outcome`]).
+    pub fn code(&self) -> locksmith_core::Code {
+        match self {
+            Error::Url(_) => locksmith_core::Code::Invalid,
+            Error::Busy(_) => locksmith_core::Code::Busy,
+            Error::TimedOut(_) => locksmith_core::Code::WaitTimedOut,
+            Error::Cancelled => locksmith_core::Code::Cancelled,
+            Error::Store(e) => e.code(),
+        }
+    }
+}
+
 fn describe(b: &Blocked) -> String {
     match b.holders.first() {
         Some(h) => format!("{} is held by {} (fence {})", h.key, h.owner, h.fence),
@@ -68,6 +85,7 @@ impl From<AcquireError> for Error {
             AcquireError::TimedOut(b) => Error::TimedOut(b),
             AcquireError::Cancelled => Error::Cancelled,
             AcquireError::Store(s) => Error::Store(s),
+            other => Error::Store(locksmith_core::StoreError::backend(other.to_string())),
         }
     }
 }

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use locksmith::core::store::{ListFilter, Proof, Release, Renewal, Target};
-use locksmith::core::sweep::sweep;
 use locksmith::core::{
-    AcquireRequest, Attempt, Binding, Health, Holder, ManualClock, ReleaseReason, Store,
-    SystemClock, Takeover, sys,
+    AcquireRequest, Attempt, Binding, Health, Holder, ManualClock, Notifier, ProcessBinder,
+    ReleaseReason, Store, Takeover,
 };
+use locksmith::host::{SystemClock, sys, this_process};
+use locksmith::sweep::sweep;
 use locksmith::{Key, Options};
 use locksmith_sqlite::SqliteStore;
 
@@ -25,7 +26,7 @@ fn store(dir: &tempfile::TempDir, clock: Arc<dyn locksmith::core::Clock>) -> Sql
 }
 
 fn req(key: &str, owner: &str) -> AcquireRequest {
-    AcquireRequest::exclusive(vec![Key::new(key).unwrap()], Holder::this_process(owner))
+    AcquireRequest::exclusive(vec![Key::new(key).unwrap()], this_process(owner))
 }
 
 fn granted(s: &dyn Store, r: &AcquireRequest) -> locksmith::core::Grant {
@@ -70,7 +71,7 @@ fn every_sweeper_rule_with_a_manual_clock() {
         &AcquireRequest {
             holder: Holder {
                 task: Some("T-done".into()),
-                ..Holder::this_process("a")
+                ..this_process("a")
             },
             ..req("task", "a")
         },
@@ -80,7 +81,7 @@ fn every_sweeper_rule_with_a_manual_clock() {
         &AcquireRequest {
             holder: Holder {
                 task: Some("T-open".into()),
-                ..Holder::this_process("a")
+                ..this_process("a")
             },
             ..req("busy-task", "a")
         },
@@ -176,7 +177,7 @@ fn a_dead_bound_process_is_swept_and_a_live_one_is_not() {
     granted(
         &s,
         &AcquireRequest {
-            bind: Some(s.bind_current_process().unwrap().unwrap()),
+            bind: Some(s.bind_current_process().unwrap()),
             ..req("me", "a")
         },
     );
@@ -267,7 +268,7 @@ fn a_sweeper_racing_live_holders_never_frees_a_live_lock() {
                     let key = format!("race/{}", n % 3);
                     let r = AcquireRequest {
                         ttl: Some(Duration::from_secs(5)),
-                        bind: s.bind_current_process().unwrap(),
+                        bind: Some(s.bind_current_process().unwrap()),
                         ..req(&key, &format!("h{i}"))
                     };
                     let Attempt::Granted(g) = s.acquire(&r, None).unwrap() else {
@@ -309,7 +310,7 @@ fn another_hosts_binding_is_left_to_its_lease_and_an_earlier_boots_is_dead() {
     let elsewhere = Holder {
         hostname: "another-host".into(),
         boot_id: "another-boot".into(),
-        ..Holder::this_process("remote")
+        ..this_process("remote")
     };
     granted(
         &s,
@@ -334,7 +335,7 @@ fn another_hosts_binding_is_left_to_its_lease_and_an_earlier_boots_is_dead() {
 
     let before_reboot = Holder {
         boot_id: "an-earlier-boot".into(),
-        ..Holder::this_process("old")
+        ..this_process("old")
     };
     granted(
         &s,
@@ -364,7 +365,7 @@ fn a_container_sharing_the_kernel_is_not_judged_by_its_pid() {
     };
     let container = Holder {
         hostname: "a-container".into(),
-        ..Holder::this_process("boxed")
+        ..this_process("boxed")
     };
     granted(
         &s,
@@ -387,9 +388,10 @@ fn steal_stale_does_not_steal_for_a_request_that_earlier_waiters_block() {
     let clock = ManualClock::new();
     let s = store(&dir, Arc::new(clock.clone()));
     granted(&s, &req("steal/k", "h"));
-    let mut w = locksmith::core::store::Waiter {
-        wake: s.wake_source().unwrap(),
+    let wake = s.notifier().wake_source().unwrap();
+    let mut w = locksmith::core::Ticket {
         seq: None,
+        wake: wake.address().to_string(),
     };
     assert!(matches!(
         s.acquire(&req("steal/k", "w"), Some(&mut w)).unwrap(),

@@ -1,16 +1,20 @@
 //! The embedded store of locksmith: one SQLite file shared by every process
 //! on the machine.
 //!
-//! Every write runs the pure rules of `locksmith-core` inside one
-//! `BEGIN IMMEDIATE` transaction, so concurrent processes see one order of
-//! grants. The file is in WAL mode; schema changes are numbered migrations
-//! applied on open. Waiters are woken through abstract Unix datagram sockets
-//! (see [`wake`]), with a timed re-check as the fallback.
+//! Every write loads what the pure rules of `locksmith-core` need inside one
+//! `BEGIN IMMEDIATE` transaction, asks them, and writes their answer, so
+//! concurrent processes see one order of grants. The file is in WAL mode;
+//! schema changes are numbered migrations applied on open. Waiters are woken
+//! through abstract Unix datagram sockets ([`SqliteNotifier`]), with a timed
+//! re-check as the fallback; locks are bound to processes by life files
+//! ([`ProcessBinder`]).
 
 mod acquire;
+mod gate;
 mod life;
 mod open;
 mod ops;
+mod queue;
 mod read;
 mod rows;
 pub mod wake;
@@ -19,13 +23,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use locksmith_core::decide::Policy;
 use locksmith_core::store::{
     AcquireRequest, Attempt, HistoryFilter, KeyStatus, LeaveReason, ListFilter, LockInfo, Release,
-    Renewal, Stats, Target, WaiterInfo, WakeSource,
+    Renewal, Stats, Target, Ticket, WaiterInfo,
 };
+use locksmith_core::tenure::Reap;
 use locksmith_core::{
-    Binding, Clock, Event, Fence, Key, Now, ReleaseReason, Store, StoreError, SystemClock,
+    Binding, Clock, Event, EventKind, Key, Notifier, Now, ProcessBinder, ReleaseReason, Store,
+    StoreError, WakeSource, validate,
 };
+use locksmith_host::SystemClock;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use open::{FsKind, classify_fs};
@@ -81,6 +89,20 @@ pub struct SqliteStore {
     gate: Option<std::fs::File>,
 }
 
+/// Wake-ups for the waiters of one SQLite store: an abstract Unix datagram
+/// socket per waiting request, plus inotify on the life files of
+/// process-bound holders in its way.
+#[derive(Clone, Debug)]
+pub struct SqliteNotifier {
+    store_id: String,
+}
+
+impl Notifier for SqliteNotifier {
+    fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
+        Ok(Box::new(wake::WakeSocket::bind(&self.store_id)?))
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path` on the machine clock.
     pub fn open(path: &Path, opts: Options) -> Result<SqliteStore, StoreError> {
@@ -103,7 +125,7 @@ impl SqliteStore {
             store_id,
             host,
             waker: wake::Waker::new(),
-            gate: open::gate(path),
+            gate: gate::gate(path),
         };
         if store.read(|tx, ctx| open::history_due(tx, ctx.now, ctx.opts))? {
             store.prune_history()?;
@@ -118,6 +140,13 @@ impl SqliteStore {
     pub fn bind_process_tree(&self) -> Result<(Binding, std::fs::File), StoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         life::bind_tree(dir, &self.host.boot_id)
+    }
+
+    /// Wake-ups for this store's waiters.
+    pub fn notifier(&self) -> SqliteNotifier {
+        SqliteNotifier {
+            store_id: self.store_id.clone(),
+        }
     }
 
     /// The database file.
@@ -140,7 +169,7 @@ impl SqliteStore {
         // moment it is released, instead of sleeping in SQLite's busy
         // handler (whose back-off sets the tail latency under contention).
         let gate = match &self.gate {
-            Some(g) => Some(open::GateGuard::lock(g, self.opts.busy_timeout)?),
+            Some(g) => Some(gate::GateGuard::lock(g, self.opts.busy_timeout)?),
             None => None,
         };
         let tx = conn
@@ -189,29 +218,46 @@ pub(crate) struct Ctx<'a> {
     pub waker: &'a wake::Waker,
 }
 
+impl Ctx<'_> {
+    /// The store settings the rules read.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            stale_after: self.opts.stale_after,
+        }
+    }
+}
+
+impl ProcessBinder for SqliteStore {
+    /// A binding of the calling process whose death any other process on
+    /// this machine can prove at once (its life file, kept open until exit).
+    fn bind_current_process(&self) -> Result<Binding, StoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        life::bind_self(dir, &self.host.boot_id)
+    }
+}
+
 impl Store for SqliteStore {
     fn acquire(
         &self,
         req: &AcquireRequest,
-        queue: Option<&mut locksmith_core::store::Waiter>,
+        queue: Option<&mut Ticket>,
     ) -> Result<Attempt, StoreError> {
-        acquire::validate(req)?;
+        validate::request(req)?;
         // An acquire never frees capacity for others (what it ends by itself,
         // waiters find by their own re-check), so it wakes nobody.
         self.write(|tx, ctx| Ok((acquire::run(tx, ctx, req, queue)?, Vec::new())))?
     }
 
-    fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
-        Ok(Box::new(wake::WakeSocket::bind(&self.store_id)?))
-    }
-
-    fn leave_queue(
-        &self,
-        waiter: &locksmith_core::store::Waiter,
-        why: LeaveReason,
-    ) -> Result<(), StoreError> {
-        let Some(seq) = waiter.seq else { return Ok(()) };
-        self.write(|tx, ctx| Ok(((), acquire::leave(tx, ctx, seq, why)?)))
+    fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
+        let Some(seq) = ticket.seq else { return Ok(()) };
+        let kind = match why {
+            LeaveReason::TimedOut => EventKind::WaitTimedOut,
+            LeaveReason::Cancelled => EventKind::WaitCancelled,
+        };
+        self.write(|tx, ctx| {
+            let keys = queue::leave(tx, ctx, seq, kind)?;
+            Ok(((), acquire::wake_list(tx, ctx, keys)?))
+        })
     }
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
@@ -219,7 +265,11 @@ impl Store for SqliteStore {
     }
 
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write(|tx, ctx| ops::release(tx, ctx, target, reason))
+        self.write(|tx, ctx| ops::release(tx, ctx, target, reason, false))
+    }
+
+    fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
+        self.write(|tx, ctx| ops::release(tx, ctx, target, reason, true))
     }
 
     fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
@@ -246,17 +296,8 @@ impl Store for SqliteStore {
         self.read(read::stats)
     }
 
-    fn now(&self) -> Now {
-        self.clock.now()
-    }
-
-    fn bind_current_process(&self) -> Result<Option<Binding>, StoreError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        life::bind_self(dir, &self.host.boot_id).map(Some)
-    }
-
-    fn reap(&self, key: &Key, fence: Fence, reason: ReleaseReason) -> Result<bool, StoreError> {
-        self.write(|tx, ctx| ops::reap(tx, ctx, key, fence, reason))
+    fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError> {
+        self.write(|tx, ctx| ops::reap(tx, ctx, batch))
     }
 
     fn prune_history(&self) -> Result<usize, StoreError> {

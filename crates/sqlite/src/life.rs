@@ -12,7 +12,8 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use locksmith_core::{Binding, StoreError, sys};
+use locksmith_core::{Binding, StoreError};
+use locksmith_host::sys;
 use rustix::fs::{FlockOperation, flock};
 
 /// Life files this process holds, by folder; kept open until exit.
@@ -85,11 +86,12 @@ fn make_life_file(
     let pid = std::process::id();
     let start = sys::process_start(pid);
     let folder = dir.join("holders");
-    std::fs::create_dir_all(&folder)
-        .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", folder.display())))?;
+    std::fs::create_dir_all(&folder).map_err(|e| {
+        StoreError::backend_from(format!("cannot create {}: {e}", folder.display()), e)
+    })?;
     let path = folder.join(format!("{boot_id}-{pid}-{}{suffix}", start.unwrap_or(0)));
     let fail = |what: &str, e: &dyn std::fmt::Display| {
-        StoreError::Backend(format!(
+        StoreError::backend(format!(
             "cannot {what} the life file {}: {e}",
             path.display()
         ))

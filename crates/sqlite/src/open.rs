@@ -56,24 +56,31 @@ fn unusable(path: &Path, why: &str) -> StoreError {
     ))
 }
 
-/// Maps a SQLite error to a store error with advice.
+/// Maps a SQLite error to a store error with advice, keeping it as the source.
 pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
+    let with = |message: String, e: rusqlite::Error| StoreError::Backend {
+        message,
+        source: Some(Box::new(e)),
+    };
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => StoreError::Busy(
             "the lock database stayed busy past the busy timeout: another process keeps a write transaction open; try again".into(),
         ),
-        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => StoreError::Corrupt(format!(
-            "the lock database is damaged ({e}); nothing was changed. Move the file away (keep it for inspection) and run again to start a new one"
-        )),
-        Some(ErrorCode::DiskFull) => StoreError::Backend(format!(
+        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => StoreError::Corrupt {
+            message: format!(
+                "the lock database is damaged ({e}); nothing was changed. Move the file away (keep it for inspection) and run again to start a new one"
+            ),
+            source: Some(Box::new(e)),
+        },
+        Some(ErrorCode::DiskFull) => with(format!(
             "the disk holding the lock database is full ({e}); nothing was changed. Free some space and try again"
-        )),
+        ), e),
         Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) | Some(ErrorCode::CannotOpen) => {
-            StoreError::Backend(format!(
-                "cannot write the lock database ({e}); check the permissions of LOCKSMITH_HOME"
-            ))
+            with(format!(
+                "cannot write the lock database ({e}); check the permissions of the store's folder"
+            ), e)
         }
-        _ => StoreError::Backend(format!("lock database error: {e}")),
+        _ => with(format!("lock database error: {e}"), e),
     }
 }
 
@@ -135,7 +142,10 @@ fn open_once(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| {
-        StoreError::Backend(format!("cannot create the folder {}: {e}", dir.display()))
+        StoreError::backend_from(
+            format!("cannot create the folder {}: {e}", dir.display()),
+            e,
+        )
     })?;
     if !opts.allow_network_fs
         && let Ok(st) = rustix::fs::statfs(dir)
@@ -282,7 +292,7 @@ fn after_boot(conn: &Connection, host: &HostFacts, now: Now) -> Result<String, S
         let id = match id {
             Some(id) => id,
             None => {
-                let id = random_hex(8);
+                let id = locksmith_host::random_hex(8);
                 tx.execute(
                     "INSERT INTO meta (k, v) VALUES ('store_id', ?1), ('fence', 0)",
                     [&id],
@@ -316,13 +326,6 @@ fn after_boot(conn: &Connection, host: &HostFacts, now: Now) -> Result<String, S
     let id = write().map_err(map_err)?;
     tx.commit().map_err(map_err)?;
     Ok(id)
-}
-
-/// `bytes` random bytes from the operating system, as hex.
-pub(crate) fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).expect("the operating system's random source failed");
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The database holds lease handles: keep it readable by its owner only.
@@ -376,65 +379,4 @@ pub(crate) fn history_due(
         .optional()
         .map_err(map_err)?;
     Ok(oldest.is_some_and(|t| t < cutoff))
-}
-
-/// The write gate next to the database (`locksmith.db-gate`): every write
-/// transaction of every process first takes an exclusive `flock` on it. The
-/// kernel wakes the next writer as soon as the lock is released (and drops
-/// it if its holder dies), so contended writers neither spin nor sleep. The
-/// gate only orders writers; SQLite's own locking still guards the data, so
-/// a writer that cannot open the gate simply goes without it.
-pub(crate) fn gate(db: &Path) -> Option<fs::File> {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-gate");
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(std::path::PathBuf::from(name))
-        .ok()
-}
-
-/// Holds the gate until dropped.
-pub(crate) struct GateGuard<'a>(Option<&'a fs::File>);
-
-impl<'a> GateGuard<'a> {
-    /// Takes the gate, giving up after `timeout`. The lock is asked for
-    /// without blocking and retried after short pauses (a few yields, then sleeps
-    /// of at most 100 µs), so a writer whose holder was stopped mid-transaction
-    /// (Ctrl-Z, a paused container) gets a clear `Busy` instead of hanging.
-    pub(crate) fn lock(file: &'a fs::File, timeout: Duration) -> Result<GateGuard<'a>, StoreError> {
-        use rustix::fs::{FlockOperation, flock};
-        let started = Instant::now();
-        let mut tries = 0u32;
-        loop {
-            match flock(file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(GateGuard(Some(file))),
-                Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {}
-                // The gate only orders writers; without it SQLite still guards the data.
-                Err(_) => return Ok(GateGuard(None)),
-            }
-            if started.elapsed() >= timeout {
-                return Err(StoreError::Busy(format!(
-                    "another process has held the lock database's write gate for over {}; it may be stopped (Ctrl-Z, a paused container). Resume or end it and try again",
-                    locksmith_core::time::format_duration(timeout)
-                )));
-            }
-            tries += 1;
-            if tries < 4 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(u64::from(tries.min(100))));
-            }
-        }
-    }
-}
-
-impl Drop for GateGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0 {
-            let _ = rustix::fs::flock(f, rustix::fs::FlockOperation::Unlock);
-        }
-    }
 }

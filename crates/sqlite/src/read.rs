@@ -3,16 +3,23 @@
 use std::collections::BTreeMap;
 
 use locksmith_core::store::{HistoryFilter, KeyStatus, ListFilter, LockInfo, Stats, WaiterInfo};
-use locksmith_core::{Event, EventKind, Fence, Health, Key, Mode, Scope, StoreError, Wall, rules};
+use locksmith_core::view::lock_info;
+use locksmith_core::{Event, EventKind, Fence, Health, Hold, Key, Scope, StoreError, Wall, rules};
 use rusqlite::{Transaction, params_from_iter, types::Value};
 
 use crate::Ctx;
 use crate::open::map_err;
-use crate::rows::{holds_touching, load_holds, lock_info};
+use crate::queue;
+use crate::rows::{holds_touching, load_holds, observe};
 
 /// Upper bound for a prefix range scan: every key starting with `p` sorts below it.
 fn prefix_end(p: &str) -> String {
     format!("{p}{}", char::MAX)
+}
+
+/// The public view of a loaded hold at the transaction's instant.
+fn view(h: &Hold, ctx: &Ctx<'_>) -> LockInfo {
+    lock_info(&h.lock, h.alive, ctx.now, ctx.opts.stale_after)
 }
 
 pub(crate) fn status(
@@ -20,9 +27,9 @@ pub(crate) fn status(
     ctx: &Ctx<'_>,
     key: &Key,
 ) -> Result<KeyStatus, StoreError> {
-    let holders: Vec<LockInfo> = holds_touching(tx, key, Scope::Key)?
+    let holders: Vec<LockInfo> = observe(holds_touching(tx, key, Scope::Key)?, ctx.host)
         .iter()
-        .map(|r| lock_info(&r.lock, ctx.now, ctx.opts.stale_after, ctx.host))
+        .map(|r| view(r, ctx))
         .collect();
     let waiters = waiters(
         tx,
@@ -86,9 +93,9 @@ pub(crate) fn list(
         "{} ORDER BY key, fence LIMIT {limit}",
         clauses.join(" AND ")
     );
-    let mut out: Vec<LockInfo> = load_holds(tx, &sql, params_from_iter(args))?
+    let mut out: Vec<LockInfo> = observe(load_holds(tx, &sql, params_from_iter(args))?, ctx.host)
         .iter()
-        .map(|r| lock_info(&r.lock, ctx.now, ctx.opts.stale_after, ctx.host))
+        .map(|r| view(r, ctx))
         .filter(|i| !f.unhealthy || i.health != Health::Healthy)
         .collect();
     if f.limit > 0 {
@@ -102,57 +109,41 @@ pub(crate) fn waiters(
     ctx: &Ctx<'_>,
     f: &ListFilter,
 ) -> Result<Vec<WaiterInfo>, StoreError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "SELECT k.key, k.scope, q.seq, q.priority, q.mode, q.slots, q.owner, q.task, q.hostname,
-                    q.boot_id || char(31) || q.hostname, q.pid, q.pid_start, q.since_mono,
-                    q.since_wall, q.alive_until, q.wake
-             FROM queue_keys k JOIN queue q ON q.seq = k.seq ORDER BY k.key",
-        )
-        .map_err(map_err)?;
+    let sql = format!(
+        "SELECT {}, q.task, q.hostname, q.since_mono, q.since_wall
+         FROM queue_keys k JOIN queue q ON q.seq = k.seq ORDER BY k.key",
+        queue::COLUMNS
+    );
+    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
     let mut by_key: BTreeMap<String, Vec<(i32, i64, WaiterInfo)>> = BTreeMap::new();
+    let extra = queue::NEXT_COLUMN;
     while let Some(r) = rows.next().map_err(map_err)? {
-        let key: String = r.get(0).map_err(map_err)?;
-        let boot: String = r.get(9).map_err(map_err)?;
-        let pid: u32 = r.get(10).map_err(map_err)?;
-        let pid_start: Option<i64> = r.get(11).map_err(map_err)?;
-        let alive_until: i64 = r.get(14).map_err(map_err)?;
-        let wake: String = r.get(15).map_err(map_err)?;
-        if crate::acquire::entry_gone(ctx, &boot, pid, pid_start, alive_until, &wake) {
+        let q = queue::decode(r, ctx)?;
+        if !q.counts(ctx.now.mono) {
             continue;
         }
-        let mode: String = r.get(4).map_err(map_err)?;
-        let scope: String = r.get(1).map_err(map_err)?;
-        let since: i64 = r.get(12).map_err(map_err)?;
-        let (Ok(k), Some(mode), Some(scope)) = (
-            Key::new(key.clone()),
-            Mode::from_parts(&mode, r.get(5).map_err(map_err)?),
-            Scope::from_name(&scope),
-        ) else {
-            return Err(StoreError::Corrupt(
-                "a queue entry of the lock database is malformed".into(),
-            ));
-        };
-        let priority: i32 = r.get(3).map_err(map_err)?;
-        let seq: i64 = r.get(2).map_err(map_err)?;
+        let since: i64 = r.get(extra + 2).map_err(map_err)?;
         let info = WaiterInfo {
-            key: k,
+            key: q.key.clone(),
             position: 0,
-            mode,
-            scope,
-            priority,
-            owner: r.get(6).map_err(map_err)?,
-            task: r.get(7).map_err(map_err)?,
-            hostname: r.get(8).map_err(map_err)?,
-            pid,
-            since: Wall(r.get::<_, i64>(13).map_err(map_err)? as u64),
+            mode: q.mode,
+            scope: q.scope,
+            priority: q.priority,
+            owner: q.owner,
+            task: r.get(extra).map_err(map_err)?,
+            hostname: r.get(extra + 1).map_err(map_err)?,
+            pid: r.get(9).map_err(map_err)?,
+            since: Wall(r.get::<_, i64>(extra + 3).map_err(map_err)? as u64),
             waited: ctx
                 .now
                 .mono
                 .since(locksmith_core::Mono(since.max(0) as u64)),
         };
-        by_key.entry(key).or_default().push((priority, seq, info));
+        by_key
+            .entry(q.key.as_str().to_string())
+            .or_default()
+            .push((q.priority, q.seq, info));
     }
     let mut out = Vec::new();
     for (_, mut entries) in by_key {

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use locksmith_core::store::LockInfo;
+use locksmith_core::decide::Ending;
 use locksmith_core::{
-    Binding, EventKind, Fence, Health, HeldLock, Holder, Key, Mode, Mono, Now, ReleaseReason,
-    Scope, StoreError, Wall, rules, sys,
+    Binding, EventKind, Fence, HeldLock, Hold, Holder, Key, Mode, Mono, Now, ReleaseReason, Scope,
+    StoreError, Wall,
 };
+use locksmith_host::sys;
 use rusqlite::{Row, Transaction, params};
 
 use crate::open::map_err;
@@ -36,18 +37,6 @@ pub(crate) const HOLD_COLUMNS: &str = "fence, grant_id, secret, key, mode, slots
      hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
      ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file, grant_keys";
 
-/// A `holds` row: the tenure plus its row id and secret.
-#[derive(Clone, Debug)]
-pub(crate) struct HoldRow {
-    /// The row's key: the tenure's fence.
-    pub id: i64,
-    pub secret: String,
-    pub renew_logged: i64,
-    /// How many keys the grant had when it was made.
-    pub grant_keys: i64,
-    pub lock: HeldLock,
-}
-
 fn ms(v: Option<i64>) -> Option<Duration> {
     v.map(|m| Duration::from_millis(m.max(0) as u64))
 }
@@ -60,17 +49,18 @@ fn bad_row(what: &str) -> rusqlite::Error {
     )
 }
 
-pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
+/// Decodes one `holds` row; its liveness is left unknown (see [`observe`]).
+pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<Hold> {
     let key: String = r.get(3)?;
     let mode: String = r.get(4)?;
     let slots: Option<u32> = r.get(5)?;
     let scope: String = r.get(6)?;
     let metadata: Option<String> = r.get(10)?;
-    Ok(HoldRow {
-        id: r.get(0)?,
+    Ok(Hold {
         secret: r.get(2)?,
-        renew_logged: r.get(22)?,
+        renew_logged: Mono(r.get::<_, i64>(22)?.max(0) as u64),
         grant_keys: r.get(26)?,
+        alive: None,
         lock: HeldLock {
             grant: r.get(1)?,
             key: Key::new(key).map_err(|_| bad_row("key"))?,
@@ -110,7 +100,7 @@ pub(crate) fn load_holds(
     tx: &Transaction<'_>,
     where_sql: &str,
     args: impl rusqlite::Params,
-) -> Result<Vec<HoldRow>, StoreError> {
+) -> Result<Vec<Hold>, StoreError> {
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE {where_sql}");
     let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
     let rows = stmt
@@ -127,7 +117,7 @@ pub(crate) fn holds_touching(
     tx: &Transaction<'_>,
     key: &Key,
     scope: Scope,
-) -> Result<Vec<HoldRow>, StoreError> {
+) -> Result<Vec<Hold>, StoreError> {
     let mut out = load_holds(tx, "key = ?1", [key.as_str()])?;
     for anc in key.ancestors() {
         out.extend(load_holds(tx, "key = ?1 AND scope = 'tree'", [anc])?);
@@ -153,48 +143,12 @@ pub(crate) fn process_alive(lock: &HeldLock, host: &HostFacts) -> Option<bool> {
     crate::life::alive(bind, lock.holder.hostname == host.hostname)
 }
 
-/// The public view of a hold at `now`.
-pub(crate) fn lock_info(
-    lock: &HeldLock,
-    now: Now,
-    stale_after: Duration,
-    host: &HostFacts,
-) -> LockInfo {
-    let health: Health = rules::health(lock, now.mono, stale_after, process_alive(lock, host));
-    let expires_in = lock.expires.map(|e| e.since(now.mono));
-    LockInfo {
-        key: lock.key.clone(),
-        mode: lock.mode,
-        scope: lock.scope,
-        fence: lock.fence,
-        grant: lock.grant,
-        owner: lock.holder.owner.clone(),
-        task: lock.holder.task.clone(),
-        metadata: lock.holder.metadata.clone(),
-        hostname: lock.holder.hostname.clone(),
-        pid: lock.holder.pid,
-        acquired_at: lock.acquired_wall,
-        held_for: now.mono.since(lock.acquired),
-        since_seen: now.mono.since(lock.last_seen),
-        expires_at: lock.expires.map(|e| wall_at(now, e)),
-        expires_in,
-        ttl: lock.ttl,
-        max_hold: lock.max_hold,
-        health,
+/// Fills in what this host can tell about each hold's bound process.
+pub(crate) fn observe(mut holds: Vec<Hold>, host: &HostFacts) -> Vec<Hold> {
+    for h in &mut holds {
+        h.alive = process_alive(&h.lock, host);
     }
-}
-
-/// The wall time that corresponds to monotonic instant `at`, for display.
-pub(crate) fn wall_at(now: Now, at: Mono) -> Wall {
-    if at >= now.mono {
-        Wall(now.wall.0 + at.since(now.mono).as_millis() as u64)
-    } else {
-        Wall(
-            now.wall
-                .0
-                .saturating_sub(now.mono.since(at).as_millis() as u64),
-        )
-    }
+    holds
 }
 
 /// One history line.
@@ -252,34 +206,39 @@ pub(crate) fn record(tx: &Transaction<'_>, now: Now, e: NewEvent<'_>) -> Result<
 pub(crate) fn end_hold(
     tx: &Transaction<'_>,
     now: Now,
-    row: &HoldRow,
+    lock: &HeldLock,
     reason: ReleaseReason,
     detail: Option<serde_json::Value>,
 ) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM holds WHERE key = ?1 AND fence = ?2")
         .map_err(map_err)?
-        .execute(params![row.lock.key.as_str(), row.id])
+        .execute(params![lock.key.as_str(), lock.fence.0 as i64])
         .map_err(map_err)?;
     if reason == ReleaseReason::DeadProcess
-        && let Some(b) = &row.lock.bind
+        && let Some(b) = &lock.bind
     {
         crate::life::remove_dead(b);
     }
-    let mut e = NewEvent::about(&row.lock, kind_for(reason), Some(reason));
+    let mut e = NewEvent::about(lock, reason.event_kind(), Some(reason));
     e.detail = detail;
     record(tx, now, e)
 }
 
-/// The event kind that goes with an ending reason.
-pub(crate) fn kind_for(reason: ReleaseReason) -> EventKind {
-    match reason {
-        ReleaseReason::Completed | ReleaseReason::Failed => EventKind::Released,
-        ReleaseReason::LeaseExpired | ReleaseReason::MaxHold => EventKind::Expired,
-        ReleaseReason::Forced => EventKind::Forced,
-        ReleaseReason::Stolen => EventKind::Stolen,
-        ReleaseReason::Exited
-        | ReleaseReason::DeadProcess
-        | ReleaseReason::StaleTimeout
-        | ReleaseReason::TaskCompleted => EventKind::Reaped,
+/// Writes the endings the rules decided, each about one of `holds`.
+pub(crate) fn apply_endings(
+    tx: &Transaction<'_>,
+    now: Now,
+    holds: &[Hold],
+    endings: Vec<Ending>,
+) -> Result<(), StoreError> {
+    for e in endings {
+        let Some(h) = holds
+            .iter()
+            .find(|h| h.lock.key == e.key && h.lock.fence == e.fence)
+        else {
+            continue;
+        };
+        end_hold(tx, now, &h.lock, e.reason, e.detail)?;
     }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 use locksmith_core::StoreError;
-use locksmith_core::store::WakeSource;
+use locksmith_core::WakeSource;
 
 /// The receiving end of one waiting request.
 pub struct WakeSocket {
@@ -27,11 +27,11 @@ pub struct WakeSocket {
 impl WakeSocket {
     /// Binds a fresh address for a waiter of store `store_id`.
     pub fn bind(store_id: &str) -> Result<WakeSocket, StoreError> {
-        let address = format!("locksmith/{store_id}/{}", crate::open::random_hex(12));
+        let address = format!("locksmith/{store_id}/{}", locksmith_host::random_hex(12));
         let addr = SocketAddr::from_abstract_name(address.as_bytes())
-            .map_err(|e| StoreError::Backend(format!("wake socket address: {e}")))?;
+            .map_err(|e| StoreError::backend_from("cannot name a wake socket", e))?;
         let socket = UnixDatagram::bind_addr(&addr)
-            .map_err(|e| StoreError::Backend(format!("cannot bind a wake socket: {e}")))?;
+            .map_err(|e| StoreError::backend_from(format!("cannot bind a wake socket: {e}"), e))?;
         Ok(WakeSocket {
             socket,
             address,

@@ -25,7 +25,8 @@ fn harness() -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = ManualClock::new();
     let store = open(&db_path(&dir), &clock).expect("open a fresh store");
-    Harness::new(Arc::new(store), clock).keeping(dir)
+    let notifier = Arc::new(store.notifier());
+    Harness::new(Arc::new(store), notifier, clock).keeping(dir)
 }
 
 locksmith_testkit::conformance_tests!(harness);
@@ -100,7 +101,7 @@ fn one_walk_seed_from_env() {
 }
 
 fn is_refusal(e: &StoreError) -> bool {
-    matches!(e, StoreError::Unusable(_) | StoreError::Corrupt(_))
+    matches!(e, StoreError::Unusable(_) | StoreError::Corrupt { .. })
 }
 
 /// The folder holds nothing but the given file (no journal, WAL or shm left behind).

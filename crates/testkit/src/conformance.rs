@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use locksmith_core::Clock;
+use locksmith_core::decide::REFRESH;
 use locksmith_core::store::{HistoryFilter, LeaveReason, ListFilter, Release, Renewal};
-use locksmith_core::wait::REFRESH;
 use locksmith_core::{
     AcquireRequest, Attempt, EventKind, Health, Mode, ReleaseReason, Scope, StoreError, Takeover,
 };
@@ -279,11 +280,11 @@ pub fn expired_lease_is_free(make: Factory<'_>) {
     let deadline = a.locks[0]
         .expires_at
         .expect("a leased grant has a deadline");
-    let t0 = h.store.now().wall.0;
+    let t0 = h.clock.now().wall.0;
     assert_eq!(deadline.0, t0 + 10_000);
     let b = h.blocked(&request("b", &["k"]));
     assert!(
-        b.retry_at.is_some(),
+        b.retry_after.is_some(),
         "a blocked attempt says when the lease in the way runs out"
     );
     h.advance(secs(9));
@@ -364,7 +365,7 @@ pub fn renew_extends_the_lease(make: Factory<'_>) {
     let a = h.grant(&leased("a", "k", secs(10)));
     h.advance(secs(8));
     let locks = renewed(h.store.renew(&by_handle("k", &a), None));
-    let now = h.store.now().wall.0;
+    let now = h.clock.now().wall.0;
     assert_eq!(locks.len(), 1);
     assert_eq!(locks[0].fence, a.locks[0].fence, "renewing keeps the fence");
     assert_eq!(locks[0].expires_at.map(|w| w.0), Some(now + 10_000));
@@ -373,7 +374,7 @@ pub fn renew_extends_the_lease(make: Factory<'_>) {
     let locks = renewed(h.store.renew(&by_owner("k", "a"), Some(secs(30))));
     assert_eq!(
         locks[0].expires_at.map(|w| w.0),
-        Some(h.store.now().wall.0 + 30_000)
+        Some(h.clock.now().wall.0 + 30_000)
     );
     h.advance(secs(25));
     h.blocked(&request("b", &["k"]));

@@ -15,18 +15,26 @@ pub mod conformance;
 pub mod walk;
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use locksmith_core::store::{HistoryFilter, ListFilter, Proof, Target, Waiter};
+use locksmith_core::store::{HistoryFilter, ListFilter, Proof, Target};
 use locksmith_core::{
-    AcquireRequest, Attempt, Blocked, Event, Grant, Holder, Key, ManualClock, Store, StoreError,
+    AcquireRequest, Attempt, Blocked, Event, Grant, Holder, Key, ManualClock, Notifier, Store,
+    StoreError, Ticket, WakeSource,
 };
+
+/// A waiter's queue ticket, as the conformance cases hold it.
+pub type Waiter = Ticket;
 
 /// A fresh store on a hand-driven clock.
 pub struct Harness {
     /// The store under test.
     pub store: Arc<dyn Store>,
+    /// Its wake-ups.
+    pub notifier: Arc<dyn Notifier>,
+    /// Wake sources of the waiters made so far, kept alive with the harness.
+    wakes: Mutex<Vec<Box<dyn WakeSource>>>,
     /// The clock the store reads; [`ManualClock::advance`] moves it.
     pub clock: ManualClock,
     /// Whatever must outlive the store (a temporary folder). Fields drop in
@@ -41,10 +49,12 @@ pub type Factory<'a> = &'a dyn Fn() -> Harness;
 pub type Case = fn(Factory<'_>);
 
 impl Harness {
-    /// A harness over `store`, which must read `clock`.
-    pub fn new(store: Arc<dyn Store>, clock: ManualClock) -> Harness {
+    /// A harness over `store` and its wake-ups; the store must read `clock`.
+    pub fn new(store: Arc<dyn Store>, notifier: Arc<dyn Notifier>, clock: ManualClock) -> Harness {
         Harness {
             store,
+            notifier,
+            wakes: Mutex::new(Vec::new()),
             clock,
             keep: Vec::new(),
         }
@@ -89,10 +99,16 @@ impl Harness {
 
     /// A new waiter (not yet queued).
     pub fn waiter(&self) -> Waiter {
-        Waiter {
-            wake: self.store.wake_source().expect("wake source"),
+        let source = self.notifier.wake_source().expect("wake source");
+        let ticket = Ticket {
             seq: None,
-        }
+            wake: source.address().to_string(),
+        };
+        self.wakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(source);
+        ticket
     }
 
     /// Joins the queue: the attempt must be blocked and queued.
@@ -195,7 +211,7 @@ pub fn key(s: &str) -> Key {
 
 /// A holder named `owner` for this process.
 pub fn holder(owner: &str) -> Holder {
-    Holder::this_process(owner)
+    locksmith_host::this_process(owner)
 }
 
 /// An exclusive, key-scoped, lease-less request of `keys` by `owner`;

@@ -14,8 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use locksmith_core::store::{ListFilter, Proof, Release, Renewal, Target, Waiter};
-use locksmith_core::wait::REFRESH;
+use locksmith_core::Clock;
+use locksmith_core::store::{ListFilter, Proof, Release, Renewal, Target};
+
+use crate::Waiter;
+use locksmith_core::decide::REFRESH;
 use locksmith_core::{
     AcquireRequest, Attempt, Grant, Key, Mode, Mono, ReleaseReason, Scope, StoreError, Takeover,
 };
@@ -255,7 +258,7 @@ pub fn random_walk(make: Factory<'_>, seed: u64, steps: usize) -> Coverage {
 
 impl Walk<'_> {
     fn now(&self) -> Mono {
-        self.h.store.now().mono
+        self.h.clock.now().mono
     }
 
     fn saw(&mut self, what: &'static str) {
@@ -506,10 +509,7 @@ impl Walk<'_> {
             Self::describe(&req)
         ));
         if queue {
-            let waiter = Waiter {
-                wake: self.h.store.wake_source().expect("wake source"),
-                seq: None,
-            };
+            let waiter = self.h.waiter();
             self.actors[a].pending = Some((req, waiter));
             self.retry(a);
         } else {
@@ -1017,6 +1017,6 @@ fn existing_of(queued: &Option<(Option<u64>, &mut Waiter)>) -> bool {
 
 impl Harness {
     fn clock_ms(&self) -> u64 {
-        self.store.now().mono.0 / 1000
+        self.clock.now().mono.0 / 1000
     }
 }

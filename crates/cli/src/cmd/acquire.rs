@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use locksmith::wait;
 use locksmith_core::store::Blocked;
 use locksmith_core::time::{format_duration, parse_duration};
 use locksmith_core::{
-    AcquireError, AcquireRequest, Binding, Grant, Store, Takeover, WaitPolicy, wait,
+    AcquireError, AcquireRequest, Binding, Grant, Notifier, Store, Takeover, WaitPolicy,
 };
 use serde_json::json;
 
 use crate::output::{holder, ordinal};
 use crate::{Ctx, Failure};
+use locksmith_core::Code;
 
 /// Take one or more locks (all or none) and print the grant.
 ///
@@ -74,7 +76,7 @@ pub struct Args {
 fn duration(flag: &str, v: &Option<String>) -> Result<Option<Duration>, Failure> {
     v.as_deref()
         .map(|t| {
-            parse_duration(t).map_err(|e| Failure::new(2, "invalid", format!("--{flag}: {e}")))
+            parse_duration(t).map_err(|e| Failure::new(Code::Invalid, format!("--{flag}: {e}")))
         })
         .transpose()
 }
@@ -84,22 +86,21 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
     let keys = super::keys(&a.keys, &a.path)?;
     if keys.is_empty() {
         return Err(Failure::new(
-            2,
-            "invalid",
+            Code::Invalid,
             "name at least one KEY or --path DIR",
         ));
     }
     let mut meta = serde_json::Map::new();
     for kv in &a.meta {
         let (k, v) = kv.split_once('=').ok_or_else(|| {
-            Failure::new(2, "invalid", format!("--meta {kv:?}: expected key=value"))
+            Failure::new(Code::Invalid, format!("--meta {kv:?}: expected key=value"))
         })?;
         meta.insert(k.to_string(), json!(v));
     }
     let mut h = super::holder(ctx, a.owner.as_ref(), a.task.as_ref());
     h.metadata = (!meta.is_empty()).then_some(serde_json::Value::Object(meta));
     if a.reason.is_some() && !a.force {
-        return Err(Failure::new(2, "invalid", "--reason goes with --force"));
+        return Err(Failure::new(Code::Invalid, "--reason goes with --force"));
     }
     Ok(AcquireRequest {
         keys,
@@ -123,10 +124,9 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
 
 /// A binding to another running process, by pid and start time.
 fn bind_pid(pid: u32) -> Result<Binding, Failure> {
-    let start = locksmith_core::sys::process_start(pid).ok_or_else(|| {
+    let start = locksmith::host::sys::process_start(pid).ok_or_else(|| {
         Failure::new(
-            2,
-            "invalid",
+            Code::Invalid,
             format!("--pid {pid}: no such process is running"),
         )
     })?;
@@ -158,6 +158,7 @@ fn blocked_text(b: &Blocked) -> String {
 pub fn wait_for_grant(
     ctx: &Ctx,
     store: &dyn Store,
+    notifier: &dyn Notifier,
     req: &AcquireRequest,
     policy: WaitPolicy,
     wait_text: &str,
@@ -178,7 +179,7 @@ pub fn wait_for_grant(
             shown = true;
         }
     };
-    let result = wait::acquire(store, req, policy, cancel, &mut on_blocked);
+    let result = wait::acquire(store, notifier, req, policy, cancel, &mut on_blocked);
     if shown {
         eprint!("\r\x1b[2K");
     }
@@ -186,8 +187,7 @@ pub fn wait_for_grant(
         Ok(g) => Ok(g),
         Err(AcquireError::Busy(b)) => {
             let mut f = Failure::new(
-                3,
-                "busy",
+                Code::Busy,
                 format!(
                     "busy: {what} is {}; wait with --wait 30s or --wait forever",
                     blocked_text(&b)
@@ -198,8 +198,7 @@ pub fn wait_for_grant(
         }
         Err(AcquireError::TimedOut(b)) => {
             let mut f = Failure::new(
-                4,
-                "timed_out",
+                Code::WaitTimedOut,
                 format!(
                     "timed out after {wait_text} waiting for {what}: {}",
                     blocked_text(&b)
@@ -209,11 +208,11 @@ pub fn wait_for_grant(
             Err(f)
         }
         Err(AcquireError::Cancelled) => Err(Failure::new(
-            130,
-            "cancelled",
+            Code::Cancelled,
             format!("stopped waiting for {what}; left the queue"),
         )),
         Err(AcquireError::Store(e)) => Err(e.into()),
+        Err(other) => Err(Failure::new(other.code(), other.to_string())),
     }
 }
 
@@ -221,7 +220,7 @@ pub fn wait_for_grant(
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let req = request(ctx, &a)?;
     let policy = WaitPolicy::parse(&a.wait)
-        .map_err(|e| Failure::new(2, "invalid", format!("--wait: {e}")))?;
+        .map_err(|e| Failure::new(Code::Invalid, format!("--wait: {e}")))?;
     let store = ctx.store()?;
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [
@@ -231,7 +230,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     ] {
         let _ = signal_hook::flag::register(sig, cancel.clone());
     }
-    let grant = wait_for_grant(ctx, &store, &req, policy, &a.wait, &cancel)?;
+    let grant = wait_for_grant(
+        ctx,
+        &store,
+        &store.notifier(),
+        &req,
+        policy,
+        &a.wait,
+        &cancel,
+    )?;
     let expires = |l: &locksmith_core::GrantedLock| l.expires_at.map(|w| w.rfc3339());
     if ctx.json {
         let lock = |l: &locksmith_core::GrantedLock| {

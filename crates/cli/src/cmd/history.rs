@@ -5,6 +5,7 @@ use locksmith_core::{EventKind, Store};
 
 use crate::output::{json, table};
 use crate::{Ctx, Failure};
+use locksmith_core::Code;
 
 /// Show the audit history, newest first.
 #[derive(clap::Args, Debug)]
@@ -39,8 +40,7 @@ pub fn history(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             EventKind::from_name(k).ok_or_else(|| {
                 let names: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
                 Failure::new(
-                    2,
-                    "invalid",
+                    Code::Invalid,
                     format!("--kind {k:?}: one of {}", names.join(", ")),
                 )
             })

@@ -10,6 +10,7 @@ pub mod sweep;
 
 use std::path::PathBuf;
 
+use locksmith_core::Code;
 use locksmith_core::{Holder, Key, Mode, Scope};
 
 use crate::Failure;
@@ -21,14 +22,14 @@ pub fn keys(raw: &[String], paths: &[PathBuf]) -> Result<Vec<Key>, Failure> {
         out.push(Key::new(k.as_str())?);
     }
     for p in paths {
-        out.push(Key::from_dir(p)?);
+        out.push(locksmith::host::folder_key(p)?);
     }
     Ok(out)
 }
 
 /// This process as holder: `--owner` (else the configured owner) and `--task`.
 pub fn holder(ctx: &crate::Ctx, owner: Option<&String>, task: Option<&String>) -> Holder {
-    let mut h = Holder::this_process(owner.cloned().unwrap_or_else(|| ctx.config.owner()));
+    let mut h = locksmith::host::this_process(owner.cloned().unwrap_or_else(|| ctx.config.owner()));
     h.task = task.cloned();
     h
 }
@@ -84,12 +85,11 @@ impl ModeArgs {
 fn one_key(raw: Option<&String>, path: Option<&PathBuf>) -> Result<Key, Failure> {
     match (raw, path) {
         (Some(k), None) => Ok(Key::new(k.as_str())?),
-        (None, Some(p)) => Ok(Key::from_dir(p)?),
+        (None, Some(p)) => Ok(locksmith::host::folder_key(p)?),
         (Some(_), Some(_)) => Err(Failure::new(
-            2,
-            "invalid",
+            Code::Invalid,
             "give either KEY or --path DIR, not both",
         )),
-        (None, None) => Err(Failure::new(2, "invalid", "missing KEY (or --path DIR)")),
+        (None, None) => Err(Failure::new(Code::Invalid, "missing KEY (or --path DIR)")),
     }
 }

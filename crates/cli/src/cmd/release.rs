@@ -7,6 +7,7 @@ use locksmith_core::{LeaseHandle, ReleaseReason, Store};
 
 use crate::output::json;
 use crate::{Ctx, Failure};
+use locksmith_core::Code;
 
 /// Release a lock you hold (releasing twice is not an error).
 #[derive(clap::Args, Debug)]
@@ -60,8 +61,7 @@ fn target(ctx: &Ctx, arg: &super::KeyArg, p: &ProofArgs) -> Result<Target, Failu
             let h = LeaseHandle::from_text(h.clone());
             if h.grant().is_none() {
                 return Err(Failure::new(
-                    2,
-                    "invalid",
+                    Code::Invalid,
                     "malformed --handle: expected lh1.<grant>.<secret> as printed by acquire",
                 ));
             }
@@ -84,7 +84,7 @@ pub fn release(ctx: &Ctx, a: ReleaseArgs) -> Result<(), Failure> {
     let reason: ReleaseReason = a
         .reason
         .parse()
-        .map_err(|e: String| Failure::new(2, "invalid", e))?;
+        .map_err(|e: String| Failure::new(Code::Invalid, e))?;
     let out = ctx.store()?.release(&t, reason)?;
     if ctx.json {
         json(&out);
@@ -117,13 +117,12 @@ pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
     let ttl = a
         .ttl
         .as_deref()
-        .map(|v| parse_duration(v).map_err(|e| Failure::new(2, "invalid", format!("--ttl: {e}"))))
+        .map(|v| parse_duration(v).map_err(|e| Failure::new(Code::Invalid, format!("--ttl: {e}"))))
         .transpose()?;
     let out = ctx.store()?.renew(&t, ttl)?;
     if let Renewal::Lost { key, reason } = &out {
         let mut f = Failure::new(
-            7,
-            "lost",
+            Code::Lost,
             format!(
                 "lost: {key} is no longer held by you ({})",
                 reason_text(*reason)

@@ -23,6 +23,7 @@ use rustix::process::{Pid, Signal};
 use signal_hook::consts::{SIGCONT, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP};
 
 use crate::{Ctx, Failure};
+use locksmith_core::Code;
 
 /// Run a command while holding locks; release them when it ends.
 ///
@@ -108,12 +109,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let keys = super::keys(&a.keys, &a.path)?;
     if keys.is_empty() {
         return Err(Failure::new(
-            2,
-            "invalid",
+            Code::Invalid,
             "name at least one lock with -l KEY (or --path DIR)",
         ));
     }
-    let invalid = |flag: &str, e: String| Failure::new(2, "invalid", format!("--{flag}: {e}"));
+    let invalid = |flag: &str, e: String| Failure::new(Code::Invalid, format!("--{flag}: {e}"));
     let ttl = parse_duration(&a.ttl).map_err(|e| invalid("ttl", e))?;
     let grace = parse_duration(&a.grace).map_err(|e| invalid("grace", e))?;
     let policy = WaitPolicy::parse(&a.wait).map_err(|e| invalid("wait", e))?;
@@ -126,6 +126,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         path: bind.life_file.clone().map(PathBuf::from),
         _file: file,
     };
+    let notifier = sqlite.notifier();
     let store: Arc<dyn Store> = Arc::new(sqlite);
     let holder = super::holder(ctx, a.owner.as_ref(), a.task.as_ref());
     let req = AcquireRequest {
@@ -147,7 +148,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let child_group = Arc::new(AtomicI32::new(0));
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGCONT])
-            .map_err(|e| Failure::new(1, "error", format!("cannot install signal handlers: {e}")))?;
+            .map_err(|e| Failure::error(format!("cannot install signal handlers: {e}")))?;
     {
         let (cancel, last_signal, child_group) =
             (cancel.clone(), last_signal.clone(), child_group.clone());
@@ -184,12 +185,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
 
     let what: Vec<String> = req.keys.iter().map(|k| k.to_string()).collect();
     let what = what.join(", ");
-    let grant = match super::acquire::wait_for_grant(ctx, &*store, &req, policy, &a.wait, &cancel) {
+    let grant = match super::acquire::wait_for_grant(
+        ctx, &*store, &notifier, &req, policy, &a.wait, &cancel,
+    ) {
         Ok(g) => g,
         // A signal stopped the wait: exit as a shell does for that signal.
-        Err(f) if f.kind == "cancelled" => {
+        Err(f) if f.kind == Code::Cancelled.name() => {
             let sig = last_signal.load(Ordering::SeqCst);
-            return Err(Failure::new(
+            return Err(Failure::status(
                 128u8.wrapping_add(sig as u8),
                 "cancelled",
                 format!("stopped waiting for {what} (signal {sig}); CMD was not started"),
@@ -206,7 +209,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let sig = last_signal.load(Ordering::SeqCst);
     if cancel.load(Ordering::SeqCst) && sig > 0 {
         let _ = guard.release_failed();
-        return Err(Failure::new(
+        return Err(Failure::status(
             128u8.wrapping_add(sig as u8),
             "cancelled",
             format!("stopped by signal {sig} as {what} was granted; CMD was not started"),
@@ -228,7 +231,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 126
             };
             let _ = guard.release_failed();
-            return Err(Failure::new(
+            return Err(Failure::status(
                 code,
                 "exec_failed",
                 format!("cannot run {:?}: {e}", a.command[0]),
@@ -254,7 +257,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         match incoming.recv_timeout(Duration::from_millis(20)) {
             Ok(Event::Exited(status)) => break status,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(Failure::new(1, "error", "lost track of CMD"));
+                return Err(Failure::error("lost track of CMD"));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -289,8 +292,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     if lost_late {
         drop(guard);
         return Err(Failure::new(
-            7,
-            "lost",
+            Code::Lost,
             format!("the lock on {what} was lost while CMD ran (CMD exited {code})"),
         ));
     }
@@ -298,14 +300,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         drop(guard);
         if a.on_lost == "ignore" {
             return Err(Failure::new(
-                7,
-                "lost",
+                Code::Lost,
                 format!("the lock on {what} was lost while CMD ran (CMD exited {code})"),
             ));
         }
         return Err(Failure::new(
-            7,
-            "lost",
+            Code::Lost,
             format!("the lock on {what} was lost; CMD was stopped"),
         ));
     }
@@ -320,8 +320,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "no record of it".into());
             return Err(Failure::new(
-                7,
-                "lost",
+                Code::Lost,
                 format!("the lock on {what} was lost while CMD ran ({why}; CMD exited {code})"),
             ));
         }
@@ -331,7 +330,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     if code == 0 {
         Ok(())
     } else {
-        Err(Failure::new(code, "command_failed", String::new()))
+        Err(Failure::status(code, "command_failed", String::new()))
     }
 }
 

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use locksmith_core::sweep::{self, SweepAction};
+use locksmith::sweep;
+use locksmith_core::sweep::SweepAction;
 use locksmith_core::time::parse_duration;
 use locksmith_core::{Store, Wall};
 use serde_json::json;
 
 use crate::output::table;
 use crate::{Ctx, Failure};
+use locksmith_core::Code;
 
 /// End expired, dead, stale, over-long and finished locks, recording why.
 ///
@@ -163,10 +165,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         .as_deref()
         .map(parse_duration)
         .transpose()
-        .map_err(|e| Failure::new(2, "invalid", format!("--interval: {e}")))?
+        .map_err(|e| Failure::new(Code::Invalid, format!("--interval: {e}")))?
         .unwrap_or(Duration::from_secs(60));
     if every.is_zero() {
-        return Err(Failure::new(2, "invalid", "--interval must be more than 0"));
+        return Err(Failure::new(
+            Code::Invalid,
+            "--interval must be more than 0",
+        ));
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -1,5 +1,5 @@
 //! Facts about this machine and its processes, captured into every
-//! [`Holder`](crate::model::Holder): host name, boot id, pid, start time.
+//! `Holder`: host name, boot id, pid, start time.
 
 use std::fs;
 

@@ -1,0 +1,103 @@
+//! Refusing malformed requests before any store is touched: the limits on
+//! keys, names, metadata and durations that every store enforces alike.
+
+use std::time::Duration;
+
+use crate::model::{MAX_METADATA_BYTES, Mode};
+use crate::rules::{self, Claim};
+use crate::store::{AcquireRequest, StoreError, Takeover};
+
+/// Most keys one request may name.
+pub const MAX_KEYS: usize = 64;
+/// Longest owner name, task or request id, in bytes.
+pub const MAX_TEXT: usize = 256;
+/// Longest lease or `max_hold` accepted: deadlines stay far inside a 63-bit
+/// microsecond clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Shortest lease accepted.
+pub const MIN_TTL: Duration = Duration::from_millis(100);
+
+fn invalid<T>(message: String) -> Result<T, StoreError> {
+    Err(StoreError::Invalid(message))
+}
+
+/// A lease must be at least [`MIN_TTL`] and at most [`MAX_DURATION`].
+pub fn check_ttl(ttl: Option<Duration>) -> Result<(), StoreError> {
+    match ttl {
+        Some(t) if t < MIN_TTL => invalid("a lease (ttl) must be at least 100ms".into()),
+        Some(t) if t > MAX_DURATION => invalid("a lease (ttl) may be at most 100 years".into()),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a malformed acquire request, saying what is wrong.
+pub fn request(req: &AcquireRequest) -> Result<(), StoreError> {
+    if req.keys.is_empty() {
+        return invalid("no key given: name at least one key".into());
+    }
+    if req.keys.len() > MAX_KEYS {
+        return invalid(format!(
+            "{} keys in one request; the limit is {MAX_KEYS}",
+            req.keys.len()
+        ));
+    }
+    for (i, a) in req.keys.iter().enumerate() {
+        for b in &req.keys[i + 1..] {
+            let ca = Claim {
+                key: a,
+                mode: req.mode,
+                scope: req.scope,
+            };
+            let cb = Claim { key: b, ..ca };
+            if rules::overlaps(&ca, &cb) {
+                return invalid(format!(
+                    "keys {a} and {b} overlap in one request; name each lock once"
+                ));
+            }
+        }
+    }
+    if let Mode::Semaphore { limit: 0 } = req.mode {
+        return invalid("a semaphore limit must be at least 1".into());
+    }
+    if req.holder.owner.trim().is_empty() || req.holder.owner.len() > MAX_TEXT {
+        return invalid(format!("the owner name must be 1 to {MAX_TEXT} bytes"));
+    }
+    for (what, v) in [("task", &req.holder.task), ("request id", &req.request_id)] {
+        if v.as_ref()
+            .is_some_and(|t| t.is_empty() || t.len() > MAX_TEXT)
+        {
+            return invalid(format!("the {what} must be 1 to {MAX_TEXT} bytes"));
+        }
+    }
+    if let Some(meta) = &req.holder.metadata {
+        if !meta.is_object() {
+            return invalid("metadata must be a JSON object".into());
+        }
+        let size = meta.to_string().len();
+        if size > MAX_METADATA_BYTES {
+            return invalid(format!(
+                "metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}"
+            ));
+        }
+    }
+    check_ttl(req.ttl)?;
+    if req.max_hold.is_some_and(|m| m > MAX_DURATION) {
+        return invalid("max_hold may be at most 100 years".into());
+    }
+    if let Takeover::Force { reason } = &req.takeover
+        && reason.trim().is_empty()
+    {
+        return invalid(
+            "a forced takeover needs a reason: say why the holder is pushed out".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a force-release without a reason.
+pub fn force_reason(why: &str) -> Result<(), StoreError> {
+    if why.trim().is_empty() {
+        return invalid("a force-release needs a reason: say why the holder is pushed out".into());
+    }
+    Ok(())
+}

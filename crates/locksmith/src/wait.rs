@@ -1,0 +1,83 @@
+//! The blocking acquire loop that front ends share: one attempt for
+//! fail-fast, or a queued wait that sleeps until a releaser wakes it, a
+//! holder's lease runs out, or its deadline passes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use locksmith_core::decide::REFRESH;
+use locksmith_core::store::{AcquireError, LeaveReason};
+use locksmith_core::{
+    AcquireRequest, Attempt, Blocked, Grant, Notifier, Store, Ticket, WaitPolicy,
+};
+
+/// How often a sleeping waiter looks at its cancel flag.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
+
+/// Acquires per `policy`, woken by `notifier` while waiting. `on_blocked`
+/// is called after every blocked attempt with what is in the way and how
+/// long the request has waited.
+pub fn acquire(
+    store: &dyn Store,
+    notifier: &dyn Notifier,
+    req: &AcquireRequest,
+    policy: WaitPolicy,
+    cancel: &AtomicBool,
+    on_blocked: &mut dyn FnMut(&Blocked, Duration),
+) -> Result<Grant, AcquireError> {
+    let deadline = match policy {
+        WaitPolicy::FailFast => {
+            return match store.acquire(req, None)? {
+                Attempt::Granted(g) => Ok(g),
+                Attempt::Blocked(b) => Err(AcquireError::Busy(b)),
+            };
+        }
+        WaitPolicy::For(d) => Some(Instant::now() + d),
+        WaitPolicy::Forever => None,
+    };
+    let started = Instant::now();
+    let mut wake = notifier.wake_source()?;
+    let mut ticket = Ticket {
+        seq: None,
+        wake: wake.address().to_string(),
+    };
+    loop {
+        let attempted = Instant::now();
+        let blocked = match store.acquire(req, Some(&mut ticket)) {
+            Ok(Attempt::Granted(g)) => return Ok(g),
+            Ok(Attempt::Blocked(b)) => b,
+            Err(e) => {
+                if ticket.seq.is_some() {
+                    let _ = store.leave_queue(&ticket, LeaveReason::Cancelled);
+                }
+                return Err(e.into());
+            }
+        };
+        on_blocked(&blocked, started.elapsed());
+        wake.watch(&blocked.watch);
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            store.leave_queue(&ticket, LeaveReason::TimedOut)?;
+            return Err(AcquireError::TimedOut(blocked));
+        }
+        let mut sleep = REFRESH;
+        if let Some(d) = deadline {
+            sleep = sleep.min(d - now);
+        }
+        if let Some(after) = blocked.retry_after {
+            let until = (attempted + after).saturating_duration_since(now);
+            sleep = sleep.min(until + Duration::from_millis(1));
+        }
+        let wake_by = Instant::now() + sleep;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                store.leave_queue(&ticket, LeaveReason::Cancelled)?;
+                return Err(AcquireError::Cancelled);
+            }
+            let left = wake_by.saturating_duration_since(Instant::now());
+            if left.is_zero() || wake.wait(left.min(CANCEL_CHECK)) {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The queue tables: one decoder for queue rows, the loaders the rules ask
+//! for, and the writes that join, refresh and leave the queue.
+
+use locksmith_core::decide::Queued;
+use locksmith_core::{EventKind, Key, Mode, Mono, Scope, StoreError};
+use locksmith_host::sys;
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde_json::json;
+
+use crate::Ctx;
+use crate::open::map_err;
+use crate::rows::{NewEvent, record};
+
+/// Columns every queue query selects first, in the order [`decode`] reads
+/// them; a query may select more after them.
+pub(crate) const COLUMNS: &str = "q.seq, q.priority, q.mode, q.slots, q.owner, q.wake, k.key, \
+     k.scope, q.boot_id || char(31) || q.hostname, q.pid, q.pid_start, q.alive_until";
+
+/// The number of columns in [`COLUMNS`].
+pub(crate) const NEXT_COLUMN: usize = 12;
+
+/// Decodes one queue row (one key of a queued request) with the facts this
+/// host has about its process. A malformed row is reported as corrupt.
+pub(crate) fn decode(r: &Row<'_>, ctx: &Ctx<'_>) -> Result<Queued, StoreError> {
+    let seq: i64 = r.get(0).map_err(map_err)?;
+    let mode: String = r.get(2).map_err(map_err)?;
+    let key: String = r.get(6).map_err(map_err)?;
+    let scope: String = r.get(7).map_err(map_err)?;
+    let (Some(mode), Some(scope), Ok(key)) = (
+        Mode::from_parts(&mode, r.get(3).map_err(map_err)?),
+        Scope::from_name(&scope),
+        Key::new(key),
+    ) else {
+        return Err(StoreError::corrupt(format!(
+            "queue entry {seq} of the lock database is malformed; nothing was changed. Move the file away (keep it for inspection) and run again to start a new one"
+        )));
+    };
+    let machine: String = r.get(8).map_err(map_err)?;
+    let pid: u32 = r.get(9).map_err(map_err)?;
+    let pid_start: Option<i64> = r.get(10).map_err(map_err)?;
+    let alive_until = Mono(r.get::<_, i64>(11).map_err(map_err)?.max(0) as u64);
+    let wake: String = r.get(5).map_err(map_err)?;
+    // Only an entry that has not lapsed needs its process looked at. A bound
+    // wake socket proves its waiter alive for one syscall; only when it is
+    // not there do we look the process up, and only on the same kernel *and*
+    // host name (not another container sharing the kernel), where its pid
+    // and wake socket are comparable.
+    let gone = alive_until > ctx.now.mono
+        && machine == ctx.host.machine
+        && !ctx.waker.bound(&wake)
+        && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false);
+    Ok(Queued {
+        seq,
+        priority: r.get(1).map_err(map_err)?,
+        mode,
+        owner: r.get(4).map_err(map_err)?,
+        wake,
+        key,
+        scope,
+        alive_until,
+        gone,
+    })
+}
+
+fn query(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    where_sql: &str,
+    args: impl rusqlite::Params,
+    out: &mut Vec<Queued>,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM queue_keys k JOIN queue q ON q.seq = k.seq WHERE {where_sql}"
+    );
+    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
+    let mut rows = stmt.query(args).map_err(map_err)?;
+    while let Some(r) = rows.next().map_err(map_err)? {
+        out.push(decode(r, ctx)?);
+    }
+    Ok(())
+}
+
+/// True when nothing is queued (most transactions: one probe instead of one
+/// query per key).
+fn empty(tx: &Transaction<'_>) -> Result<bool, StoreError> {
+    let any: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM queue LIMIT 1")
+        .map_err(map_err)?
+        .query_row([], |r| r.get(0))
+        .optional()
+        .map_err(map_err)?;
+    Ok(any.is_none())
+}
+
+/// Queue entries that bear on `key` with `scope`: on the key itself, tree
+/// entries on its ancestors, and (for a tree) entries below it. Appended to
+/// `out`; lapsed and gone entries are included, for the rules to drop.
+pub(crate) fn touching(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    key: &Key,
+    scope: Scope,
+    out: &mut Vec<Queued>,
+) -> Result<(), StoreError> {
+    if empty(tx)? {
+        return Ok(());
+    }
+    query(tx, ctx, "k.key = ?1", [key.as_str()], out)?;
+    for anc in key.ancestors() {
+        query(tx, ctx, "k.key = ?1 AND k.scope = 'tree'", [anc], out)?;
+    }
+    if scope == Scope::Tree {
+        let (lo, hi) = key.descendant_range();
+        query(tx, ctx, "k.key >= ?1 AND k.key < ?2", [lo, hi], out)?;
+    }
+    Ok(())
+}
+
+/// Every queue entry, one per key of each request.
+pub(crate) fn all(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, StoreError> {
+    let mut out = Vec::new();
+    query(tx, ctx, "1", [], &mut out)?;
+    Ok(out)
+}
+
+/// The caller's own entry `seq`, with the instant its place lapses.
+pub(crate) fn own(tx: &Transaction<'_>, seq: i64) -> Result<Option<(i64, Mono)>, StoreError> {
+    let alive_until: Option<i64> = tx
+        .prepare_cached("SELECT alive_until FROM queue WHERE seq = ?1")
+        .map_err(map_err)?
+        .query_row([seq], |r| r.get(0))
+        .optional()
+        .map_err(map_err)?;
+    Ok(alive_until.map(|t| (seq, Mono(t.max(0) as u64))))
+}
+
+/// Removes queue entry `seq` (its keys go with it).
+pub(crate) fn drop_entry(tx: &Transaction<'_>, seq: i64) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")
+        .map_err(map_err)?
+        .execute([seq])
+        .map_err(map_err)?;
+    Ok(())
+}
+
+/// Keeps entry `seq` alive until `alive_until`.
+pub(crate) fn refresh(tx: &Transaction<'_>, seq: i64, alive_until: Mono) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE queue SET alive_until = ?2 WHERE seq = ?1")
+        .map_err(map_err)?
+        .execute(params![seq, alive_until.0 as i64])
+        .map_err(map_err)?;
+    Ok(())
+}
+
+/// Adds a request at the back of the queue and records it; returns its seq.
+pub(crate) fn enqueue(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    req: &locksmith_core::AcquireRequest,
+    wake: &str,
+    alive_until: Mono,
+) -> Result<i64, StoreError> {
+    let h = &req.holder;
+    tx.prepare_cached(
+        "INSERT INTO queue (priority, mode, slots, scope, owner, task, hostname, boot_id, pid,
+            pid_start, since_mono, since_wall, alive_until, wake)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )
+    .map_err(map_err)?
+    .execute(params![
+        req.priority,
+        req.mode.name(),
+        req.mode.limit(),
+        req.scope.name(),
+        h.owner,
+        h.task,
+        h.hostname,
+        h.boot_id,
+        h.pid,
+        h.pid_start.map(|s| s as i64),
+        ctx.now.mono.0 as i64,
+        ctx.now.wall.0 as i64,
+        alive_until.0 as i64,
+        wake,
+    ])
+    .map_err(map_err)?;
+    let seq = tx.last_insert_rowid();
+    for key in &req.keys {
+        tx.prepare_cached("INSERT INTO queue_keys (key, seq, scope) VALUES (?1, ?2, ?3)")
+            .map_err(map_err)?
+            .execute(params![key.as_str(), seq, req.scope.name()])
+            .map_err(map_err)?;
+    }
+    record(
+        tx,
+        ctx.now,
+        NewEvent {
+            key: req.keys[0].as_str(),
+            kind: EventKind::Waiting,
+            owner: &h.owner,
+            task: h.task.as_deref(),
+            fence: None,
+            grant: None,
+            reason: None,
+            detail: (req.keys.len() > 1).then(|| json!({ "keys": req.keys })),
+        },
+    )?;
+    Ok(seq)
+}
+
+/// Removes a queued request that gave up and records why; returns the key
+/// and scope of each of its keys, whose waiters may now move up.
+pub(crate) fn leave(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    seq: i64,
+    kind: EventKind,
+) -> Result<Vec<(Key, Scope)>, StoreError> {
+    let entry: Option<(String, Option<String>)> = tx
+        .query_row("SELECT owner, task FROM queue WHERE seq = ?1", [seq], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(map_err)?;
+    let Some((owner, task)) = entry else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<(String, String)> = tx
+        .prepare_cached("SELECT key, scope FROM queue_keys WHERE seq = ?1")
+        .map_err(map_err)?
+        .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(map_err)?
+        .collect::<Result<_, _>>()
+        .map_err(map_err)?;
+    drop_entry(tx, seq)?;
+    if let Some((key, _)) = keys.first() {
+        record(
+            tx,
+            ctx.now,
+            NewEvent {
+                key,
+                kind,
+                owner: &owner,
+                task: task.as_deref(),
+                fence: None,
+                grant: None,
+                reason: None,
+                detail: None,
+            },
+        )?;
+    }
+    Ok(keys
+        .into_iter()
+        .filter_map(|(k, s)| Some((Key::new(k).ok()?, Scope::from_name(&s)?)))
+        .collect())
+}
