@@ -1,7 +1,7 @@
 //! The lock model and rules of locksmith, pure: keys, modes, scopes, leases,
 //! fences, reasons, events; the acquire decision ([`decide`]) and the rules of
-//! holding ([`tenure`]); the [`Store`](store::Store) and
-//! [`Notifier`](local::Notifier) traits every backend implements; and the one
+//! holding ([`tenure`]); the [`Store`] and
+//! [`Notifier`] traits every backend implements; and the one
 //! table of outcomes ([`outcome`]). Nothing here reads a clock, a file, the
 //! environment or a random source: time is always an argument.
 

@@ -32,7 +32,7 @@ pub struct Args {
     /// Lock a directory by its canonical path (symlinks and .. resolved); repeatable.
     #[arg(long, value_name = "DIR")]
     path: Vec<PathBuf>,
-    /// Owner name [default: $LOCKSMITH_OWNER, else user@host].
+    /// Owner name (default: $LOCKSMITH_OWNER, else user@host).
     #[arg(long)]
     owner: Option<String>,
     /// Task id shown with the lock.

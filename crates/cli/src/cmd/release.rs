@@ -46,7 +46,7 @@ pub struct ForceArgs {
 /// How the caller proves it holds the lock.
 #[derive(clap::Args, Debug)]
 pub struct ProofArgs {
-    /// Owner name [default: $LOCKSMITH_OWNER, else user@host].
+    /// Owner name (default: $LOCKSMITH_OWNER, else user@host).
     #[arg(long, conflicts_with = "handle")]
     owner: Option<String>,
     /// The lease handle printed by acquire.

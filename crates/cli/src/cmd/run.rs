@@ -48,7 +48,7 @@ pub struct Args {
     wait: String,
     #[command(flatten)]
     mode: super::ModeArgs,
-    /// Owner name [default: $LOCKSMITH_OWNER, else user@host].
+    /// Owner name (default: $LOCKSMITH_OWNER, else user@host).
     #[arg(long)]
     owner: Option<String>,
     /// Task id shown with the locks.
