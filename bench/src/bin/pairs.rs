@@ -315,20 +315,49 @@ fn library_parts(dir: &Path) -> Vec<Vec<String>> {
     let (holder_ns, _) = median_of(2000, || locksmith::host::this_process("parts"));
     let (bind_ns, _) = median_of(2000, || store.bind_current_process().map(|b| b.pid > 0));
     let (key_ns, _) = median_of(2000, || Key::new("bench/c0/k42").is_ok());
+    // What an async store trait would add to every short-lived CLI command:
+    // a runtime to drive the future, built and dropped once per process.
+    let (runtime_ns, _) = median_of(2000, || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map(|rt| rt.block_on(async { 1 }))
+            .is_ok()
+    });
+    let probe = locksmith_core::AcquireRequest::exclusive(
+        vec![Key::new("bench/parts/probe").expect("valid key")],
+        locksmith::host::this_process("parts"),
+    );
+    let (call_ns, _) = median_of(2000, || {
+        if let Ok(locksmith_core::Attempt::Granted(g)) = store.acquire(&probe, None) {
+            let t = Target {
+                key: g.locks[0].key.clone(),
+                by: Proof::Handle(g.handle.clone()),
+            };
+            let _ = store.release(&t, locksmith_core::ReleaseReason::Completed);
+        }
+    });
     vec![
         vec![
             "spawn + stop + join of a renewal thread".into(),
             locksmith_bench::fmt_ns(thread_ns),
         ],
         vec![
-            "`Holder::this_process`".into(),
+            "`locksmith_host::this_process`".into(),
             locksmith_bench::fmt_ns(holder_ns),
         ],
         vec![
-            "`Store::bind_current_process`".into(),
+            "`ProcessBinder::bind_current_process`".into(),
             locksmith_bench::fmt_ns(bind_ns),
         ],
         vec!["`Key::new`".into(), locksmith_bench::fmt_ns(key_ns)],
+        vec![
+            "current-thread Tokio runtime: build + `block_on` + drop".into(),
+            locksmith_bench::fmt_ns(runtime_ns),
+        ],
+        vec![
+            "sync `Store::acquire` + `Store::release`, one pair".into(),
+            locksmith_bench::fmt_ns(call_ns),
+        ],
     ]
 }
 

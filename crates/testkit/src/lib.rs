@@ -12,6 +12,7 @@
 //! ```
 
 pub mod conformance;
+pub mod memory;
 pub mod walk;
 
 use std::any::Any;
