@@ -39,8 +39,9 @@ pub trait Ledger {
 /// What the holds named by a target are, as the store should load them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Named {
-    /// Every hold of grant `grant` (the handle's grant id).
-    Grant(i64),
+    /// Every hold of grant `grant` (the handle's grant id): the one on `key`
+    /// and, for a grant of several keys, the others.
+    Grant(i64, Key),
     /// The holds of `key` by `owner`.
     Owner(Key, String),
 }
@@ -48,12 +49,15 @@ pub enum Named {
 /// Which holds to load for `target`; a malformed handle is refused.
 pub fn named(target: &Target) -> Result<Named, StoreError> {
     match &target.by {
-        Proof::Handle(h) => h.grant().map(Named::Grant).ok_or_else(|| {
-            StoreError::Invalid(
-                "malformed lease handle: expected lh1.<grant>.<secret> as printed by acquire"
-                    .into(),
-            )
-        }),
+        Proof::Handle(h) => h
+            .grant()
+            .map(|g| Named::Grant(g, target.key.clone()))
+            .ok_or_else(|| {
+                StoreError::Invalid(
+                    "malformed lease handle: expected lh1.<grant>.<secret> as printed by acquire"
+                        .into(),
+                )
+            }),
         Proof::Owner(o) => Ok(Named::Owner(target.key.clone(), o.clone())),
     }
 }

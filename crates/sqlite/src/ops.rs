@@ -64,7 +64,22 @@ impl Ledger for History<'_, '_> {
 /// The holds a target names.
 fn named(tx: &Transaction<'_>, target: &Target) -> Result<Vec<Hold>, StoreError> {
     match tenure::named(target)? {
-        Named::Grant(grant) => load_holds(tx, "grant_id = ?1 ORDER BY fence", [grant]),
+        Named::Grant(grant, key) => {
+            // By primary key, and by the partial index of multi-key grants:
+            // no scan of the table.
+            let mut rows = load_holds(
+                tx,
+                "key = ?1 AND grant_id = ?2",
+                params![key.as_str(), grant],
+            )?;
+            for other in load_holds(tx, "grant_id = ?1 AND grant_keys > 1", [grant])? {
+                if !rows.iter().any(|r| r.lock.fence == other.lock.fence) {
+                    rows.push(other);
+                }
+            }
+            rows.sort_by_key(|r| r.lock.fence);
+            Ok(rows)
+        }
         Named::Owner(key, owner) => {
             load_holds(tx, "key = ?1 AND owner = ?2", params![key.as_str(), owner])
         }

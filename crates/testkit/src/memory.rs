@@ -146,7 +146,7 @@ impl State {
 
     fn named(&self, target: &Target) -> Result<Vec<Hold>, StoreError> {
         Ok(match tenure::named(target)? {
-            Named::Grant(g) => self
+            Named::Grant(g, _) => self
                 .holds
                 .iter()
                 .filter(|h| h.lock.grant == g)
