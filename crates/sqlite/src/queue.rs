@@ -12,9 +12,15 @@ use crate::open::map_err;
 use crate::rows::{NewEvent, record};
 
 /// Columns every queue query selects first, in the order [`decode`] reads
-/// them; a query may select more after them.
+/// them (from `queue q` joined to `queue_keys k`); a query may select more
+/// after them.
 pub(crate) const COLUMNS: &str = "q.seq, q.priority, q.mode, q.slots, q.owner, q.wake, k.key, \
      k.scope, q.boot_id || char(31) || q.hostname, q.pid, q.pid_start, q.alive_until";
+
+/// [`COLUMNS`] of one entry `?1` through one of its keys, given as `?2` and
+/// its scope as `?3`.
+const ENTRY: &str = "SELECT q.seq, q.priority, q.mode, q.slots, q.owner, q.wake, ?2, ?3, \
+     q.boot_id || char(31) || q.hostname, q.pid, q.pid_start, q.alive_until FROM queue q WHERE q.seq = ?1";
 
 /// The number of columns in [`COLUMNS`].
 pub(crate) const NEXT_COLUMN: usize = 12;
@@ -62,6 +68,12 @@ pub(crate) fn decode(r: &Row<'_>, ctx: &Ctx<'_>) -> Result<Queued, StoreError> {
     })
 }
 
+/// Appends the entries whose keys match `where_sql` (on `queue_keys`).
+///
+/// Two steps instead of a join: SQLite marks the bound key of a join as
+/// one that may change the plan and prepares such a statement again on
+/// every call, which cost more than the lookups it saves (measured with
+/// `queue_costs`).
 fn query(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
@@ -69,13 +81,20 @@ fn query(
     args: impl rusqlite::Params,
     out: &mut Vec<Queued>,
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM queue_keys k JOIN queue q ON q.seq = k.seq WHERE {where_sql}"
-    );
-    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
-    let mut rows = stmt.query(args).map_err(map_err)?;
-    while let Some(r) = rows.next().map_err(map_err)? {
-        out.push(decode(r, ctx)?);
+    let sql = format!("SELECT key, seq, scope FROM queue_keys WHERE {where_sql}");
+    let found: Vec<(String, i64, String)> = tx
+        .prepare_cached(&sql)
+        .map_err(map_err)?
+        .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(map_err)?
+        .collect::<Result<_, _>>()
+        .map_err(map_err)?;
+    let mut stmt = tx.prepare_cached(ENTRY).map_err(map_err)?;
+    for (key, seq, scope) in found {
+        let mut rows = stmt.query(params![seq, key, scope]).map_err(map_err)?;
+        if let Some(r) = rows.next().map_err(map_err)? {
+            out.push(decode(r, ctx)?);
+        }
     }
     Ok(())
 }
@@ -105,21 +124,26 @@ pub(crate) fn touching(
     if empty(tx)? {
         return Ok(());
     }
-    query(tx, ctx, "k.key = ?1", [key.as_str()], out)?;
+    query(tx, ctx, "key = ?1", [key.as_str()], out)?;
     for anc in key.ancestors() {
-        query(tx, ctx, "k.key = ?1 AND k.scope = 'tree'", [anc], out)?;
+        query(tx, ctx, "key = ?1 AND scope = 'tree'", [anc], out)?;
     }
     if scope == Scope::Tree {
         let (lo, hi) = key.descendant_range();
-        query(tx, ctx, "k.key >= ?1 AND k.key < ?2", [lo, hi], out)?;
+        query(tx, ctx, "key >= ?1 AND key < ?2", [lo, hi], out)?;
     }
     Ok(())
 }
 
 /// Every queue entry, one per key of each request.
 pub(crate) fn all(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM queue_keys k JOIN queue q ON q.seq = k.seq");
+    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
+    let mut rows = stmt.query([]).map_err(map_err)?;
     let mut out = Vec::new();
-    query(tx, ctx, "1", [], &mut out)?;
+    while let Some(r) = rows.next().map_err(map_err)? {
+        out.push(decode(r, ctx)?);
+    }
     Ok(out)
 }
 
