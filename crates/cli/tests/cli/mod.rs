@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn acquire_json_has_the_promised_fields_and_release_frees() {

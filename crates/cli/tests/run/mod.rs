@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn signal(pid: u32, sig: Signal) {
     kill_process(Pid::from_raw(pid as i32).unwrap(), sig).unwrap();

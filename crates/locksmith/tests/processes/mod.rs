@@ -181,7 +181,7 @@ fn spawn_worker(log: &Path, db: &Path, cycles: u64, seed: u64, ttl_ms: u64, plan
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "worker",
+            "processes::worker",
             "--ignored",
             "--nocapture",
             "--test-threads",

@@ -1,0 +1,7 @@
+//! The `locksmith` binary, as people and scripts use it: one test binary
+//! for the whole command line.
+
+mod common;
+
+mod cli;
+mod run;
