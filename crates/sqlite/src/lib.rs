@@ -16,6 +16,7 @@ mod open;
 mod ops;
 mod queue;
 mod read;
+mod retention;
 mod rows;
 pub mod wake;
 
@@ -127,7 +128,7 @@ impl SqliteStore {
             waker: wake::Waker::new(),
             gate: gate::gate(path),
         };
-        if store.read(|tx, ctx| open::history_due(tx, ctx.now, ctx.opts))? {
+        if store.read(|tx, ctx| retention::history_due(tx, ctx.now, ctx.opts))? {
             store.prune_history()?;
         }
         Ok(store)
@@ -301,6 +302,6 @@ impl Store for SqliteStore {
     }
 
     fn prune_history(&self) -> Result<usize, StoreError> {
-        self.write(|tx, ctx| Ok((open::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))
+        self.write(|tx, ctx| Ok((retention::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))
     }
 }
