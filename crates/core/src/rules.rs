@@ -137,6 +137,64 @@ pub fn health(
     }
 }
 
+/// Where a store runs, as process bindings are judged: a kernel (boot id)
+/// and a host name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// The kernel's boot id.
+    pub boot_id: String,
+    /// The host name.
+    pub hostname: String,
+}
+
+/// What a life file says of its process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifeFile {
+    /// Its kernel lock is held: the process lives.
+    Held,
+    /// Its kernel lock is free: the process is gone.
+    Free,
+    /// There is no such file: ask the pid.
+    Missing,
+    /// It cannot be read: no proof either way.
+    Unreadable,
+}
+
+/// What a host can probe about a bound process.
+pub trait ProcessProbe {
+    /// The proof of its life file.
+    fn life_file(&self, path: &str) -> LifeFile;
+    /// Whether process `pid` runs and started at `start`; `None` when unknown.
+    fn process(&self, pid: u32, start: Option<u64>) -> Option<bool>;
+}
+
+/// Whether a lock's bound process is alive (`Some(true)`) or proven gone
+/// (`Some(false)`), judged from `here`. `None` for a lock not bound to a
+/// process, and for one held from another host, which only its lease can
+/// end. A binding made on this host under an earlier boot id is dead: the
+/// machine restarted since. On the same kernel its life file is proof either
+/// way; its pid and start time only on the same host name too (another
+/// container has another pid space). Never the pid alone.
+pub fn bound_alive(lock: &HeldLock, here: &Machine, probe: &dyn ProcessProbe) -> Option<bool> {
+    let bind = lock.bind.as_ref()?;
+    let same_host = lock.holder.hostname == here.hostname;
+    if lock.holder.boot_id != here.boot_id {
+        return same_host.then_some(false);
+    }
+    if let Some(path) = &bind.life_file {
+        match probe.life_file(path) {
+            LifeFile::Held => return Some(true),
+            LifeFile::Free => return Some(false),
+            LifeFile::Unreadable => return None,
+            LifeFile::Missing => {}
+        }
+    }
+    if !same_host {
+        return None;
+    }
+    probe.process(bind.pid, bind.start)
+}
+
 /// Queue order: higher priority first, then first come first served.
 /// Each side is `(priority, arrival sequence)`.
 pub fn queue_order(a: (i32, i64), b: (i32, i64)) -> Ordering {

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use crate::model::HeldLock;
+use crate::key::Key;
+use crate::model::{Health, HeldLock, Scope};
 use crate::rules;
-use crate::store::LockInfo;
+use crate::store::{KeyStatus, LockInfo, WaiterInfo};
 use crate::time::{Mono, Now, Wall};
 
 /// The public view of a held lock at `now`. `alive` is what the host knows
@@ -48,4 +49,35 @@ pub fn wall_at(now: Now, at: Mono) -> Wall {
                 .saturating_sub(now.mono.since(at).as_millis() as u64),
         )
     }
+}
+
+/// One key's status from the locks bearing on it and every queued request:
+/// the waiters on the key or on a tree above it, and whether it is free
+/// (nothing holds it but tenures already over).
+pub fn key_status(key: &Key, holders: Vec<LockInfo>, all_waiters: Vec<WaiterInfo>) -> KeyStatus {
+    let waiters = all_waiters
+        .into_iter()
+        .filter(|w| &w.key == key || (w.scope == Scope::Tree && key.is_at_or_below(&w.key)))
+        .collect();
+    KeyStatus {
+        key: key.clone(),
+        free: holders.iter().all(|h| h.health == Health::Expired),
+        holders,
+        waiters,
+    }
+}
+
+/// Numbers the waiters of each key in queue order (1 = next), keys in
+/// order. Each waiter comes with its place `(priority, arrival)`.
+pub fn number_waiters(mut waiters: Vec<((i32, i64), WaiterInfo)>) -> Vec<WaiterInfo> {
+    waiters.sort_by(|a, b| a.1.key.cmp(&b.1.key).then(rules::queue_order(a.0, b.0)));
+    let mut out: Vec<WaiterInfo> = Vec::with_capacity(waiters.len());
+    for (_, mut w) in waiters {
+        w.position = match out.last() {
+            Some(prev) if prev.key == w.key => prev.position + 1,
+            _ => 1,
+        };
+        out.push(w);
+    }
+    out
 }

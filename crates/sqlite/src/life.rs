@@ -12,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use locksmith_core::rules::{LifeFile, ProcessProbe};
 use locksmith_core::{Binding, StoreError};
 use locksmith_host::sys;
 use rustix::fs::{FlockOperation, flock};
@@ -36,19 +37,34 @@ pub(crate) fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError
     Ok(bound)
 }
 
-/// Whether the bound process lives: `Some(false)` on proof of death. Without
-/// its life file, pid and start time decide, and only when `same_host`.
+/// The probes of this host: life files and `/proc`.
+pub(crate) struct HostProbe;
+
+impl ProcessProbe for HostProbe {
+    fn life_file(&self, path: &str) -> LifeFile {
+        match File::open(path) {
+            Ok(f) => match flock(&f, FlockOperation::NonBlockingLockShared) {
+                Ok(()) => LifeFile::Free,
+                Err(_) => LifeFile::Held,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LifeFile::Missing,
+            Err(_) => LifeFile::Unreadable,
+        }
+    }
+    fn process(&self, pid: u32, start: Option<u64>) -> Option<bool> {
+        sys::process_alive(pid, start)
+    }
+}
+
+/// Whether the process of binding `b` lives, by its life file, else (only
+/// when `same_host`) by pid and start time.
 pub(crate) fn alive(b: &Binding, same_host: bool) -> Option<bool> {
     if let Some(path) = &b.life_file {
-        match File::open(path) {
-            Ok(f) => {
-                return match flock(&f, FlockOperation::NonBlockingLockShared) {
-                    Ok(()) => Some(false),
-                    Err(_) => Some(true),
-                };
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) => return None,
+        match HostProbe.life_file(path) {
+            LifeFile::Held => return Some(true),
+            LifeFile::Free => return Some(false),
+            LifeFile::Unreadable => return None,
+            LifeFile::Missing => {}
         }
     }
     if !same_host {

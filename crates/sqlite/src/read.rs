@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use locksmith_core::store::{HistoryFilter, KeyStatus, ListFilter, LockInfo, Stats, WaiterInfo};
 use locksmith_core::view::lock_info;
-use locksmith_core::{Event, EventKind, Fence, Health, Hold, Key, Scope, StoreError, Wall, rules};
+use locksmith_core::{Event, EventKind, Fence, Health, Hold, Key, Scope, StoreError, Wall};
 use rusqlite::{Transaction, params_from_iter, types::Value};
 
 use crate::Ctx;
@@ -31,24 +31,8 @@ pub(crate) fn status(
         .iter()
         .map(|r| view(r, ctx))
         .collect();
-    let waiters = waiters(
-        tx,
-        ctx,
-        &ListFilter {
-            prefix: None,
-            ..Default::default()
-        },
-    )?
-    .into_iter()
-    .filter(|w| &w.key == key || (w.scope == Scope::Tree && key.is_at_or_below(&w.key)))
-    .collect();
-    let free = holders.iter().all(|h| h.health == Health::Expired);
-    Ok(KeyStatus {
-        key: key.clone(),
-        free,
-        holders,
-        waiters,
-    })
+    let waiters = waiters(tx, ctx, &ListFilter::default())?;
+    Ok(locksmith_core::view::key_status(key, holders, waiters))
 }
 
 pub(crate) fn list(
@@ -116,7 +100,7 @@ pub(crate) fn waiters(
     );
     let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
-    let mut by_key: BTreeMap<String, Vec<(i32, i64, WaiterInfo)>> = BTreeMap::new();
+    let mut found: Vec<((i32, i64), WaiterInfo)> = Vec::new();
     let extra = queue::NEXT_COLUMN;
     while let Some(r) = rows.next().map_err(map_err)? {
         let q = queue::decode(r, ctx)?;
@@ -140,25 +124,17 @@ pub(crate) fn waiters(
                 .mono
                 .since(locksmith_core::Mono(since.max(0) as u64)),
         };
-        by_key
-            .entry(q.key.as_str().to_string())
-            .or_default()
-            .push((q.priority, q.seq, info));
+        found.push(((q.priority, q.seq), info));
     }
-    let mut out = Vec::new();
-    for (_, mut entries) in by_key {
-        entries.sort_by(|a, b| rules::queue_order((a.0, a.1), (b.0, b.1)));
-        for (i, (_, _, mut w)) in entries.into_iter().enumerate() {
-            w.position = i + 1;
-            let keep = f.owner.as_ref().is_none_or(|o| &w.owner == o)
+    let mut out: Vec<WaiterInfo> = locksmith_core::view::number_waiters(found)
+        .into_iter()
+        .filter(|w| {
+            f.owner.as_ref().is_none_or(|o| &w.owner == o)
                 && f.prefix
                     .as_ref()
-                    .is_none_or(|p| w.key.as_str().starts_with(p.as_str()));
-            if keep {
-                out.push(w);
-            }
-        }
-    }
+                    .is_none_or(|p| w.key.as_str().starts_with(p.as_str()))
+        })
+        .collect();
     if f.limit > 0 {
         out.truncate(f.limit);
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use locksmith_core::decide::Ending;
+use locksmith_core::rules;
 use locksmith_core::{
     Binding, EventKind, Fence, HeldLock, Hold, Holder, Key, Mode, Mono, Now, ReleaseReason, Scope,
     StoreError, Wall,
@@ -16,7 +17,8 @@ use crate::open::map_err;
 #[derive(Clone, Debug)]
 pub(crate) struct HostFacts {
     pub boot_id: String,
-    pub hostname: String,
+    /// The boot id and host name, as the rules judge bindings.
+    pub machine_id: rules::Machine,
     /// `boot_id` and `hostname` joined by U+001F, as queue queries return them.
     pub machine: String,
 }
@@ -26,8 +28,11 @@ impl HostFacts {
         let (boot_id, hostname) = (sys::boot_id(), sys::hostname());
         HostFacts {
             machine: format!("{boot_id}\u{1f}{hostname}"),
+            machine_id: rules::Machine {
+                boot_id: boot_id.clone(),
+                hostname: hostname.clone(),
+            },
             boot_id,
-            hostname,
         }
     }
 }
@@ -129,24 +134,10 @@ pub(crate) fn holds_touching(
     Ok(out)
 }
 
-/// Whether the bound process is known to be alive (`Some(true)`) or gone
-/// (`Some(false)`); `None` for locks not bound to a process, and for locks
-/// held from another host, which only their lease can end. A binding made on
-/// this host under an earlier boot id is dead: the machine restarted since.
-pub(crate) fn process_alive(lock: &HeldLock, host: &HostFacts) -> Option<bool> {
-    let bind = lock.bind.as_ref()?;
-    if lock.holder.boot_id != host.boot_id {
-        return (lock.holder.hostname == host.hostname).then_some(false);
-    }
-    // Same kernel: its life file is proof either way; its pid only when it
-    // is not in another container (another host name, another pid space).
-    crate::life::alive(bind, lock.holder.hostname == host.hostname)
-}
-
 /// Fills in what this host can tell about each hold's bound process.
 pub(crate) fn observe(mut holds: Vec<Hold>, host: &HostFacts) -> Vec<Hold> {
     for h in &mut holds {
-        h.alive = process_alive(&h.lock, host);
+        h.alive = rules::bound_alive(&h.lock, &host.machine_id, &crate::life::HostProbe);
     }
     holds
 }

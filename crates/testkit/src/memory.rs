@@ -23,11 +23,10 @@ use locksmith_core::{
     LockInfo, ManualClock, Mono, Notifier, ReleaseReason, Store, StoreError, WakeSource, validate,
 };
 
-/// One queued request, with the keys it waits for.
+/// One queued request, as loaded for one of its keys.
 #[derive(Clone, Debug)]
 struct Entry {
     queued: Queued,
-    keys: Vec<Key>,
 }
 
 /// How a tenure ended, as a history would tell it.
@@ -327,7 +326,6 @@ impl Store for MemoryStore {
                                     alive_until,
                                     gone: false,
                                 },
-                                keys: req.keys.clone(),
                             });
                         }
                         seq
@@ -445,36 +443,29 @@ impl Store for MemoryStore {
     fn waiters(&self, _filter: &ListFilter) -> Result<Vec<WaiterInfo>, StoreError> {
         let now = self.clock.now();
         let st = self.state();
-        let mut live: Vec<&Entry> = st
+        let found = st
             .queue
             .iter()
             .filter(|e| e.queued.counts(now.mono))
+            .map(|e| {
+                let q = &e.queued;
+                let info = WaiterInfo {
+                    key: q.key.clone(),
+                    position: 0,
+                    mode: q.mode,
+                    scope: q.scope,
+                    priority: q.priority,
+                    owner: q.owner.clone(),
+                    task: None,
+                    hostname: String::new(),
+                    pid: 0,
+                    since: now.wall,
+                    waited: Duration::ZERO,
+                };
+                (q.place(), info)
+            })
             .collect();
-        live.sort_by(|a, b| {
-            a.queued
-                .key
-                .cmp(&b.queued.key)
-                .then(rules::queue_order(a.queued.place(), b.queued.place()))
-        });
-        let mut out: Vec<WaiterInfo> = Vec::new();
-        for e in live {
-            let position = out.iter().filter(|w| w.key == e.queued.key).count() + 1;
-            out.push(WaiterInfo {
-                key: e.queued.key.clone(),
-                position,
-                mode: e.queued.mode,
-                scope: e.queued.scope,
-                priority: e.queued.priority,
-                owner: e.queued.owner.clone(),
-                task: None,
-                hostname: String::new(),
-                pid: 0,
-                since: now.wall,
-                waited: Duration::ZERO,
-            });
-            let _ = &e.keys;
-        }
-        Ok(out)
+        Ok(locksmith_core::view::number_waiters(found))
     }
 
     fn history(&self, _filter: &HistoryFilter) -> Result<Vec<Event>, StoreError> {

@@ -586,3 +586,77 @@ fn find_cycle_terminates_on_large_graphs() {
         None
     );
 }
+
+/// A probe that answers from a table, and counts the pid look-ups.
+struct Probe {
+    file: LifeFile,
+    pid: Option<bool>,
+    asked_pid: std::cell::Cell<u32>,
+}
+
+impl ProcessProbe for Probe {
+    fn life_file(&self, _path: &str) -> LifeFile {
+        self.file
+    }
+    fn process(&self, _pid: u32, _start: Option<u64>) -> Option<bool> {
+        self.asked_pid.set(self.asked_pid.get() + 1);
+        self.pid
+    }
+}
+
+#[test]
+fn bound_processes_are_judged_only_where_their_death_can_be_proven() {
+    let here = Machine {
+        boot_id: "boot".into(),
+        hostname: "host".into(),
+    };
+    let probe = |file, pid| Probe {
+        file,
+        pid,
+        asked_pid: std::cell::Cell::new(0),
+    };
+    let mut lock = held("k", EXCLUSIVE, Scope::Key, 1);
+    let p = probe(LifeFile::Free, Some(true));
+    assert_eq!(bound_alive(&lock, &here, &p), None, "unbound: no opinion");
+    lock.bind = Some(crate::model::Binding {
+        pid: 7,
+        start: Some(70),
+        life_file: Some("holders/x".into()),
+    });
+    // The life file is proof either way; the pid is not asked.
+    let p = probe(LifeFile::Free, Some(true));
+    assert_eq!(bound_alive(&lock, &here, &p), Some(false));
+    let p = probe(LifeFile::Held, Some(false));
+    assert_eq!(bound_alive(&lock, &here, &p), Some(true));
+    assert_eq!(p.asked_pid.get(), 0);
+    // An unreadable file proves nothing, and the pid is not trusted instead.
+    let p = probe(LifeFile::Unreadable, Some(false));
+    assert_eq!(bound_alive(&lock, &here, &p), None);
+    // Without the file, pid and start time decide on the same host only.
+    let p = probe(LifeFile::Missing, Some(false));
+    assert_eq!(bound_alive(&lock, &here, &p), Some(false));
+    let container = Machine {
+        hostname: "other".into(),
+        ..here.clone()
+    };
+    let p = probe(LifeFile::Missing, Some(false));
+    assert_eq!(bound_alive(&lock, &container, &p), None);
+    assert_eq!(p.asked_pid.get(), 0, "another pid space is never asked");
+    // An earlier boot of this host is dead; another host's binding is left to its lease.
+    let rebooted = Machine {
+        boot_id: "boot2".into(),
+        ..here.clone()
+    };
+    assert_eq!(
+        bound_alive(&lock, &rebooted, &probe(LifeFile::Held, Some(true))),
+        Some(false)
+    );
+    let elsewhere = Machine {
+        boot_id: "boot2".into(),
+        hostname: "other".into(),
+    };
+    assert_eq!(
+        bound_alive(&lock, &elsewhere, &probe(LifeFile::Free, Some(false))),
+        None
+    );
+}
