@@ -56,27 +56,15 @@ impl ProcessProbe for HostProbe {
     }
 }
 
-/// Whether the process of binding `b` lives, by its life file, else (only
-/// when `same_host`) by pid and start time.
-pub(crate) fn alive(b: &Binding, same_host: bool) -> Option<bool> {
-    if let Some(path) = &b.life_file {
-        match HostProbe.life_file(path) {
-            LifeFile::Held => return Some(true),
-            LifeFile::Free => return Some(false),
-            LifeFile::Unreadable => return None,
-            LifeFile::Missing => {}
-        }
-    }
-    if !same_host {
-        return None;
-    }
-    sys::process_alive(b.pid, b.start)
+/// True when the life file at `path` proves its process gone.
+pub(crate) fn proves_death(path: &str) -> bool {
+    HostProbe.life_file(path) == LifeFile::Free
 }
 
 /// Removes the life file of a process proven dead.
 pub(crate) fn remove_dead(b: &Binding) {
     if let Some(path) = &b.life_file
-        && alive(b, true) == Some(false)
+        && proves_death(path)
     {
         let _ = std::fs::remove_file(path);
     }

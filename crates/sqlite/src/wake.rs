@@ -94,12 +94,7 @@ impl WakeSource for WakeSocket {
                 );
             }
             // It may have died between the attempt and the watch.
-            let b = locksmith_core::Binding {
-                pid: 0,
-                start: None,
-                life_file: Some(t.clone()),
-            };
-            if crate::life::alive(&b, false) == Some(false) {
+            if crate::life::proves_death(t) {
                 self.pending = true;
             }
             self.watched.push(t.clone());

@@ -40,52 +40,24 @@ fn run_all_covers_every_case() {
     assert_eq!(names.len(), locksmith_testkit::CASES.len());
 }
 
-/// Walks every seed; the walks together must reach every kind of outcome.
-fn walk_seeds(seeds: std::ops::Range<u64>) {
-    let mut seen = locksmith_testkit::walk::Coverage::default();
-    for seed in seeds {
-        seen.add(&locksmith_testkit::walk::random_walk(&harness, seed, 200));
-    }
-    for what in [
-        "granted",
-        "granted_after_queueing",
-        "granted_over_an_ended_lease",
-        "blocked",
-        "blocked_by_waiters_only",
-        "queued",
-        "queued_again_after_lapsing",
-        "deadlock_on_joining",
-        "invalid",
-        "limit_mismatch",
-        "renewed",
-        "renew_lost",
-        "released",
-        "release_not_held",
-        "left_queue",
-    ] {
-        assert!(seen.get(what) > 0, "no walk reached {what}: {seen:?}");
-    }
-    eprintln!("{seen:?}");
-}
-
 #[test]
 fn random_walk_seeds_0_to_50() {
-    walk_seeds(0..50);
+    locksmith_testkit::walk::walk_seeds(&harness, 0..50);
 }
 
 #[test]
 fn random_walk_seeds_50_to_100() {
-    walk_seeds(50..100);
+    locksmith_testkit::walk::walk_seeds(&harness, 50..100);
 }
 
 #[test]
 fn random_walk_seeds_100_to_150() {
-    walk_seeds(100..150);
+    locksmith_testkit::walk::walk_seeds(&harness, 100..150);
 }
 
 #[test]
 fn random_walk_seeds_150_to_200() {
-    walk_seeds(150..200);
+    locksmith_testkit::walk::walk_seeds(&harness, 150..200);
 }
 
 /// Replays one seed, for debugging: `LOCKSMITH_WALK_SEED=53 cargo test -p

@@ -260,6 +260,34 @@ pub fn random_walk(make: Factory<'_>, seed: u64, steps: usize) -> Coverage {
     w.seen
 }
 
+/// Walks every seed; the walks together must reach every kind of outcome.
+pub fn walk_seeds(make: Factory<'_>, seeds: std::ops::Range<u64>) {
+    let mut seen = Coverage::default();
+    for seed in seeds {
+        seen.add(&random_walk(make, seed, 200));
+    }
+    for what in [
+        "granted",
+        "granted_after_queueing",
+        "granted_over_an_ended_lease",
+        "blocked",
+        "blocked_by_waiters_only",
+        "queued",
+        "queued_again_after_lapsing",
+        "deadlock_on_joining",
+        "invalid",
+        "limit_mismatch",
+        "renewed",
+        "renew_lost",
+        "released",
+        "release_not_held",
+        "left_queue",
+    ] {
+        assert!(seen.get(what) > 0, "no walk reached {what}: {seen:?}");
+    }
+    eprintln!("{seen:?}");
+}
+
 impl Walk<'_> {
     fn now(&self) -> Mono {
         self.h.clock.now().mono
