@@ -53,7 +53,7 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "stale_after",
         default: "30m",
-        help: "a lock with no sign of life for this long is stale (sweeper backstop; --steal-stale may take it)",
+        help: "a lock without a lease and with no sign of life for this long is stale (sweeper backstop; --steal-stale may take it); recorded with each lock when granted, at least 1m",
     },
     Setting {
         name: "history_retention",
@@ -202,8 +202,12 @@ impl Config {
                 self.get("allow_network_fs").1
             ),
         };
+        let stale_after = self.duration("stale_after")?;
+        locksmith_core::validate::stale_after(stale_after).map_err(|e| {
+            anyhow::anyhow!("stale_after (from {}): {e}", self.get("stale_after").1)
+        })?;
         Ok(Options {
-            stale_after: self.duration("stale_after")?,
+            stale_after,
             history_retention: self.duration("history_retention")?,
             durability,
             busy_timeout: self.duration("busy_timeout")?,

@@ -395,6 +395,9 @@ pub struct HeldLock {
     pub request_id: Option<String>,
     /// The process this tenure is bound to, if any.
     pub bind: Option<Binding>,
+    /// How long it may stay silent without a lease before it is stale, as
+    /// recorded when it was granted; `None`: the reading store's setting.
+    pub stale_after: Option<Duration>,
 }
 
 /// A held tenure as a store loaded it: the lock, what only the store keeps

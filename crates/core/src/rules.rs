@@ -117,7 +117,8 @@ impl HeldLock {
 }
 
 /// The health shown for a held lock. `process_alive` is `Some(false)` when the
-/// holder process is known to be gone.
+/// holder process is known to be gone. `stale_after` applies to a lock that
+/// recorded no threshold of its own when it was granted.
 pub fn health(
     lock: &HeldLock,
     now: Mono,
@@ -128,9 +129,13 @@ pub fn health(
         Health::Expired
     } else if process_alive == Some(false) {
         Health::Dead
-    } else if now >= lock.last_seen.plus(stale_after) && process_alive != Some(true) {
-        // A lock bound to a process proven alive is not stale, however long
-        // since its last renewal: the process is its sign of life.
+    } else if lock.expires.is_none()
+        && now >= lock.last_seen.plus(lock.stale_after.unwrap_or(stale_after))
+        && process_alive != Some(true)
+    {
+        // Staleness is the backstop of locks without a lease: a running
+        // lease is its own sign of life (it ends by itself when renewals
+        // stop), and so is a bound process proven alive.
         Health::Stale
     } else {
         Health::Healthy

@@ -94,6 +94,25 @@ pub fn request(req: &AcquireRequest) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Shortest `stale_after` a store accepts: a lock without a lease is not
+/// taken for abandoned after a moment of silence.
+pub const MIN_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// A store's `stale_after` must be at least [`MIN_STALE_AFTER`] and at most
+/// [`MAX_DURATION`].
+pub fn stale_after(d: Duration) -> Result<(), StoreError> {
+    if d < MIN_STALE_AFTER {
+        return invalid(format!(
+            "stale_after must be at least 1m (it was {}): a lock without a lease is not abandoned after a moment of silence",
+            crate::time::format_duration(d)
+        ));
+    }
+    if d > MAX_DURATION {
+        return invalid("stale_after may be at most 100 years".into());
+    }
+    Ok(())
+}
+
 /// Refuses a force-release without a reason.
 pub fn force_reason(why: &str) -> Result<(), StoreError> {
     if why.trim().is_empty() {

@@ -163,9 +163,9 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
             "INSERT INTO holds (grant_id, secret, key, mode, slots, scope, fence, owner, task,
                 metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall,
                 seen_mono, expires_mono, ttl_ms, max_hold_ms, request_id, bind_pid, bind_start,
-                bind_file, grant_keys)
+                bind_file, grant_keys, stale_after_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         )
         .map_err(map_err)?
         .execute(params![
@@ -193,6 +193,7 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
             req.bind.as_ref().and_then(|b| b.start).map(|s| s as i64),
             req.bind.as_ref().and_then(|b| b.life_file.clone()),
             n,
+            ctx.opts.stale_after.as_millis() as i64,
         ])
         .map_err(map_err)?;
         record(

@@ -116,6 +116,7 @@ impl SqliteStore {
         opts: Options,
         clock: Arc<dyn Clock>,
     ) -> Result<SqliteStore, StoreError> {
+        validate::stale_after(opts.stale_after)?;
         let host = rows::HostFacts::current();
         let (conn, store_id) = open::open(path, &opts, &host, clock.now())?;
         let store = SqliteStore {

@@ -20,6 +20,7 @@ const APPLICATION_ID: i32 = 0x4C4B_534D;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_process_binding.sql"),
+    include_str!("../migrations/0003_stale_after.sql"),
 ];
 
 /// Kinds of filesystem the store cares about.

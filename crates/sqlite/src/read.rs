@@ -59,13 +59,13 @@ pub(crate) fn list(
         // Only rows that can be unhealthy reach Rust, where health is decided:
         // ended, silent for `stale_after`, or bound to a process (checked there).
         let now = ctx.now.mono.0 as i64;
-        let stale_before = now - ctx.opts.stale_after.as_micros().min(i64::MAX as u128) as i64;
         args.push(Value::Integer(now));
-        args.push(Value::Integer(stale_before));
-        let (n, st) = (args.len() - 1, args.len());
+        args.push(Value::Integer(ctx.opts.stale_after.as_millis() as i64));
+        let (n, d) = (args.len() - 1, args.len());
         clauses.push(format!(
             "(expires_mono <= ?{n} OR acquired_mono + max_hold_ms * 1000 <= ?{n}
-              OR seen_mono <= ?{st} OR bind_pid IS NOT NULL)"
+              OR (expires_mono IS NULL AND seen_mono + coalesce(stale_after_ms, ?{d}) * 1000 <= ?{n})
+              OR bind_pid IS NOT NULL)"
         ));
     }
     let limit = if f.limit == 0 || f.unhealthy {

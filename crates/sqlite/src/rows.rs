@@ -40,7 +40,8 @@ impl HostFacts {
 /// Columns of `holds` in the order [`hold_from_row`] reads them.
 pub(crate) const HOLD_COLUMNS: &str = "fence, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
      hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
-     ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file, grant_keys";
+     ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file, grant_keys, \
+     stale_after_ms";
 
 fn ms(v: Option<i64>) -> Option<Duration> {
     v.map(|m| Duration::from_millis(m.max(0) as u64))
@@ -96,6 +97,7 @@ pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<Hold> {
                 }),
                 None => None,
             },
+            stale_after: ms(r.get(27)?),
         },
     })
 }

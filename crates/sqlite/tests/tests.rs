@@ -395,3 +395,58 @@ fn the_database_and_its_wal_are_private_to_their_owner() {
     }
     drop(store);
 }
+
+/// What counts as stale is recorded with the lock when it is granted: a
+/// caller with a shorter `stale_after` cannot declare a lock abandoned and
+/// steal it, and a `stale_after` below a minute is refused.
+#[test]
+fn staleness_is_the_lock_holders_setting_not_the_takers() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let with = |stale_after: std::time::Duration| {
+        let opts = Options {
+            stale_after,
+            ..Options::default()
+        };
+        SqliteStore::open_with_clock(&db_path(&dir), opts, Arc::new(clock.clone()))
+    };
+    let holder = with(std::time::Duration::from_secs(600)).unwrap();
+    let taker = with(std::time::Duration::from_secs(60)).unwrap();
+    let held = match holder.acquire(&request("h", &["quiet"]), None).unwrap() {
+        locksmith_core::Attempt::Granted(g) => g,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    let steal = locksmith_core::AcquireRequest {
+        takeover: locksmith_core::Takeover::StealStale,
+        ..request("t", &["quiet"])
+    };
+    clock.advance(std::time::Duration::from_secs(120));
+    let unhealthy = ListFilter {
+        unhealthy: true,
+        ..ListFilter::default()
+    };
+    assert!(taker.list(&unhealthy).unwrap().is_empty(), "not stale yet");
+    assert!(matches!(
+        taker.acquire(&steal, None).unwrap(),
+        locksmith_core::Attempt::Blocked(_)
+    ));
+    clock.advance(std::time::Duration::from_secs(481));
+    assert_eq!(
+        taker.list(&unhealthy).unwrap().len(),
+        1,
+        "stale at 10 minutes"
+    );
+    assert!(matches!(
+        taker.acquire(&steal, None).unwrap(),
+        locksmith_core::Attempt::Granted(_)
+    ));
+    assert_eq!(held.owner, "h");
+    for short in [0, 1, 59] {
+        let refused = with(std::time::Duration::from_secs(short));
+        assert!(
+            matches!(refused, Err(StoreError::Invalid(ref m)) if m.contains("at least 1m")),
+            "stale_after {short}s: {:?}",
+            refused.err()
+        );
+    }
+}

@@ -278,6 +278,7 @@ impl Store for MemoryStore {
                             max_hold: req.max_hold,
                             request_id: req.request_id.clone(),
                             bind: req.bind.clone(),
+                            stale_after: Some(self.policy.stale_after),
                         },
                         secret: secret.clone(),
                         grant_keys: req.keys.len() as u32,

@@ -264,6 +264,18 @@ fn config_shows_sources_and_example_parses() {
         "{}",
         stderr(&bad)
     );
+    // A caller cannot make a lock stale by choosing a moment of silence.
+    let too_short = env
+        .cmd(&["acquire", "fresh", "--steal-stale"])
+        .env("LOCKSMITH_STALE_AFTER", "1s")
+        .output()
+        .unwrap();
+    assert_eq!(code(&too_short), 2);
+    assert!(
+        stderr(&too_short).contains("at least 1m"),
+        "{}",
+        stderr(&too_short)
+    );
     let example = env.run(&["config", "--example"]);
     let text = String::from_utf8(example.stdout).unwrap();
     let uncommented: String = text

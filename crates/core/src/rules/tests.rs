@@ -91,6 +91,7 @@ fn held(k: &str, mode: Mode, scope: Scope, fence: u64) -> HeldLock {
         max_hold: None,
         request_id: None,
         bind: None,
+        stale_after: None,
     }
 }
 
@@ -658,5 +659,27 @@ fn bound_processes_are_judged_only_where_their_death_can_be_proven() {
     assert_eq!(
         bound_alive(&lock, &elsewhere, &probe(LifeFile::Free, Some(false))),
         None
+    );
+}
+
+/// A renewed, unexpired lease is its own sign of life: however short
+/// `stale_after` is, a leased lock is never stale while its lease runs.
+#[test]
+fn a_running_lease_is_never_stale() {
+    let stale_after = secs(1);
+    let mut lease = held("h", EXCLUSIVE, Scope::Key, 1);
+    lease.ttl = Some(secs(3600));
+    lease.expires = Some(T0.plus(secs(3600)));
+    assert_eq!(
+        health(&lease, T0.plus(secs(10)), stale_after, None),
+        Health::Healthy
+    );
+    assert_eq!(
+        health(&lease, T0.plus(secs(3599)), stale_after, None),
+        Health::Healthy
+    );
+    assert_eq!(
+        health(&lease, T0.plus(secs(3600)), stale_after, None),
+        Health::Expired
     );
 }
