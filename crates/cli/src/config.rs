@@ -58,7 +58,7 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "history_retention",
         default: "30d",
-        help: "how long the audit history is kept",
+        help: "how long the audit history is kept (at least 1h); a new store records it, later callers can lengthen it but not shorten it",
     },
     Setting {
         name: "durability",
@@ -206,9 +206,16 @@ impl Config {
         locksmith_core::validate::stale_after(stale_after).map_err(|e| {
             anyhow::anyhow!("stale_after (from {}): {e}", self.get("stale_after").1)
         })?;
+        let history_retention = self.duration("history_retention")?;
+        locksmith_core::validate::history_retention(history_retention).map_err(|e| {
+            anyhow::anyhow!(
+                "history_retention (from {}): {e}",
+                self.get("history_retention").1
+            )
+        })?;
         Ok(Options {
             stale_after,
-            history_retention: self.duration("history_retention")?,
+            history_retention,
             durability,
             busy_timeout: self.duration("busy_timeout")?,
             allow_network_fs: allow,

@@ -113,6 +113,20 @@ pub fn stale_after(d: Duration) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Shortest history retention a store accepts.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+/// A history retention must be at least [`MIN_RETENTION`].
+pub fn history_retention(d: Duration) -> Result<(), StoreError> {
+    if d < MIN_RETENTION {
+        return invalid(format!(
+            "history_retention must be at least 1h (it was {}): the audit history is not a scratch pad",
+            crate::time::format_duration(d)
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a force-release without a reason.
 pub fn force_reason(why: &str) -> Result<(), StoreError> {
     if why.trim().is_empty() {

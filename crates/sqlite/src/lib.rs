@@ -117,6 +117,7 @@ impl SqliteStore {
         clock: Arc<dyn Clock>,
     ) -> Result<SqliteStore, StoreError> {
         validate::stale_after(opts.stale_after)?;
+        validate::history_retention(opts.history_retention)?;
         let host = rows::HostFacts::current();
         let (conn, store_id) = open::open(path, &opts, &host, clock.now())?;
         let store = SqliteStore {
@@ -129,9 +130,6 @@ impl SqliteStore {
             waker: wake::Waker::new(),
             gate: gate::gate(path),
         };
-        if store.read(|tx, ctx| retention::history_due(tx, ctx.now, ctx.opts))? {
-            store.prune_history()?;
-        }
         Ok(store)
     }
 

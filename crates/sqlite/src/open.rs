@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_process_binding.sql"),
     include_str!("../migrations/0003_stale_after.sql"),
+    include_str!("../migrations/0004_history_retention.sql"),
 ];
 
 /// Kinds of filesystem the store cares about.
@@ -188,7 +189,7 @@ fn open_once(
     ))
     .map_err(map_err)?;
     migrate(&conn, path)?;
-    let store_id = after_boot(&conn, host, now)?;
+    let store_id = after_boot(&conn, host, now, opts)?;
     restrict_permissions(path);
     Ok((conn, store_id))
 }
@@ -274,7 +275,12 @@ fn immediate(conn: &Connection) -> Result<rusqlite::Transaction<'_>, StoreError>
 /// Reads (creating once) the store id, and after a reboot moves every lease
 /// deadline onto the new boot clock, keeping the time each lease had left at
 /// its last sign of life; queued requests of the old boot are dropped.
-fn after_boot(conn: &Connection, host: &HostFacts, now: Now) -> Result<String, StoreError> {
+fn after_boot(
+    conn: &Connection,
+    host: &HostFacts,
+    now: Now,
+    opts: &Options,
+) -> Result<String, StoreError> {
     let get = |k: &str| -> Result<Option<String>, StoreError> {
         conn.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
             .optional()
@@ -297,6 +303,11 @@ fn after_boot(conn: &Connection, host: &HostFacts, now: Now) -> Result<String, S
                 tx.execute(
                     "INSERT INTO meta (k, v) VALUES ('store_id', ?1), ('fence', 0)",
                     [&id],
+                )?;
+                // The retention of a new store is its creator's setting.
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (k, v) VALUES ('history_retention_ms', ?1)",
+                    [opts.history_retention.as_millis() as i64],
                 )?;
                 id
             }

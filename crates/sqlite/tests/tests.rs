@@ -450,3 +450,67 @@ fn staleness_is_the_lock_holders_setting_not_the_takers() {
         );
     }
 }
+
+/// Readers never delete history, a caller cannot shorten the store's
+/// retention, and a clock set ahead cannot age recent events; only events
+/// older than the retention, next to newer ones, are pruned.
+#[test]
+fn history_is_pruned_only_by_the_stores_retention_and_never_by_readers() {
+    use locksmith_core::store::HistoryFilter;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    let store = open(&path, &clock).unwrap();
+    for k in ["a", "b", "c"] {
+        let g = match store.acquire(&request("h", &[k]), None).unwrap() {
+            locksmith_core::Attempt::Granted(g) => g,
+            other => panic!("expected a grant, got {other:?}"),
+        };
+        store
+            .release(&by_handle(k, &g), ReleaseReason::Completed)
+            .unwrap();
+    }
+    let all = HistoryFilter {
+        limit: 1000,
+        ..HistoryFilter::default()
+    };
+    let kept = store.history(&all).unwrap().len();
+    assert_eq!(kept, 6);
+    let day = std::time::Duration::from_secs(86_400);
+    // A reader whose clock is 31 days ahead, asking for the shortest retention.
+    let ahead = ManualClock::new();
+    ahead.advance(day * 31);
+    let short = Options {
+        history_retention: std::time::Duration::from_secs(3600),
+        ..Options::default()
+    };
+    let reader = SqliteStore::open_with_clock(&path, short, Arc::new(ahead.clone())).unwrap();
+    reader.status(&locksmith_testkit::key("a")).unwrap();
+    assert_eq!(
+        reader.history(&all).unwrap().len(),
+        kept,
+        "a read deleted history"
+    );
+    assert_eq!(
+        reader.prune_history().unwrap(),
+        0,
+        "a jumped clock aged recent events"
+    );
+    assert_eq!(store.history(&all).unwrap().len(), kept);
+    // 31 days later on the store's own clock, with a newer event: the old go.
+    clock.advance(day * 31);
+    store.acquire(&request("h", &["d"]), None).unwrap();
+    assert_eq!(store.prune_history().unwrap(), kept);
+    let left = store.history(&all).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key, "d");
+    // A retention below an hour is refused.
+    let tiny = Options {
+        history_retention: std::time::Duration::from_secs(1),
+        ..Options::default()
+    };
+    assert!(matches!(
+        SqliteStore::open_with_clock(&path, tiny, Arc::new(clock.clone())),
+        Err(StoreError::Invalid(_))
+    ));
+}
