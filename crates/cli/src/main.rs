@@ -2,6 +2,23 @@
 //! subcommand under `cmd/`; this file parses, dispatches and turns every
 //! outcome into a documented exit code.
 
+/// `println!` that never panics: a closed stdout is recorded instead
+/// (see [`output::stdout_failed`]).
+macro_rules! out {
+    () => { $crate::output::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprintln!` that never panics: a closed stderr loses the message only.
+macro_rules! err {
+    ($($arg:tt)*) => { $crate::output::write_err(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprint!` that never panics.
+macro_rules! err_part {
+    ($($arg:tt)*) => { $crate::output::write_err(format_args!($($arg)*)) };
+}
+
 mod cmd;
 mod config;
 mod output;
@@ -160,6 +177,13 @@ fn main() -> ExitCode {
                 Command::Config(a) => cmd::config::run(&ctx, a),
             }
         });
+    // Output that could not be written is a failure, never a panic.
+    let result = result.and_then(|()| match output::stdout_failed() {
+        true => Err(Failure::error(
+            "could not write the output to stdout (closed or full)",
+        )),
+        false => Ok(()),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -170,9 +194,9 @@ fn main() -> ExitCode {
                 {
                     obj.extend(extra);
                 }
-                println!("{body}");
+                out!("{body}");
             } else if !f.message.is_empty() {
-                eprintln!("locksmith: {}", f.message);
+                err!("locksmith: {}", f.message);
             }
             ExitCode::from(f.code)
         }

@@ -1,5 +1,8 @@
 //! Human output: aligned tables and short descriptions of holders.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use locksmith_core::LockInfo;
 use locksmith_core::time::format_duration;
 
@@ -20,7 +23,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", s.trim_end());
+        out!("{}", s.trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -56,5 +59,26 @@ pub fn ordinal(n: usize) -> String {
 
 /// Prints a value as one line of JSON.
 pub fn json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string(v).expect("values serialize"));
+    out!("{}", serde_json::to_string(v).expect("values serialize"));
+}
+
+/// Set once a write to stdout failed (closed pipe, full disk).
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Writes to stdout; a failure is recorded, never a panic.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(args).and_then(|()| out.flush()).is_err() {
+        STDOUT_FAILED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Writes to stderr; a closed stderr loses the text, nothing else.
+pub fn write_err(args: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// True when some output could not be written to stdout.
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(Ordering::Relaxed)
 }

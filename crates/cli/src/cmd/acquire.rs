@@ -170,7 +170,7 @@ pub fn wait_for_grant(
     let mut shown = false;
     let mut on_blocked = |b: &Blocked, waited: Duration| {
         if live {
-            eprint!(
+            err_part!(
                 "\r\x1b[2Kwaiting for {what} ({}) — {}",
                 format_duration(waited),
                 blocked_text(b)
@@ -181,7 +181,7 @@ pub fn wait_for_grant(
     };
     let result = wait::acquire(store, notifier, req, policy, cancel, &mut on_blocked);
     if shown {
-        eprint!("\r\x1b[2K");
+        err_part!("\r\x1b[2K");
     }
     match result {
         Ok(g) => Ok(g),
@@ -256,18 +256,38 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 "handle": grant.handle.expose(), "owner": grant.owner, "grant": grant.grant,
             }));
         }
-        return Ok(());
+        return answered(&store, &grant);
     }
     for l in &grant.locks {
         let lease = match (grant.ttl, expires(l)) {
             (Some(t), Some(e)) => format!("lease {} until {e}", format_duration(t)),
             _ => "held until released".to_string(),
         };
-        println!("acquired {} fence {} ({lease})", l.key, l.fence);
+        out!("acquired {} fence {} ({lease})", l.key, l.fence);
     }
-    println!("handle {}", grant.handle.expose());
+    out!("handle {}", grant.handle.expose());
     if grant.replayed {
-        println!("(repeated request id: this is the grant made earlier)");
+        out!("(repeated request id: this is the grant made earlier)");
     }
-    Ok(())
+    answered(&store, &grant)
+}
+
+/// A grant whose answer could not be written (stdout closed or full) is
+/// released at once as `failed`: nobody received its handle, and a lock
+/// nobody knows it holds would only wait for its lease or `stale_after`.
+fn answered(store: &dyn Store, grant: &Grant) -> Result<(), Failure> {
+    if !crate::output::stdout_failed() {
+        return Ok(());
+    }
+    let target = locksmith_core::Target {
+        key: grant.locks[0].key.clone(),
+        by: locksmith_core::Proof::Handle(grant.handle.clone()),
+    };
+    let released = store.release_grant(&target, locksmith_core::ReleaseReason::Failed);
+    Err(Failure::error(match released {
+        Ok(_) => "could not write the grant to stdout (closed or full), so nobody has its handle: the lock was released again (reason failed)".to_string(),
+        Err(e) => format!(
+            "could not write the grant to stdout (closed or full), and releasing it failed too ({e}); it ends with its lease or stale_after"
+        ),
+    }))
 }

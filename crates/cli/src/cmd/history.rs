@@ -89,19 +89,19 @@ pub fn stats(ctx: &Ctx, _a: StatsArgs) -> Result<(), Failure> {
         json(&s);
         return Ok(());
     }
-    println!("held locks      {}", s.held);
-    println!("waiting         {}", s.waiting);
-    println!("not healthy     {}", s.unhealthy);
-    println!("last fence      {}", s.last_fence);
+    out!("held locks      {}", s.held);
+    out!("waiting         {}", s.waiting);
+    out!("not healthy     {}", s.unhealthy);
+    out!("last fence      {}", s.last_fence);
     if let Some(since) = s.history_since {
-        println!("history since   {}", since.rfc3339());
+        out!("history since   {}", since.rfc3339());
     }
     let acquired = s.events.get("acquired").copied().unwrap_or(0);
     let refused = s.events.get("wait_timed_out").copied().unwrap_or(0)
         + s.events.get("deadlock_refused").copied().unwrap_or(0);
-    println!("acquisitions    {acquired}");
-    println!("timeouts+refusals {refused}");
-    println!();
+    out!("acquisitions    {acquired}");
+    out!("timeouts+refusals {refused}");
+    out!();
     table(
         &["EVENT", "COUNT"],
         &s.events
@@ -109,7 +109,7 @@ pub fn stats(ctx: &Ctx, _a: StatsArgs) -> Result<(), Failure> {
             .map(|(k, v)| vec![k.clone(), v.to_string()])
             .collect::<Vec<_>>(),
     );
-    println!();
+    out!();
     table(
         &["ENDED BY", "COUNT"],
         &s.releases

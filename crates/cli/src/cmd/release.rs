@@ -96,13 +96,13 @@ pub fn release(ctx: &Ctx, a: ReleaseArgs) -> Result<(), Failure> {
             fence,
             held_for,
         } => {
-            println!(
+            out!(
                 "released {key} fence {fence} after {} ({reason})",
                 format_duration(held_for)
             )
         }
         Release::NotHeld { key, reason } => {
-            println!(
+            out!(
                 "{key} was not held by you (already ended: {})",
                 reason_text(reason)
             )
@@ -138,10 +138,11 @@ pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
     if let Renewal::Renewed { locks } = out {
         for l in locks {
             match l.expires_at {
-                Some(e) => println!("renewed {} fence {} until {}", l.key, l.fence, e.rfc3339()),
-                None => println!(
+                Some(e) => out!("renewed {} fence {} until {}", l.key, l.fence, e.rfc3339()),
+                None => out!(
                     "renewed {} fence {} (no lease; sign of life recorded)",
-                    l.key, l.fence
+                    l.key,
+                    l.fence
                 ),
             }
         }
@@ -158,10 +159,10 @@ pub fn force(ctx: &Ctx, a: ForceArgs) -> Result<(), Failure> {
         return Ok(());
     }
     if ended.is_empty() {
-        println!("{key} was not held; nothing changed");
+        out!("{key} was not held; nothing changed");
     }
     for l in ended {
-        println!(
+        out!(
             "force-released {} fence {} held by {} for {}",
             l.key,
             l.fence,

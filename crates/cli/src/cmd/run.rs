@@ -263,7 +263,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         }
         if lost_at.is_none() && guard.is_lost() {
             lost_at = Some(Instant::now());
-            eprintln!(
+            err!(
                 "locksmith: lock on {what} lost while CMD runs; on-lost action: {}",
                 a.on_lost
             );
@@ -325,7 +325,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             ));
         }
         Ok(locksmith_core::Release::Released { .. }) => {}
-        Err(e) => eprintln!("locksmith: CMD finished but the release failed: {e}"),
+        Err(e) => err!("locksmith: CMD finished but the release failed: {e}"),
     }
     if code == 0 {
         Ok(())

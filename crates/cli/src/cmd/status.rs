@@ -106,12 +106,12 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
         return Ok(());
     }
     if st.holders.is_empty() {
-        println!("{key} is free");
+        out!("{key} is free");
     } else {
         table(&LOCK_HEADER, &lock_rows(&st.holders));
     }
     if !st.waiters.is_empty() {
-        println!();
+        out!();
         table(&WAITER_HEADER, &waiter_rows(&st.waiters));
     }
     Ok(())
@@ -131,7 +131,7 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<(), Failure> {
         if ctx.json {
             json(&ws);
         } else if ws.is_empty() {
-            println!("nobody is waiting");
+            out!("nobody is waiting");
         } else {
             table(&WAITER_HEADER, &waiter_rows(&ws));
         }
@@ -141,7 +141,7 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<(), Failure> {
     if ctx.json {
         json(&locks);
     } else if locks.is_empty() {
-        println!("no locks held");
+        out!("no locks held");
     } else {
         table(&LOCK_HEADER, &lock_rows(&locks));
     }

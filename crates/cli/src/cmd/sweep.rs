@@ -54,7 +54,7 @@ fn log(level: &str, fields: serde_json::Value) {
     if let (Some(obj), serde_json::Value::Object(extra)) = (line.as_object_mut(), fields) {
         obj.extend(extra);
     }
-    eprintln!("{line}");
+    err!("{line}");
 }
 
 /// Asks the hook whether `task` is done.
@@ -138,7 +138,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         if ctx.json {
             crate::output::json(&actions);
         } else if actions.is_empty() {
-            println!("nothing to sweep");
+            out!("nothing to sweep");
         } else {
             let rows: Vec<Vec<String>> = actions
                 .iter()

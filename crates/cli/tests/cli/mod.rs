@@ -329,3 +329,26 @@ fn processes_creating_a_new_store_at_the_same_moment_all_succeed() {
         assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 8);
     }
 }
+
+/// A closed stdout is an error, never a panic (exit 101); a grant that could
+/// not be reported is released again, so no lock is left that nobody knows of.
+#[test]
+fn a_closed_stdout_is_an_error_and_releases_the_unreported_grant() {
+    let env = Env::new();
+    let run_closed = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        env.cmd(args).stdout(writer).output().unwrap()
+    };
+    let out = run_closed(&["acquire", "k", "--ttl", "1h"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("released"), "{}", stderr(&out));
+    let st = env.json(&["status", "k"]);
+    assert_eq!(st["free"], true, "{st}");
+    let hist = env.json(&["history", "k", "--kind", "released"]);
+    assert_eq!(hist[0]["reason"], "failed", "{hist}");
+    // A listing into a closed pipe fails cleanly too.
+    env.run(&["acquire", "other"]);
+    let out = run_closed(&["list"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+}
