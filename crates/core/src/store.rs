@@ -315,7 +315,7 @@ pub struct HistoryFilter {
     pub kind: Option<EventKind>,
     /// Only events with an id above this.
     pub after: Option<i64>,
-    /// At most this many, newest first (0: default 100).
+    /// At most this many, newest first (0: all).
     pub limit: usize,
 }
 

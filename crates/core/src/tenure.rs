@@ -34,6 +34,9 @@ pub trait Ledger {
     /// The newest key of grant `grant` that was taken from its holder (not
     /// released by it), and why.
     fn taken_from_grant(&mut self, grant: i64) -> Result<Option<(Key, ReleaseReason)>, StoreError>;
+    /// The keys grant `grant` holds now, on any key (asked only on the rare
+    /// path of a handle used for a key its grant does not hold).
+    fn keys_of_grant(&mut self, grant: i64) -> Result<Vec<Key>, StoreError>;
 }
 
 /// What the holds named by a target are, as the store should load them.
@@ -83,6 +86,38 @@ fn not_holder(key: &Key, ledger: &mut dyn Ledger) -> Result<StoreError, StoreErr
             holders.join(", ")
         },
     })
+}
+
+/// A handle of a live grant that never held `key` names another lock:
+/// refused, rather than answered as if that lock had ended.
+fn other_lock(target: &Target, rows: &[Hold], ledger: &mut dyn Ledger) -> Result<(), StoreError> {
+    let Proof::Handle(h) = &target.by else {
+        return Ok(());
+    };
+    let Some(grant) = h.grant() else {
+        return Ok(());
+    };
+    if rows.iter().any(|r| r.lock.key == target.key)
+        || ledger.why_ended(&target.key, Some(grant), None)?.is_some()
+    {
+        return Ok(());
+    }
+    let keys: Vec<Key> = match rows.is_empty() {
+        false => rows.iter().map(|r| r.lock.key.clone()).collect(),
+        true => ledger.keys_of_grant(grant)?,
+    };
+    if keys.is_empty() {
+        return Ok(());
+    }
+    if !ledger.holders_of(&target.key)?.is_empty() {
+        return Err(not_holder(&target.key, ledger)?);
+    }
+    let names: Vec<&str> = keys.iter().map(Key::as_str).collect();
+    Err(StoreError::Invalid(format!(
+        "this lease handle is for {}, not {}; nothing was changed",
+        names.join(", "),
+        target.key
+    )))
 }
 
 /// The caller holds nothing on the key: why its tenure ended, from the
@@ -151,6 +186,7 @@ pub fn renew(
 ) -> Result<RenewPlan, StoreError> {
     crate::validate::check_ttl(ttl)?;
     prove(target, &rows, ledger)?;
+    other_lock(target, &rows, ledger)?;
     let mut end = Vec::new();
     let mut live = Vec::new();
     for row in rows {
@@ -234,6 +270,7 @@ pub fn release(
     ledger: &mut dyn Ledger,
 ) -> Result<ReleasePlan, StoreError> {
     prove(target, &rows, ledger)?;
+    other_lock(target, &rows, ledger)?;
     let mine: Vec<Hold> = if whole_grant {
         rows
     } else {

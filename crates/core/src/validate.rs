@@ -81,8 +81,15 @@ pub fn request(req: &AcquireRequest) -> Result<(), StoreError> {
         }
     }
     check_ttl(req.ttl)?;
-    if req.max_hold.is_some_and(|m| m > MAX_DURATION) {
-        return invalid("max_hold may be at most 100 years".into());
+    match req.max_hold {
+        Some(m) if m < MIN_TTL => {
+            return invalid(
+                "max_hold must be at least 100ms: a shorter cap ends the lock as it is granted"
+                    .into(),
+            );
+        }
+        Some(m) if m > MAX_DURATION => return invalid("max_hold may be at most 100 years".into()),
+        _ => {}
     }
     if let Takeover::Force { reason } = &req.takeover
         && reason.trim().is_empty()

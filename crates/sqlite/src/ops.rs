@@ -59,6 +59,15 @@ impl Ledger for History<'_, '_> {
             .map_err(map_err)?;
         Ok(row.and_then(|(key, reason)| Some((Key::new(key).ok()?, reason.parse().ok()?))))
     }
+
+    fn keys_of_grant(&mut self, grant: i64) -> Result<Vec<Key>, StoreError> {
+        // A scan: there is no index on grant_id for single-key grants, and
+        // this is asked only when a handle is used for a key it does not hold.
+        Ok(load_holds(self.0, "grant_id = ?1", [grant])?
+            .into_iter()
+            .map(|h| h.lock.key)
+            .collect())
+    }
 }
 
 /// The holds a target names.

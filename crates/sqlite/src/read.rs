@@ -169,7 +169,7 @@ pub(crate) fn history(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<Eve
         args.push(Value::Integer(after));
         clauses.push(format!("id > ?{}", args.len()));
     }
-    let limit = if f.limit == 0 { 100 } else { f.limit };
+    let limit = if f.limit == 0 { -1 } else { f.limit as i64 };
     let sql = format!(
         "SELECT id, at_wall, key, kind, owner, task, fence, grant_id, reason, detail FROM events
          WHERE {} ORDER BY id DESC LIMIT {limit}",

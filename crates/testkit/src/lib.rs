@@ -271,6 +271,7 @@ macro_rules! conformance_tests {
             release_by_handle_and_by_owner
             release_by_the_wrong_owner_is_refused
             release_twice_is_fine
+            a_handle_of_another_lock_is_refused
             release_reason_failed_is_recorded
             multi_key_is_all_or_nothing
             fifo_queued_waiter_blocks_newcomer

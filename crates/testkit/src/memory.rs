@@ -183,6 +183,14 @@ impl Ledger for &State {
             .find(|e| &e.key == key && (Some(e.grant) == grant || Some(e.owner.as_str()) == owner))
             .map(|e| e.reason))
     }
+    fn keys_of_grant(&mut self, grant: i64) -> Result<Vec<Key>, StoreError> {
+        Ok(self
+            .holds
+            .iter()
+            .filter(|h| h.lock.grant == grant)
+            .map(|h| h.lock.key.clone())
+            .collect())
+    }
     fn taken_from_grant(&mut self, grant: i64) -> Result<Option<(Key, ReleaseReason)>, StoreError> {
         Ok(self
             .ended

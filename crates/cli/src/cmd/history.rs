@@ -22,7 +22,7 @@ pub struct Args {
     /// Only this kind of event (acquired, released, expired, forced, stolen, waiting, ...).
     #[arg(long)]
     kind: Option<String>,
-    /// At most this many events.
+    /// At most this many events, newest first (0: all).
     #[arg(long, default_value_t = 50)]
     limit: usize,
 }

@@ -119,6 +119,7 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
 
 /// Runs `list`.
 pub fn list(ctx: &Ctx, a: ListArgs) -> Result<(), Failure> {
+    let filtered = a.owner.is_some() || a.prefix.is_some() || a.stale;
     let filter = ListFilter {
         owner: a.owner,
         prefix: a.prefix,
@@ -130,6 +131,8 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<(), Failure> {
         let ws = store.waiters(&filter)?;
         if ctx.json {
             json(&ws);
+        } else if ws.is_empty() && filtered {
+            out!("no waiters match");
         } else if ws.is_empty() {
             out!("nobody is waiting");
         } else {
@@ -140,6 +143,8 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<(), Failure> {
     let locks = store.list(&filter)?;
     if ctx.json {
         json(&locks);
+    } else if locks.is_empty() && filtered {
+        out!("no locks match");
     } else if locks.is_empty() {
         out!("no locks held");
     } else {

@@ -352,3 +352,33 @@ fn a_closed_stdout_is_an_error_and_releases_the_unreported_grant() {
     let out = run_closed(&["list"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
 }
+
+/// Small answers that used to mislead: a cap of zero, `--limit 0`, a filter
+/// that matches nothing, and another lock's handle.
+#[test]
+fn limits_filters_and_handles_say_what_they_mean() {
+    let env = Env::new();
+    let zero = env.run(&["acquire", "capped", "--max-hold", "0"]);
+    assert_eq!(code(&zero), 2, "{}", stderr(&zero));
+    assert!(stderr(&zero).contains("max_hold"), "{}", stderr(&zero));
+    for i in 0..60 {
+        let k = format!("many/{i}");
+        env.run(&["acquire", &k]);
+        env.run(&["release", &k]);
+    }
+    let all = env.json(&["history", "--limit", "0"]);
+    assert!(
+        all.as_array().unwrap().len() >= 120,
+        "{}",
+        all.as_array().unwrap().len()
+    );
+    env.run(&["acquire", "held"]);
+    let none = env.run(&["list", "--owner", "nobody-at-all"]);
+    assert_eq!(code(&none), 0);
+    assert!(String::from_utf8_lossy(&none.stdout).contains("no locks match"));
+    let mine = env.json(&["acquire", "mine"]);
+    let handle = mine["handle"].as_str().unwrap();
+    let other = env.run(&["release", "held", "--handle", handle]);
+    assert_eq!(code(&other), 6, "{}", stderr(&other));
+    assert_eq!(env.json(&["status", "held"])["free"], false);
+}

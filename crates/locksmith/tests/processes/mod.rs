@@ -61,6 +61,14 @@ fn append(log: &Path, line: &str) {
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
+/// Replaces the witness in one step (write aside, then rename): a holder
+/// SIGKILLed while writing never leaves a truncated, empty witness behind.
+fn write_whole(path: &Path, text: &str) {
+    let aside = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
 /// The witness of an exclusive key: a file that must read `free` on entry.
 /// Whether process `pid` still runs (a zombie does not).
 fn running(pid: u32) -> bool {
@@ -89,7 +97,7 @@ fn witness_enter(path: &Path, me: &str) {
             path.display()
         );
     }
-    std::fs::write(path, me).unwrap();
+    write_whole(path, me);
 }
 
 fn witness_exit(path: &Path, me: &str) {
@@ -99,7 +107,7 @@ fn witness_exit(path: &Path, me: &str) {
         "witness {} changed under {me}",
         path.display()
     );
-    std::fs::write(path, "free").unwrap();
+    write_whole(path, "free");
 }
 
 #[test]

@@ -434,3 +434,39 @@ pub fn multi_key_is_all_or_nothing(make: Factory<'_>) {
             .all(|l| g.handle.grant() == Some(g.grant) && l.fence.0 >= g.grant as u64)
     );
 }
+
+/// A handle names its own grant: used for another key it is refused (not
+/// the holder, where someone else holds that key) and nothing changes; it is
+/// not taken for a lock that has ended.
+pub fn a_handle_of_another_lock_is_refused(make: Factory<'_>) {
+    let h = make();
+    let a = h.grant(&request("a", &["k1"]));
+    let b = h.grant(&request("b", &["k2"]));
+    assert!(matches!(
+        h.store
+            .release(&by_handle("k2", &a), ReleaseReason::Completed),
+        Err(StoreError::NotHolder { .. })
+    ));
+    assert!(matches!(
+        h.store.renew(&by_handle("k2", &a), None),
+        Err(StoreError::NotHolder { .. })
+    ));
+    assert!(matches!(
+        h.store
+            .release(&by_handle("free", &a), ReleaseReason::Completed),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(h.holder_fences("k2"), vec![fence(&b)]);
+    assert_eq!(h.holder_fences("k1"), vec![fence(&a)]);
+    // A key the grant did hold and released stays "not held", not refused.
+    let m = h.grant(&request("c", &["m1", "m2"]));
+    released(
+        h.store
+            .release(&by_handle("m1", &m), ReleaseReason::Completed),
+    );
+    assert!(matches!(
+        h.store
+            .release(&by_handle("m1", &m), ReleaseReason::Completed),
+        Ok(Release::NotHeld { .. })
+    ));
+}
