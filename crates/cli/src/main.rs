@@ -157,7 +157,29 @@ impl Ctx {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // With --json, a usage error is JSON too (help and version are not errors).
+        Err(e)
+            if std::env::args().any(|a| a == "--json")
+                && !matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+        {
+            let f = Failure::new(Code::Invalid, e.kind().to_string());
+            out!(
+                "{}",
+                serde_json::json!({
+                    "error": f.kind,
+                    "message": e.to_string().trim(),
+                    "exit_code": f.code,
+                })
+            );
+            return ExitCode::from(f.code);
+        }
+        Err(e) => e.exit(),
+    };
     let json = cli.json;
     let result = config::Config::load(cli.config.as_deref())
         .map_err(|e| Failure::new(Code::Invalid, format!("{e:#}")))

@@ -64,6 +64,13 @@ impl Guard {
     pub fn grant(&self) -> &Grant {
         &self.grant
     }
+    /// True when the lock was released through its handle by someone who
+    /// had it (its reason is `completed` or `failed`): given up, not lost.
+    /// `locksmith run` uses this for a command that released its own lock.
+    pub fn given_up(&self) -> bool {
+        matches!(*self.state.borrow(), State::Lost(Some(r)) if r.by_holder())
+    }
+
     /// True once a renewal found the lock gone, or when nine tenths of the
     /// lease have passed since the last good renewal on this process's own
     /// clock: the client's deadline runs out before the store's, so a stuck

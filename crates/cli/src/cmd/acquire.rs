@@ -102,6 +102,12 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
     if a.reason.is_some() && !a.force {
         return Err(Failure::new(Code::Invalid, "--reason goes with --force"));
     }
+    let bind = a.pid.map(bind_pid).transpose()?;
+    // Bound to another process, the lock is that process's: show its pid.
+    if let Some(b) = &bind {
+        h.pid = b.pid;
+        h.pid_start = b.start;
+    }
     Ok(AcquireRequest {
         keys,
         mode: a.mode.mode(),
@@ -118,7 +124,7 @@ fn request(ctx: &Ctx, a: &Args) -> Result<AcquireRequest, Failure> {
             _ => Takeover::None,
         },
         request_id: a.request_id.clone(),
-        bind: a.pid.map(bind_pid).transpose()?,
+        bind,
     })
 }
 

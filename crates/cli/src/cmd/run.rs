@@ -261,7 +261,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if lost_at.is_none() && guard.is_lost() {
+        if lost_at.is_none() && guard.is_lost() && !guard.given_up() {
             lost_at = Some(Instant::now());
             err!(
                 "locksmith: lock on {what} lost while CMD runs; on-lost action: {}",
@@ -288,7 +288,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let code = shell_code(status);
     // Lost while CMD ran but found out only now (CMD ended before the next
     // renewal): still a lost lock, never a silent success.
-    let lost_late = lost_at.is_none() && guard.is_lost();
+    let lost_late = lost_at.is_none() && guard.is_lost() && !guard.given_up();
     if lost_late {
         drop(guard);
         return Err(Failure::new(
@@ -315,6 +315,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         guard.release_failed()
     };
     match released {
+        // CMD released its lock itself (through LOCKSMITH_HANDLE): its call.
+        Ok(locksmith_core::Release::NotHeld {
+            reason: Some(r), ..
+        }) if r.by_holder() => {}
         Ok(locksmith_core::Release::NotHeld { reason, .. }) => {
             let why = reason
                 .map(|r| r.to_string())

@@ -382,3 +382,42 @@ fn limits_filters_and_handles_say_what_they_mean() {
     assert_eq!(code(&other), 6, "{}", stderr(&other));
     assert_eq!(env.json(&["status", "held"])["free"], false);
 }
+
+/// `acquire --pid P` binds the lock to P and shows P as its process; once P
+/// is gone the next acquirer takes the lock over as `dead_process`.
+#[test]
+fn a_lock_bound_to_another_process_shows_it_and_dies_with_it() {
+    let env = Env::new();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    let out = env.run(&["acquire", "bound", "--pid", &pid]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let st = env.json(&["status", "bound"]);
+    assert_eq!(st["holders"][0]["pid"].to_string(), pid, "{st}");
+    let busy = env.run(&["acquire", "bound", "--owner", "other"]);
+    assert_eq!(code(&busy), 3);
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let taken = env.run(&["acquire", "bound", "--owner", "other"]);
+    assert_eq!(code(&taken), 0, "{}", stderr(&taken));
+    let hist = env.json(&["history", "bound", "--kind", "reaped"]);
+    assert_eq!(hist[0]["reason"], "dead_process", "{hist}");
+}
+
+/// With `--json`, a usage error is one JSON object too, with exit code 2.
+#[test]
+fn usage_errors_are_json_with_json() {
+    let env = Env::new();
+    let out = env.run(&["--json", "acquire", "k", "--no-such-flag"]);
+    assert_eq!(code(&out), 2);
+    let body: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(body["error"], "invalid");
+    assert_eq!(body["exit_code"], 2);
+    assert!(
+        body["message"].as_str().unwrap().contains("--no-such-flag"),
+        "{body}"
+    );
+}

@@ -461,3 +461,25 @@ fn ctrl_z_suspends_the_command_with_run_and_sigcont_resumes_both() {
     let out = run.wait().unwrap();
     assert_eq!(out.code(), Some(143));
 }
+
+/// A command that releases its own lock (through `LOCKSMITH_HANDLE`) gave
+/// it up; `run` neither stops it nor reports a lost lock, whether a renewal
+/// or only the final release finds out.
+#[test]
+fn a_command_that_releases_its_own_lock_is_not_lost() {
+    let env = Env::new();
+    let bin = env!("CARGO_BIN_EXE_locksmith");
+    let script = format!(
+        "\"{bin}\" release self/k --handle \"$LOCKSMITH_HANDLE\" >/dev/null && sleep 0.6 && echo still-running"
+    );
+    for ttl in ["30s", "300ms"] {
+        let out = env.run(&[
+            "run", "-l", "self/k", "--ttl", ttl, "--", "sh", "-c", &script,
+        ]);
+        assert_eq!(code(&out), 0, "ttl {ttl}: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("still-running"),
+            "ttl {ttl}: CMD was stopped"
+        );
+    }
+}
