@@ -139,7 +139,7 @@ impl SqliteStore {
     /// `locksmith run`, so that a command's own children keep its locks.
     pub fn bind_process_tree(&self) -> Result<(Binding, std::fs::File), StoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        life::bind_tree(dir, &self.host.boot_id)
+        life::bind_tree(dir, &self.host.machine_id.boot_id)
     }
 
     /// Wake-ups for this store's waiters.
@@ -232,7 +232,7 @@ impl ProcessBinder for SqliteStore {
     /// this machine can prove at once (its life file, kept open until exit).
     fn bind_current_process(&self) -> Result<Binding, StoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        life::bind_self(dir, &self.host.boot_id)
+        life::bind_self(dir, &self.host.machine_id.boot_id)
     }
 }
 

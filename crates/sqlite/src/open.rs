@@ -287,7 +287,7 @@ fn after_boot(
             .map_err(map_err)
     };
     if let (Some(id), Some(boot)) = (get("store_id")?, get("boot_id")?)
-        && boot == host.boot_id
+        && boot == host.machine_id.boot_id
     {
         return Ok(id);
     }
@@ -315,7 +315,7 @@ fn after_boot(
         let boot: Option<String> = tx
             .query_row("SELECT v FROM meta WHERE k = 'boot_id'", [], |r| r.get(0))
             .optional()?;
-        if boot.as_deref() != Some(host.boot_id.as_str()) {
+        if boot.as_deref() != Some(host.machine_id.boot_id.as_str()) {
             let last: Option<i64> =
                 tx.query_row("SELECT max(seen_mono) FROM holds", [], |r| r.get(0))?;
             if let Some(last) = last {
@@ -330,7 +330,7 @@ fn after_boot(
             tx.execute(
                 "INSERT INTO meta (k, v) VALUES ('boot_id', ?1)
                  ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                params![host.boot_id],
+                params![host.machine_id.boot_id],
             )?;
         }
         Ok(id)

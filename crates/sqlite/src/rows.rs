@@ -16,7 +16,6 @@ use crate::open::map_err;
 /// Facts about the machine this store runs on.
 #[derive(Clone, Debug)]
 pub(crate) struct HostFacts {
-    pub boot_id: String,
     /// The boot id and host name, as the rules judge bindings.
     pub machine_id: rules::Machine,
     /// `boot_id` and `hostname` joined by U+001F, as queue queries return them.
@@ -28,11 +27,7 @@ impl HostFacts {
         let (boot_id, hostname) = (sys::boot_id(), sys::hostname());
         HostFacts {
             machine: format!("{boot_id}\u{1f}{hostname}"),
-            machine_id: rules::Machine {
-                boot_id: boot_id.clone(),
-                hostname: hostname.clone(),
-            },
-            boot_id,
+            machine_id: rules::Machine { boot_id, hostname },
         }
     }
 }

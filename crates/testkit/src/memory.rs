@@ -23,12 +23,6 @@ use locksmith_core::{
     LockInfo, ManualClock, Mono, Notifier, ReleaseReason, Store, StoreError, WakeSource, validate,
 };
 
-/// One queued request, as loaded for one of its keys.
-#[derive(Clone, Debug)]
-struct Entry {
-    queued: Queued,
-}
-
 /// How a tenure ended, as a history would tell it.
 #[derive(Clone, Debug)]
 struct Ended {
@@ -41,7 +35,8 @@ struct Ended {
 #[derive(Default)]
 struct State {
     holds: Vec<Hold>,
-    queue: Vec<Entry>,
+    /// One entry per key of each queued request.
+    queue: Vec<Queued>,
     ended: Vec<Ended>,
     fence: u64,
     next_seq: i64,
@@ -118,8 +113,8 @@ impl State {
         };
         self.queue
             .iter()
-            .filter(|e| overlaps(want, e.queued.claim()))
-            .map(|e| e.queued.clone())
+            .filter(|e| overlaps(want, e.claim()))
+            .cloned()
             .collect()
     }
 
@@ -140,7 +135,7 @@ impl State {
     }
 
     fn drop_entry(&mut self, seq: i64) {
-        self.queue.retain(|e| e.queued.seq != seq);
+        self.queue.retain(|e| e.seq != seq);
     }
 
     fn named(&self, target: &Target) -> Result<Vec<Hold>, StoreError> {
@@ -214,8 +209,8 @@ impl Store for MemoryStore {
             own: queue.as_ref().and_then(|t| t.seq).and_then(|seq| {
                 st.queue
                     .iter()
-                    .find(|e| e.queued.seq == seq)
-                    .map(|e| (seq, e.queued.alive_until))
+                    .find(|e| e.seq == seq)
+                    .map(|e| (seq, e.alive_until))
             }),
             ..Snapshot::default()
         };
@@ -241,7 +236,7 @@ impl Store for MemoryStore {
         let decision = loop {
             match decide::decide(&snap, req, queue.is_some(), now, self.policy)? {
                 Step::Need(Need::Waiting) => {
-                    snap.waiting = Some(st.queue.iter().map(|e| e.queued.clone()).collect());
+                    snap.waiting = Some(st.queue.clone());
                 }
                 Step::Need(Need::WaiterHolds) => {
                     snap.waiter_holds = Some(st.holds.iter().map(|h| h.lock.clone()).collect());
@@ -314,8 +309,8 @@ impl Store for MemoryStore {
                 let alive_until = now.mono.plus(decide::QUEUE_PLACE);
                 let seq = match seq {
                     Some(seq) => {
-                        for e in st.queue.iter_mut().filter(|e| e.queued.seq == seq) {
-                            e.queued.alive_until = alive_until;
+                        for e in st.queue.iter_mut().filter(|e| e.seq == seq) {
+                            e.alive_until = alive_until;
                         }
                         seq
                     }
@@ -323,18 +318,16 @@ impl Store for MemoryStore {
                         st.next_seq += 1;
                         let seq = st.next_seq;
                         for key in &req.keys {
-                            st.queue.push(Entry {
-                                queued: Queued {
-                                    seq,
-                                    priority: req.priority,
-                                    mode: req.mode,
-                                    owner: req.holder.owner.clone(),
-                                    wake: ticket.wake.clone(),
-                                    key: key.clone(),
-                                    scope: req.scope,
-                                    alive_until,
-                                    gone: false,
-                                },
+                            st.queue.push(Queued {
+                                seq,
+                                priority: req.priority,
+                                mode: req.mode,
+                                owner: req.holder.owner.clone(),
+                                wake: ticket.wake.clone(),
+                                key: key.clone(),
+                                scope: req.scope,
+                                alive_until,
+                                gone: false,
                             });
                         }
                         seq
@@ -455,9 +448,9 @@ impl Store for MemoryStore {
         let found = st
             .queue
             .iter()
-            .filter(|e| e.queued.counts(now.mono))
+            .filter(|e| e.counts(now.mono))
             .map(|e| {
-                let q = &e.queued;
+                let q = e;
                 let info = WaiterInfo {
                     key: q.key.clone(),
                     position: 0,
