@@ -17,6 +17,7 @@ pub mod tenure;
 pub mod time;
 pub mod validate;
 pub mod view;
+pub mod wire;
 
 pub use key::{Key, KeyError};
 pub use local::{Notifier, ProcessBinder, WakeSource};

@@ -22,6 +22,8 @@ pub mod exit {
     pub const NOT_HOLDER: u8 = 6;
     /// The lock was lost.
     pub const LOST: u8 = 7;
+    /// Not allowed: the server refused the token, or its role does not permit the request.
+    pub const NOT_ALLOWED: u8 = 8;
     /// Interrupted while waiting (SIGINT, SIGTERM, SIGHUP).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -53,11 +55,19 @@ pub enum Code {
     Unavailable,
     /// The store failed (I/O error, full disk, permissions).
     StoreError,
+    /// The request carries no valid token where one is needed.
+    Unauthorized,
+    /// The token's role does not permit the request.
+    Forbidden,
+    /// The request body, its metadata or its list of keys is too large.
+    TooLarge,
+    /// Too many requests: a limit on waiters or requests was reached.
+    TooMany,
 }
 
 impl Code {
     /// Every code, in documentation order.
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 15] = [
         Code::Busy,
         Code::WaitTimedOut,
         Code::Deadlock,
@@ -69,7 +79,16 @@ impl Code {
         Code::Unusable,
         Code::Unavailable,
         Code::StoreError,
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::TooLarge,
+        Code::TooMany,
     ];
+
+    /// The code of a stable name, as in JSON bodies.
+    pub fn from_name(name: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.name() == name)
+    }
 
     /// Stable snake_case name, as in JSON bodies.
     pub fn name(self) -> &'static str {
@@ -98,6 +117,10 @@ impl Code {
             Code::Unusable => ("unusable", exit::ERROR, 500),
             Code::Unavailable => ("unavailable", exit::ERROR, 503),
             Code::StoreError => ("store_error", exit::ERROR, 500),
+            Code::Unauthorized => ("unauthorized", exit::NOT_ALLOWED, 401),
+            Code::Forbidden => ("forbidden", exit::NOT_ALLOWED, 403),
+            Code::TooLarge => ("too_large", exit::USAGE, 413),
+            Code::TooMany => ("too_many", exit::ERROR, 429),
         }
     }
 }
@@ -122,7 +145,9 @@ mod tests {
             let text = serde_json::to_string(&c).unwrap();
             assert_eq!(text, format!("\"{}\"", c.name()));
             assert_eq!(serde_json::from_str::<Code>(&text).unwrap(), c);
+            assert_eq!(Code::from_name(c.name()), Some(c));
         }
+        assert_eq!(Code::from_name("nonsense"), None);
     }
 
     #[test]
@@ -135,5 +160,9 @@ mod tests {
         assert_eq!(Code::Invalid.exit_status(), 2);
         assert_eq!(Code::Lost.http_status(), 410);
         assert_eq!(Code::Unavailable.http_status(), 503);
+        assert_eq!(Code::Forbidden.exit_status(), 8);
+        assert_eq!(Code::Unauthorized.exit_status(), 8);
+        assert_eq!(Code::TooLarge.http_status(), 413);
+        assert_eq!(Code::TooMany.http_status(), 429);
     }
 }

@@ -521,6 +521,20 @@ pub trait Store: Send + Sync + 'static {
         req: &AcquireRequest,
         queue: Option<&mut Ticket>,
     ) -> Result<Attempt, StoreError>;
+    /// One queued attempt that may wait inside the store for its turn, up
+    /// to `hold`: a server answers a long poll as soon as the request is
+    /// granted. The ticket keeps its place when `hold` passes. Stores whose
+    /// waiters are woken through a [`crate::local::Notifier`] answer at
+    /// once (the default).
+    fn acquire_within(
+        &self,
+        req: &AcquireRequest,
+        queue: &mut Ticket,
+        hold: Duration,
+    ) -> Result<Attempt, StoreError> {
+        let _ = hold;
+        self.acquire(req, Some(queue))
+    }
     /// Removes a queued request that gives up, and records why.
     fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError>;
     /// Extends the lease of every lock of the grant (by handle) or of the

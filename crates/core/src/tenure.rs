@@ -334,7 +334,7 @@ pub fn release(
 }
 
 /// One lock the sweeper means to end: its tenure and the rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reap {
     /// The key.
     pub key: Key,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use locksmith_core::decide::REFRESH;
 use locksmith_core::store::{AcquireError, LeaveReason};
 use locksmith_core::{
-    AcquireRequest, Attempt, Blocked, Grant, Notifier, Store, Ticket, WaitPolicy,
+    AcquireRequest, Attempt, Blocked, Grant, Notifier, Store, Ticket, WaitPolicy, WakeSource,
 };
 
 /// How often a sleeping waiter looks at its cancel flag.
@@ -35,33 +35,67 @@ pub fn acquire(
         WaitPolicy::For(d) => Some(Instant::now() + d),
         WaitPolicy::Forever => None,
     };
-    let started = Instant::now();
     let mut wake = notifier.wake_source()?;
     let mut ticket = Ticket {
         seq: None,
         wake: wake.address().to_string(),
     };
+    let started = Instant::now();
+    let mut on_blocked = |b: &Blocked| on_blocked(b, started.elapsed());
+    match wait_turn(
+        store,
+        &mut *wake,
+        req,
+        &mut ticket,
+        deadline,
+        cancel,
+        &mut on_blocked,
+    )? {
+        Attempt::Granted(g) => Ok(g),
+        Attempt::Blocked(b) => {
+            store.leave_queue(&ticket, LeaveReason::TimedOut)?;
+            Err(AcquireError::TimedOut(b))
+        }
+    }
+}
+
+/// Waits in the queue for the turn of `req` until it is granted or `until`
+/// passes. At `until` the last blocked answer is returned and the ticket
+/// **keeps** its place, so that a caller that polls (a server's long poll)
+/// can come back with it; a caller whose own deadline it was leaves the
+/// queue. A cancel or a store failure leaves the queue here.
+pub fn wait_turn(
+    store: &dyn Store,
+    wake: &mut dyn WakeSource,
+    req: &AcquireRequest,
+    ticket: &mut Ticket,
+    until: Option<Instant>,
+    cancel: &AtomicBool,
+    on_blocked: &mut dyn FnMut(&Blocked),
+) -> Result<Attempt, AcquireError> {
     loop {
         let attempted = Instant::now();
-        let blocked = match store.acquire(req, Some(&mut ticket)) {
-            Ok(Attempt::Granted(g)) => return Ok(g),
+        let hold = until.map_or(REFRESH, |d| {
+            d.saturating_duration_since(attempted).min(REFRESH)
+        });
+        let blocked = match store.acquire_within(req, ticket, hold) {
+            Ok(Attempt::Granted(g)) => return Ok(Attempt::Granted(g)),
             Ok(Attempt::Blocked(b)) => b,
             Err(e) => {
                 if ticket.seq.is_some() {
-                    let _ = store.leave_queue(&ticket, LeaveReason::Cancelled);
+                    let _ = store.leave_queue(ticket, LeaveReason::Cancelled);
                 }
                 return Err(e.into());
             }
         };
-        on_blocked(&blocked, started.elapsed());
+        on_blocked(&blocked);
         wake.watch(&blocked.watch);
         let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            store.leave_queue(&ticket, LeaveReason::TimedOut)?;
-            return Err(AcquireError::TimedOut(blocked));
+        if until.is_some_and(|d| now >= d) {
+            return Ok(Attempt::Blocked(blocked));
         }
         let mut sleep = REFRESH;
-        if let Some(d) = deadline {
+        if let Some(d) = until {
             sleep = sleep.min(d - now);
         }
         if let Some(after) = blocked.retry_after {
@@ -71,7 +105,7 @@ pub fn acquire(
         let wake_by = Instant::now() + sleep;
         loop {
             if cancel.load(Ordering::Relaxed) {
-                store.leave_queue(&ticket, LeaveReason::Cancelled)?;
+                store.leave_queue(ticket, LeaveReason::Cancelled)?;
                 return Err(AcquireError::Cancelled);
             }
             let left = wake_by.saturating_duration_since(Instant::now());

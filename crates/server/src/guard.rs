@@ -1,0 +1,100 @@
+//! Checks every request passes before a handler sees it: the `Host` header
+//! (against DNS rebinding) and, for requests that change state, that they
+//! do not come from another site's page.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State as Shared};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use locksmith_core::Code;
+
+use crate::State;
+use crate::error::ApiError;
+
+/// Refuses requests for a host name that is not allowed, and state
+/// changes from a cross-site browser request.
+pub(crate) async fn check(Shared(st): Shared<Arc<State>>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
+        && !host_allowed(host, &st.settings.allowed_hosts)
+    {
+        return ApiError::new(
+            Code::Forbidden,
+            format!(
+                "host {host:?} is not served here; name the server by IP address or localhost, or start it with --allow-host {}",
+                host_name(host)
+            ),
+        )
+        .into_response();
+    }
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if changes {
+        let cross = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "cross-site");
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        let foreign_origin = match (origin, host) {
+            (Some("null"), _) | (Some(_), None) => true,
+            (Some(o), Some(h)) => o
+                .split_once("://")
+                .is_none_or(|(_, rest)| !rest.eq_ignore_ascii_case(h)),
+            (None, _) => false,
+        };
+        if cross || foreign_origin {
+            return ApiError::new(
+                Code::Forbidden,
+                "a request that changes locks may not come from another site's page",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The host name of a `Host` header, without its port.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// IP literals cannot be rebound; of names, loopback and the allowed ones.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host);
+    name.parse::<IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_allowed_by_address_or_name() {
+        let allowed = vec!["locks.internal".to_string()];
+        for ok in [
+            "127.0.0.1:7420",
+            "localhost:7420",
+            "[::1]:7420",
+            "10.1.2.3",
+            "locks.internal:80",
+            "LOCALHOST",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.example:7420",
+            "127.0.0.1.evil.example",
+            "locks.internal.evil",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
+        }
+    }
+}

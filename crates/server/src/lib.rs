@@ -1,0 +1,151 @@
+//! `locksmith serve`: the HTTP API (`/v1`) over any lock store, with
+//! long-poll waiting, Prometheus metrics and the sweeper.
+//!
+//! The server is a thin front end: every answer comes from the
+//! [`Store`] behind it; this crate turns requests into store calls (on
+//! blocking threads, the store is synchronous) and store answers into JSON.
+//!
+//! ```text
+//! settings ──► State ──► router(state) ──► serve(listener, shutdown)
+//!                │
+//!                └── Arc<dyn Store> + Notifier (wake-ups of long polls)
+//! ```
+
+mod api;
+mod error;
+mod guard;
+mod metrics;
+mod poll;
+mod sweeper;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use locksmith_core::{Notifier, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// The default port of `locksmith serve` (`127.0.0.1:7420`).
+pub const DEFAULT_PORT: u16 = 7420;
+
+/// What a server allows and how it behaves.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The longest a single long poll is held before the server answers
+    /// `waiting` (the client polls again with its ticket).
+    pub poll_cap: Duration,
+    /// How often the sweeper runs; zero turns it off.
+    pub sweep_every: Duration,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// Most keys in one request.
+    pub max_keys: usize,
+    /// Most requests of one owner waiting at once (long polls and kept places).
+    pub max_waiters_per_owner: usize,
+    /// Host names a request may name in its `Host` header, besides
+    /// loopback names and the listening address.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            poll_cap: Duration::from_secs(30),
+            sweep_every: Duration::from_secs(10),
+            max_body: 64 * 1024,
+            max_keys: 64,
+            max_waiters_per_owner: 64,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct State {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) notifier: Arc<dyn Notifier>,
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Metrics,
+    pub(crate) parked: poll::Parked,
+    /// Becomes true when the server starts to stop.
+    pub(crate) stopping: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+}
+
+impl State {
+    /// A server over `store`, whose long polls are woken by `notifier`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        notifier: Arc<dyn Notifier>,
+        settings: Settings,
+    ) -> Arc<State> {
+        let (stop, stopping) = watch::channel(false);
+        Arc::new(State {
+            store,
+            notifier,
+            settings,
+            metrics: Metrics::new(),
+            parked: poll::Parked::default(),
+            stopping,
+            stop,
+        })
+    }
+
+    /// The metrics of this server.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// The routes of the API.
+pub fn router(state: Arc<State>) -> axum::Router {
+    api::router(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes, runs
+/// the sweeper meanwhile, then stops: no new connections, every waiting
+/// long poll is answered (`unavailable`, it leaves the queue), requests in
+/// flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = tokio::spawn(sweeper::run(state.clone()));
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = state.stop.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(
+                event = "stopping",
+                "stopping: answering waiters, finishing requests"
+            );
+            let _ = stop.send(true);
+        })
+        .await;
+    sweeper.abort();
+    state.parked.clear();
+    tracing::info!(event = "stopped", "stopped");
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,497 @@
+//! Raw HTTP: long polls, disconnects, problems, limits, hosts, shutdown.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use locksmith_core::store::{HistoryFilter, ListFilter};
+use locksmith_core::{EventKind, Key, Store, WaitPolicy};
+use locksmith_remote::RemoteNotifier;
+use locksmith_server::Settings;
+use locksmith_testkit::{by_handle, request};
+use serde_json::{Value, json};
+
+use crate::common::{Server, eventually};
+
+/// One request on its own connection: status, head, body.
+fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    let (status, _, text) = raw(addr, "POST", path, &[], &body.to_string());
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn key(k: &str) -> Key {
+    Key::new(k).unwrap()
+}
+
+#[test]
+fn a_long_poll_is_granted_when_the_holder_releases() {
+    let server = Server::start_real(Settings::default());
+    let a = server.client();
+    let first = a.acquire(&request("A", &["k"]), None).unwrap();
+    let locksmith_core::Attempt::Granted(first) = first else {
+        panic!("A granted")
+    };
+    let addr = server.addr;
+    let waiter = std::thread::spawn(move || {
+        let started = Instant::now();
+        let answer = post(
+            addr,
+            "/v1/grants",
+            json!({ "keys": ["k"], "owner": "B", "wait_ms": 15000 }),
+        );
+        (answer, started.elapsed())
+    });
+    assert!(eventually(Duration::from_secs(5), || a
+        .waiters(&ListFilter::default())
+        .unwrap()
+        .len()
+        == 1));
+    a.release(
+        &by_handle("k", &first),
+        locksmith_core::ReleaseReason::Completed,
+    )
+    .unwrap();
+    let ((status, body), waited) = waiter.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["owner"], "B");
+    assert!(body["locks"][0]["fence"].as_u64().unwrap() > first.locks[0].fence.0);
+    assert!(
+        waited < Duration::from_secs(15),
+        "granted on the release, not at the deadline: {waited:?}"
+    );
+    assert!(body["handle"].as_str().unwrap().starts_with("lh1."));
+}
+
+#[test]
+fn the_library_waits_through_the_server_and_keeps_fifo_order() {
+    let server = Server::start_real(Settings::default());
+    let store = server.client();
+    let locksmith_core::Attempt::Granted(held) =
+        store.acquire(&request("A", &["q"]), None).unwrap()
+    else {
+        panic!("A granted")
+    };
+    let mut waiters = Vec::new();
+    for owner in ["B", "C"] {
+        let url = server.url.clone();
+        waiters.push(std::thread::spawn(move || {
+            let s = locksmith_remote::HttpStore::open(&url, None).unwrap();
+            let g = locksmith::wait::acquire(
+                &s,
+                &RemoteNotifier,
+                &request(owner, &["q"]),
+                WaitPolicy::For(Duration::from_secs(20)),
+                &AtomicBool::new(false),
+                &mut |_, _| {},
+            )
+            .expect("granted in turn");
+            std::thread::sleep(Duration::from_millis(200));
+            s.release(
+                &by_handle("q", &g),
+                locksmith_core::ReleaseReason::Completed,
+            )
+            .unwrap();
+            (owner, g.locks[0].fence.0)
+        }));
+        // B queues before C.
+        let want = waiters.len();
+        assert!(eventually(Duration::from_secs(5), || store
+            .waiters(&ListFilter::default())
+            .unwrap()
+            .len()
+            == want));
+    }
+    store
+        .release(
+            &by_handle("q", &held),
+            locksmith_core::ReleaseReason::Completed,
+        )
+        .unwrap();
+    let got: Vec<(&str, u64)> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(got[0].1 < got[1].1, "B was granted before C: {got:?}");
+    let acquired: Vec<String> = store
+        .history(&HistoryFilter {
+            key: Some("q".into()),
+            kind: Some(EventKind::Acquired),
+            ..HistoryFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|e| e.owner)
+        .collect();
+    assert_eq!(acquired, ["A", "B", "C"]);
+}
+
+#[test]
+fn a_client_that_disconnects_while_waiting_leaves_the_queue() {
+    let server = Server::start_real(Settings::default());
+    let store = server.client();
+    store.acquire(&request("A", &["d"]), None).unwrap();
+    let body = json!({ "keys": ["d"], "owner": "B", "wait_ms": 30000 }).to_string();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/grants HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(5), || store
+        .waiters(&ListFilter::default())
+        .unwrap()
+        .len()
+        == 1));
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(5), || store
+            .waiters(&ListFilter::default())
+            .unwrap()
+            .is_empty()),
+        "the waiter left the queue when its connection closed"
+    );
+    let cancelled = store
+        .history(&HistoryFilter {
+            kind: Some(EventKind::WaitCancelled),
+            ..HistoryFilter::default()
+        })
+        .unwrap();
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0].owner, "B");
+}
+
+#[test]
+fn a_poll_past_the_cap_answers_waiting_and_the_ticket_keeps_the_place() {
+    let settings = Settings {
+        poll_cap: Duration::from_millis(300),
+        ..Settings::default()
+    };
+    let server = Server::start_real(settings);
+    let store = server.client();
+    let locksmith_core::Attempt::Granted(held) =
+        store.acquire(&request("A", &["p"]), None).unwrap()
+    else {
+        panic!()
+    };
+    let (status, first) = post(
+        server.addr,
+        "/v1/grants",
+        json!({ "keys": ["p"], "owner": "B", "wait_ms": 60000 }),
+    );
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["position"], 1);
+    let ticket = first["ticket"].as_str().unwrap().to_string();
+    // C arrives while B is between polls; B keeps the first place.
+    let (status, c) = post(
+        server.addr,
+        "/v1/grants",
+        json!({ "keys": ["p"], "owner": "C", "wait_ms": 200, "queue": true }),
+    );
+    assert_eq!(status, 202, "{c}");
+    assert_eq!(c["position"], 2);
+    store
+        .release(
+            &by_handle("p", &held),
+            locksmith_core::ReleaseReason::Completed,
+        )
+        .unwrap();
+    let (status, b) = post(
+        server.addr,
+        "/v1/grants",
+        json!({ "keys": ["p"], "owner": "B", "wait_ms": 60000, "ticket": ticket }),
+    );
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["owner"], "B");
+    // Someone else's ticket is not honoured: it is a new arrival.
+    let (status, other) = post(
+        server.addr,
+        "/v1/grants",
+        json!({ "keys": ["p"], "owner": "D", "wait_ms": 100, "queue": true, "ticket": ticket }),
+    );
+    assert_eq!(status, 202, "{other}");
+    assert_ne!(other["ticket"], json!(ticket));
+}
+
+#[test]
+fn a_wait_that_ends_is_a_problem_with_the_holder() {
+    let server = Server::start_real(Settings::default());
+    let store = server.client();
+    store.acquire(&request("A", &["t"]), None).unwrap();
+    let (status, head, body) = raw(
+        server.addr,
+        "POST",
+        "/v1/grants",
+        &[],
+        &json!({ "keys": ["t"], "owner": "B", "wait_ms": 200 }).to_string(),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["code"], "wait_timed_out");
+    assert_eq!(p["blocked"]["holders"][0]["owner"], "A");
+    assert!(
+        store.waiters(&ListFilter::default()).unwrap().is_empty(),
+        "no trace in the queue"
+    );
+    let (status, p) = post(
+        server.addr,
+        "/v1/grants",
+        json!({ "keys": ["t"], "owner": "B" }),
+    );
+    assert_eq!((status, p["code"].as_str()), (409, Some("busy")));
+}
+
+#[test]
+fn refusals_are_problems_with_stable_codes() {
+    let server = Server::start_real(Settings {
+        max_keys: 4,
+        max_body: 4096,
+        ..Settings::default()
+    });
+    let addr = server.addr;
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({ "keys": ["a//b"], "owner": "A" }), 422, "invalid"),
+        (json!({ "keys": [], "owner": "A" }), 422, "invalid"),
+        (
+            json!({ "keys": ["a"], "owner": "A", "mode": "weird" }),
+            422,
+            "invalid",
+        ),
+        (
+            json!({ "keys": ["a"], "owner": "A", "surprise": 1 }),
+            422,
+            "invalid",
+        ),
+        (
+            json!({ "keys": ["a", "b", "c", "d", "e"], "owner": "A" }),
+            413,
+            "too_large",
+        ),
+        (
+            json!({ "keys": ["a"], "owner": "A", "metadata": { "x": "y".repeat(5000) } }),
+            413,
+            "too_large",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, p) = post(addr, "/v1/grants", body.clone());
+        assert_eq!(
+            (got, p["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {p}"
+        );
+        assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let (status, _, body) = raw(addr, "GET", "/v1/nothing-here", &[], "");
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = raw(addr, "GET", "/v1/locks/a%2F%2Fb", &[], "");
+    assert_eq!(status, 422, "{body}");
+    // Nothing was granted by any of them.
+    assert!(
+        server
+            .client()
+            .list(&ListFilter::default())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_lost_lease_answers_410_with_the_reason() {
+    let server = Server::start_real(Settings::default());
+    let store = server.client();
+    let locksmith_core::Attempt::Granted(g) = store.acquire(&request("A", &["l"]), None).unwrap()
+    else {
+        panic!()
+    };
+    store.force_release(&key("l"), "maintenance").unwrap();
+    let (status, p) = post(
+        server.addr,
+        &format!("/v1/grants/{}/renew", g.grant),
+        json!({ "handle": g.handle.expose(), "key": "l" }),
+    );
+    assert_eq!(status, 410, "{p}");
+    assert_eq!(p["code"], "lost");
+    assert_eq!(p["reason"], "forced");
+    // Releasing twice is not an error.
+    let (status, r) = post(
+        server.addr,
+        &format!("/v1/grants/{}/release", g.grant),
+        json!({ "handle": g.handle.expose() }),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "not_held");
+}
+
+#[test]
+fn a_retry_with_the_same_request_id_gets_the_same_grant() {
+    let server = Server::start_real(Settings::default());
+    let body = json!({ "keys": ["r"], "owner": "A", "request_id": "job-7", "ttl_ms": 60000 });
+    let (s1, first) = post(server.addr, "/v1/grants", body.clone());
+    let (s2, again) = post(server.addr, "/v1/grants", body);
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(first["grant"], again["grant"]);
+    assert_eq!(first["locks"][0]["fence"], again["locks"][0]["fence"]);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(
+        server.client().list(&ListFilter::default()).unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn foreign_hosts_and_cross_site_writes_are_refused() {
+    let server = Server::start_real(Settings::default());
+    let addr = server.addr;
+    let (status, _, body) = raw(
+        addr,
+        "GET",
+        "/v1/locks",
+        &[("Host", "evil.example:7420")],
+        "",
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("forbidden"));
+    let grant = json!({ "keys": ["x"], "owner": "A" }).to_string();
+    let (status, _, body) = raw(
+        addr,
+        "POST",
+        "/v1/grants",
+        &[("Origin", "http://evil.example")],
+        &grant,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = raw(
+        addr,
+        "POST",
+        "/v1/grants",
+        &[("Sec-Fetch-Site", "cross-site")],
+        &grant,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        server
+            .client()
+            .list(&ListFilter::default())
+            .unwrap()
+            .is_empty()
+    );
+    let origin = format!("http://{addr}");
+    let (status, _, body) = raw(addr, "POST", "/v1/grants", &[("Origin", &origin)], &grant);
+    assert_eq!(status, 200, "same-origin is fine: {body}");
+    let (status, _, _) = raw(
+        addr,
+        "GET",
+        "/v1/locks",
+        &[("Host", &format!("localhost:{}", addr.port()))],
+        "",
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn health_readiness_and_metrics() {
+    let server = Server::start_real(Settings::default());
+    let store = server.client();
+    store.acquire(&request("A", &["m"]), None).unwrap();
+    store.acquire(&request("B", &["m"]), None).unwrap();
+    assert_eq!(raw(server.addr, "GET", "/healthz", &[], "").0, 200);
+    assert_eq!(raw(server.addr, "GET", "/readyz", &[], "").0, 200);
+    let (status, _, text) = raw(server.addr, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("locksmith_acquisitions_total{outcome=\"granted\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("locksmith_acquisitions_total{outcome=\"busy\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("locksmith_held_locks 1"), "{text}");
+    assert!(text.contains("locksmith_wait_seconds_bucket"), "{text}");
+    assert_eq!(
+        server.state.metrics().render(None).lines().count(),
+        text.lines().count()
+    );
+}
+
+#[test]
+fn stopping_answers_every_waiter_and_finishes() {
+    let mut server = Server::start_real(Settings::default());
+    let store = server.client();
+    store.acquire(&request("A", &["s"]), None).unwrap();
+    let addr = server.addr;
+    let waiter = std::thread::spawn(move || {
+        post(
+            addr,
+            "/v1/grants",
+            json!({ "keys": ["s"], "owner": "B", "wait_forever": true }),
+        )
+    });
+    assert!(eventually(Duration::from_secs(5), || store
+        .waiters(&ListFilter::default())
+        .unwrap()
+        .len()
+        == 1));
+    let started = Instant::now();
+    server.stop().expect("a clean stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped without waiting for the poll cap"
+    );
+    let (status, p) = waiter.join().unwrap();
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (503, Some("unavailable")),
+        "{p}"
+    );
+    assert!(
+        server
+            .sqlite
+            .waiters(&ListFilter::default())
+            .unwrap()
+            .is_empty(),
+        "the waiter left the queue"
+    );
+}

@@ -1,0 +1,19 @@
+//! The server over real sockets: the conformance suite and the random walk
+//! through `HttpStore` → `locksmith serve` → the embedded store, and what
+//! only a server has (long polls, disconnects, limits, hosts).
+
+mod common;
+mod http;
+
+use locksmith_testkit::Harness;
+
+fn harness() -> Harness {
+    common::Server::start_manual().harness()
+}
+
+locksmith_testkit::conformance_tests!(harness);
+
+#[test]
+fn random_walk_seeds_0_to_40() {
+    locksmith_testkit::walk::walk_seeds(&harness, 0..40);
+}
