@@ -39,10 +39,12 @@ Exit codes:
   5  deadlock refused: waiting would close a cycle
   6  not the holder: another owner holds the lock
   7  lock lost (renew of a lock that is no longer held; run whose lock was lost)
+  8  not allowed: the server refused the token, or its role does not permit it
   130 acquire interrupted while waiting (SIGINT/SIGTERM/SIGHUP); the queue
       place is given up. `run` exits with CMD's status, or 128 + signal
 
 Environment: LOCKSMITH_HOME (store folder), LOCKSMITH_OWNER (default owner),
+LOCKSMITH_SERVER (a server instead of the embedded store), LOCKSMITH_TOKEN,
 LOCKSMITH_<SETTING> for every setting of `locksmith config`.";
 
 /// Locks and leases for processes, agents and machines.
@@ -60,6 +62,10 @@ pub struct Cli {
     /// Config file (default: $LOCKSMITH_HOME/locksmith.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Use the locksmith server at URL (http://HOST:PORT) instead of the
+    /// embedded store; its token comes from $LOCKSMITH_TOKEN.
+    #[arg(long, global = true, value_name = "URL", env = "LOCKSMITH_SERVER")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +82,7 @@ enum Command {
     ForceRelease(cmd::release::ForceArgs),
     Stats(cmd::history::StatsArgs),
     Sweep(cmd::sweep::Args),
+    Serve(cmd::serve::Args),
     Config(cmd::config::Args),
 }
 
@@ -146,11 +153,58 @@ pub struct Ctx {
     pub json: bool,
     /// Effective configuration.
     pub config: config::Config,
+    /// `--server` / `$LOCKSMITH_SERVER`.
+    pub server: Option<String>,
+}
+
+/// The store of a command: the embedded file, or a server.
+pub enum Opened {
+    /// The embedded SQLite store.
+    Local(Box<locksmith::SqliteStore>),
+    /// A locksmith server.
+    Remote(locksmith::remote::HttpStore),
+}
+
+impl std::ops::Deref for Opened {
+    type Target = dyn locksmith_core::Store;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Opened::Local(s) => &**s,
+            Opened::Remote(r) => r,
+        }
+    }
+}
+
+impl Opened {
+    /// The wake-ups of this store's waiters.
+    pub fn notifier(&self) -> std::sync::Arc<dyn locksmith_core::Notifier> {
+        match self {
+            Opened::Local(s) => std::sync::Arc::new(s.notifier()),
+            Opened::Remote(_) => std::sync::Arc::new(locksmith::remote::RemoteNotifier),
+        }
+    }
+    /// The store, shared.
+    pub fn shared(self) -> std::sync::Arc<dyn locksmith_core::Store> {
+        match self {
+            Opened::Local(s) => std::sync::Arc::from(s as Box<dyn locksmith_core::Store>),
+            Opened::Remote(r) => std::sync::Arc::new(r),
+        }
+    }
 }
 
 impl Ctx {
-    /// Opens the embedded store.
-    pub fn store(&self) -> Result<locksmith::SqliteStore, Failure> {
+    /// Opens the store: the server of `--server`, else the embedded file.
+    pub fn store(&self) -> Result<Opened, Failure> {
+        if let Some(url) = &self.server {
+            let token = std::env::var("LOCKSMITH_TOKEN").ok();
+            return Ok(Opened::Remote(locksmith::remote::HttpStore::open(
+                url, token,
+            )?));
+        }
+        Ok(Opened::Local(Box::new(self.local()?)))
+    }
+    /// Opens the embedded store, whatever `--server` says.
+    pub fn local(&self) -> Result<locksmith::SqliteStore, Failure> {
         let opts = self.config.options()?;
         Ok(locksmith::SqliteStore::open(&self.config.db_path(), opts)?)
     }
@@ -181,10 +235,15 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let json = cli.json;
+    let server = cli.server.filter(|s| !s.is_empty());
     let result = config::Config::load(cli.config.as_deref())
         .map_err(|e| Failure::new(Code::Invalid, format!("{e:#}")))
         .and_then(|config| {
-            let ctx = Ctx { json, config };
+            let ctx = Ctx {
+                json,
+                config,
+                server,
+            };
             match cli.command {
                 Command::Acquire(a) => cmd::acquire::run(&ctx, a),
                 Command::Run(a) => cmd::run::run(&ctx, a),
@@ -196,6 +255,7 @@ fn main() -> ExitCode {
                 Command::ForceRelease(a) => cmd::release::force(&ctx, a),
                 Command::Stats(a) => cmd::history::stats(&ctx, a),
                 Command::Sweep(a) => cmd::sweep::run(&ctx, a),
+                Command::Serve(a) => cmd::serve::run(&ctx, a),
                 Command::Config(a) => cmd::config::run(&ctx, a),
             }
         });

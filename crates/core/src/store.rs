@@ -397,6 +397,15 @@ pub enum StoreError {
     /// The store stayed busy longer than its timeout, or cannot be reached.
     #[error("{0}")]
     Busy(String),
+    /// A server refused the request for a reason of its own (no valid
+    /// token, a role that does not permit it, too many requests).
+    #[error("{message}")]
+    Refused {
+        /// The outcome code the server gave.
+        code: Code,
+        /// What went wrong and what to do.
+        message: String,
+    },
     /// An I/O or database failure.
     #[error("{message}")]
     Backend {
@@ -444,6 +453,7 @@ impl StoreError {
             StoreError::Unusable(_) => Code::Unusable,
             StoreError::Corrupt { .. } => Code::Corrupt,
             StoreError::Busy(_) => Code::Unavailable,
+            StoreError::Refused { code, .. } => *code,
             StoreError::Backend { .. } => Code::StoreError,
         }
     }

@@ -433,6 +433,12 @@ impl Problem {
             Some(Code::Unusable) => StoreError::Unusable(self.detail),
             Some(Code::Corrupt) => StoreError::corrupt(self.detail),
             Some(Code::Unavailable) => StoreError::Busy(self.detail),
+            Some(code @ (Code::Unauthorized | Code::Forbidden | Code::TooMany)) => {
+                StoreError::Refused {
+                    code,
+                    message: self.detail,
+                }
+            }
             _ => StoreError::backend(format!(
                 "the server answered {}: {}",
                 self.code, self.detail

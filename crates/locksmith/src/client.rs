@@ -44,8 +44,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Opens a store by URL: `sqlite:///path/to/locksmith.db`, or `sqlite:`
-    /// for the default file (`$LOCKSMITH_HOME/locksmith.db`).
+    /// Opens a store by URL: `sqlite:///path/to/locksmith.db`, `sqlite:`
+    /// for the default file (`$LOCKSMITH_HOME/locksmith.db`), or
+    /// `http://HOST:PORT` for a locksmith server (token from `$LOCKSMITH_TOKEN`).
     pub fn open(url: &str) -> Result<Client, Error> {
         Client::open_with(url, Options::default())
     }
@@ -61,18 +62,35 @@ impl Client {
                     PathBuf::from(rest)
                 }
             }
-            Some((scheme @ ("postgres" | "postgresql" | "http" | "https"), _)) => {
+            Some(("http" | "https", _)) => {
+                let token = std::env::var("LOCKSMITH_TOKEN").ok();
+                return Client::remote(url, token);
+            }
+            Some((scheme @ ("postgres" | "postgresql"), _)) => {
                 return Err(Error::Url(format!(
                     "{scheme}:// stores are not available in this build yet; use sqlite:///path/to/locksmith.db"
                 )));
             }
             _ => {
                 return Err(Error::Url(format!(
-                    "cannot open {url:?}: the accepted form is sqlite:///path/to/locksmith.db (or sqlite: for the default file)"
+                    "cannot open {url:?}: the accepted forms are sqlite:///path/to/locksmith.db (sqlite: for the default file) and http://HOST:PORT for a locksmith server"
                 )));
             }
         };
         Ok(Client::sqlite(Arc::new(SqliteStore::open(&path, opts)?)))
+    }
+
+    /// A client of the locksmith server at `url` (`http://HOST:PORT`),
+    /// sending `token` as its bearer token. Waiting is a long poll; the
+    /// guards renew over HTTP and report a lock lost on the server's word or
+    /// on their own deadline while the server cannot be reached.
+    pub fn remote(url: &str, token: Option<String>) -> Result<Client, Error> {
+        let store = locksmith_remote::HttpStore::open(url, token)?;
+        Ok(Client::from_parts(
+            Arc::new(store),
+            Arc::new(locksmith_remote::RemoteNotifier),
+            None,
+        ))
     }
 
     /// Wraps an opened embedded store, with its wake-ups and process binding.

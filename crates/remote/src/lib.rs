@@ -26,6 +26,10 @@ use serde::de::DeserializeOwned;
 /// How long a call may take beyond the hold it asks for.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a renewal may take: one that takes longer counts as failed, so
+/// that a holder whose server went silent still meets its own deadline.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A lock store behind a locksmith server.
 pub struct HttpStore {
     base: String,
@@ -96,7 +100,10 @@ impl HttpStore {
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let timeout = Some(CALL_TIMEOUT + extra);
+        let timeout = Some(match extra {
+            RENEWAL => RENEW_TIMEOUT,
+            extra => CALL_TIMEOUT + extra,
+        });
         let sent = match body {
             Some(b) => {
                 let req = req
@@ -204,6 +211,9 @@ impl HttpStore {
         }
     }
 }
+
+/// The `extra` of a renewal call: it gets [`RENEW_TIMEOUT`] in all.
+const RENEWAL: Duration = Duration::MAX;
 
 /// The ticket text the server gave with its last `waiting` answer.
 fn server_ticket(t: &Ticket) -> Option<String> {
@@ -330,7 +340,7 @@ impl Store for HttpStore {
             owner,
             ttl_ms: ttl.map(locksmith_core::wire::millis),
         };
-        let (status, bytes) = self.post(&lock_path(&target.key, "renew"), &body, Duration::ZERO)?;
+        let (status, bytes) = self.post(&lock_path(&target.key, "renew"), &body, RENEWAL)?;
         if status == 410 {
             let p = problem(&self.base, status, &bytes);
             let reason = p

@@ -25,7 +25,7 @@ pub struct Metrics {
     releases: Family<Labels, Counter>,
     renewals: Family<Labels, Counter>,
     sweeps: Family<Labels, Counter>,
-    steals: Counter,
+    ended: Family<Labels, Gauge>,
     forced: Counter,
     wait: Histogram,
     hold: Histogram,
@@ -51,7 +51,7 @@ impl Metrics {
         let releases = Family::<Labels, Counter>::default();
         let renewals = Family::<Labels, Counter>::default();
         let sweeps = Family::<Labels, Counter>::default();
-        let steals = Counter::default();
+        let ended = Family::<Labels, Gauge>::default();
         let forced = Counter::default();
         let wait = Histogram::new(exponential_buckets(0.0005, 2.0, 22));
         let hold = Histogram::new(exponential_buckets(0.01, 2.0, 24));
@@ -82,9 +82,9 @@ impl Metrics {
             sweeps.clone(),
         );
         registry.register(
-            "locksmith_steals",
-            "Grants that took a stale, expired or dead holder's lock over",
-            steals.clone(),
+            "locksmith_history_ended",
+            "Tenures ended in the kept history of the store (all servers), by reason: stolen, forced, lease_expired, ...",
+            ended.clone(),
         );
         registry.register(
             "locksmith_forced_releases",
@@ -119,7 +119,7 @@ impl Metrics {
             releases,
             renewals,
             sweeps,
-            steals,
+            ended,
             forced,
             wait,
             hold,
@@ -139,10 +139,6 @@ impl Metrics {
         if outcome == "granted" {
             self.wait.observe(waited.as_secs_f64());
         }
-    }
-    /// A grant that stole.
-    pub fn stole(&self) {
-        self.steals.inc();
     }
     /// A tenure ended with `reason` after `held`.
     pub fn released(&self, reason: &str, held: Option<Duration>) {
@@ -174,6 +170,11 @@ impl Metrics {
             self.waiting.set(s.waiting as i64);
             self.unhealthy.set(s.unhealthy as i64);
             self.last_fence.set(s.last_fence as i64);
+            for (reason, n) in &s.releases {
+                self.ended
+                    .get_or_create(&label("reason", reason))
+                    .set(*n as i64);
+            }
         }
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);

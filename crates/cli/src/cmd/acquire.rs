@@ -228,6 +228,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let policy = WaitPolicy::parse(&a.wait)
         .map_err(|e| Failure::new(Code::Invalid, format!("--wait: {e}")))?;
     let store = ctx.store()?;
+    if req.bind.is_some() && matches!(store, crate::Opened::Remote(_)) {
+        return Err(Failure::new(
+            Code::Invalid,
+            "--pid binds a lock to a process on this machine, which a server cannot watch; with --server give the lock a lease (--ttl) instead",
+        ));
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGINT,
@@ -238,8 +244,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     let grant = wait_for_grant(
         ctx,
-        &store,
-        &store.notifier(),
+        &*store,
+        &*store.notifier(),
         &req,
         policy,
         &a.wait,
@@ -262,7 +268,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 "handle": grant.handle.expose(), "owner": grant.owner, "grant": grant.grant,
             }));
         }
-        return answered(&store, &grant);
+        return answered(&*store, &grant);
     }
     for l in &grant.locks {
         let lease = match (grant.ttl, expires(l)) {
@@ -275,7 +281,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     if grant.replayed {
         out!("(repeated request id: this is the grant made earlier)");
     }
-    answered(&store, &grant)
+    answered(&*store, &grant)
 }
 
 /// A grant whose answer could not be written (stdout closed or full) is

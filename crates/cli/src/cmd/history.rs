@@ -1,7 +1,7 @@
 //! `history` and `stats`: the audit trail and its counters.
 
+use locksmith_core::EventKind;
 use locksmith_core::store::HistoryFilter;
-use locksmith_core::{EventKind, Store};
 
 use crate::output::{json, table};
 use crate::{Ctx, Failure};

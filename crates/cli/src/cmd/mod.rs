@@ -5,6 +5,7 @@ pub mod config;
 pub mod history;
 pub mod release;
 pub mod run;
+pub mod serve;
 pub mod status;
 pub mod sweep;
 

@@ -3,7 +3,7 @@
 
 use locksmith_core::store::{Proof, Release, Renewal, Target};
 use locksmith_core::time::{format_duration, parse_duration};
-use locksmith_core::{LeaseHandle, ReleaseReason, Store};
+use locksmith_core::{LeaseHandle, ReleaseReason};
 
 use crate::output::json;
 use crate::{Ctx, Failure};

@@ -117,17 +117,24 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let ttl = parse_duration(&a.ttl).map_err(|e| invalid("ttl", e))?;
     let grace = parse_duration(&a.grace).map_err(|e| invalid("grace", e))?;
     let policy = WaitPolicy::parse(&a.wait).map_err(|e| invalid("wait", e))?;
-    let sqlite = ctx.store()?;
+    let opened = ctx.store()?;
     // Bound to this process and everything CMD starts: a SIGKILL of run frees
     // the locks only once CMD's whole tree is gone (its descendants inherit
-    // the life file, as with flock(1)).
-    let (bind, file) = sqlite.bind_process_tree()?;
-    let _life = LifeFile {
-        path: bind.life_file.clone().map(PathBuf::from),
-        _file: file,
+    // the life file, as with flock(1)). A server cannot watch a process on
+    // this machine: there the lease alone ends a lock whose run was killed.
+    let (bind, _life) = match &opened {
+        crate::Opened::Local(sqlite) => {
+            let (bind, file) = sqlite.bind_process_tree()?;
+            let life = LifeFile {
+                path: bind.life_file.clone().map(PathBuf::from),
+                _file: file,
+            };
+            (Some(bind), Some(life))
+        }
+        crate::Opened::Remote(_) => (None, None),
     };
-    let notifier = sqlite.notifier();
-    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let notifier = opened.notifier();
+    let store: Arc<dyn Store> = opened.shared();
     let holder = super::holder(ctx, a.owner.as_ref(), a.task.as_ref());
     let req = AcquireRequest {
         keys,
@@ -139,7 +146,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         priority: a.priority,
         takeover: Takeover::None,
         request_id: None,
-        bind: Some(bind),
+        bind,
     };
 
     // Signals: while waiting they stop the wait; once CMD runs they go to its group.
@@ -186,7 +193,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let what: Vec<String> = req.keys.iter().map(|k| k.to_string()).collect();
     let what = what.join(", ");
     let grant = match super::acquire::wait_for_grant(
-        ctx, &*store, &notifier, &req, policy, &a.wait, &cancel,
+        ctx, &*store, &*notifier, &req, policy, &a.wait, &cancel,
     ) {
         Ok(g) => g,
         // A signal stopped the wait: exit as a shell does for that signal.

@@ -1,8 +1,8 @@
 //! `status KEY` and `list`: who holds what, how healthy, and who waits.
 
+use locksmith_core::Scope;
 use locksmith_core::store::{ListFilter, LockInfo, WaiterInfo};
 use locksmith_core::time::format_duration;
-use locksmith_core::{Scope, Store};
 
 use crate::config::show_duration;
 use crate::output::{json, table};

@@ -134,7 +134,7 @@ fn pass(ctx: &Ctx, store: &dyn Store, dry_run: bool) -> Result<Vec<SweepAction>,
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let store = ctx.store()?;
     if a.once {
-        let actions = pass(ctx, &store, a.dry_run)?;
+        let actions = pass(ctx, &*store, a.dry_run)?;
         if ctx.json {
             crate::output::json(&actions);
         } else if actions.is_empty() {
@@ -182,7 +182,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         json!({ "event": "started", "interval_ms": every.as_millis() as u64, "dry_run": a.dry_run, "store": ctx.config.db_path() }),
     );
     while !stop.load(Ordering::SeqCst) {
-        match pass(ctx, &store, a.dry_run) {
+        match pass(ctx, &*store, a.dry_run) {
             Ok(actions) => log("info", json!({ "event": "pass", "ended": actions.len() })),
             Err(f) => log(
                 "error",

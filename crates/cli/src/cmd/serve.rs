@@ -1,0 +1,133 @@
+//! `locksmith serve`: the HTTP API, the sweeper and the metrics over the
+//! store, until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use locksmith::SqliteStore;
+use locksmith_core::Code;
+use locksmith_core::time::parse_duration;
+use locksmith_server::{DEFAULT_PORT, Settings, State};
+
+use crate::{Ctx, Failure};
+
+/// Serve the HTTP API over the store (with the sweeper inside).
+///
+/// Prints `listening on http://ADDR` (the bound address, also for port 0)
+/// as its first line, then logs to stderr. SIGTERM or SIGINT: stop taking
+/// requests, answer every waiter, finish the requests in flight, exit 0.
+/// The API is described in docs/http.md.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
+    listen: String,
+    /// The store: `sqlite:` (the embedded file of $LOCKSMITH_HOME) or
+    /// `sqlite:///path/to/locksmith.db`.
+    #[arg(long, value_name = "URL", env = "LOCKSMITH_STORE")]
+    store: Option<String>,
+    /// Listen on an address other than loopback without tokens: anyone who
+    /// can reach it may take, release and force-release every lock.
+    #[arg(long)]
+    insecure: bool,
+    /// Also accept requests for this host name (Host header); IP addresses
+    /// and localhost are always accepted. Repeatable.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_host: Vec<String>,
+    /// Longest single long poll before the answer `waiting` (the client
+    /// polls again with its ticket and keeps its place).
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    poll_cap: String,
+    /// How often the sweeper runs; 0 turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    sweep_interval: String,
+    /// Log lines as text or json.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// Runs `serve`.
+pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    let invalid = |flag: &str, e: String| Failure::new(Code::Invalid, format!("--{flag}: {e}"));
+    let addr: SocketAddr = a.listen.parse().map_err(|e| {
+        invalid(
+            "listen",
+            format!("{:?} is not HOST:PORT with an IP address ({e})", a.listen),
+        )
+    })?;
+    if !addr.ip().is_loopback() && !a.insecure {
+        return Err(Failure::new(
+            Code::Invalid,
+            format!(
+                "--listen {addr} is reachable from other machines, and no tokens are configured; pass --insecure to accept that anyone who can reach it may take, release and force-release every lock, or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    let poll_cap = parse_duration(&a.poll_cap).map_err(|e| invalid("poll-cap", e))?;
+    if poll_cap.is_zero() {
+        return Err(invalid("poll-cap", "must be more than 0".into()));
+    }
+    let sweep_every =
+        parse_duration(&a.sweep_interval).map_err(|e| invalid("sweep-interval", e))?;
+    let store = open_store(ctx, a.store.as_deref())?;
+    init_logs(&a.log_format);
+    let settings = Settings {
+        poll_cap,
+        sweep_every,
+        allowed_hosts: a.allow_host.clone(),
+        ..Settings::default()
+    };
+    let notifier = Arc::new(store.notifier());
+    let state = State::new(Arc::new(store), notifier, settings);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::error(format!("cannot start the server runtime: {e}")))?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Failure::error(format!("cannot listen on {addr}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
+        out!("listening on http://{bound}");
+        tracing::info!(event = "listening", address = %bound, insecure = a.insecure, "serving");
+        locksmith_server::serve(listener, state, locksmith_server::signals())
+            .await
+            .map_err(|e| Failure::error(format!("the server failed: {e}")))
+    })
+}
+
+/// The embedded store of `--store`, else of the configuration.
+fn open_store(ctx: &Ctx, url: Option<&str>) -> Result<SqliteStore, Failure> {
+    let path = match url {
+        None | Some("sqlite:") | Some("sqlite://") => ctx.config.db_path(),
+        Some(u) => match u
+            .strip_prefix("sqlite://")
+            .or_else(|| u.strip_prefix("sqlite:"))
+        {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => {
+                return Err(Failure::new(
+                    Code::Invalid,
+                    format!(
+                        "--store {u:?}: serve opens sqlite: (the embedded file) or sqlite:///path/to/locksmith.db"
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(SqliteStore::open(&path, ctx.config.options()?)?)
+}
+
+fn init_logs(format: &str) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
+    let _ = match format {
+        "json" => builder.json().flatten_event(true).try_init(),
+        _ => builder.try_init(),
+    };
+}

@@ -1,0 +1,286 @@
+//! The command line against `locksmith serve`: the same output shapes and
+//! exit codes as on the embedded store, `run` over HTTP, and the server's
+//! own start and stop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use serde_json::Value;
+
+use crate::common::{Env, code, stderr};
+
+/// A `locksmith serve` child on a free loopback port over the env's store.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(env: &Env, extra: &[&str]) -> Served {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--sweep-interval",
+            "200ms",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = env
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {first:?}"))
+            .to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
+            "{url}"
+        );
+        Served { child, url }
+    }
+
+    /// `locksmith ARGS` against this server, from a folder of its own (so
+    /// that nothing can reach the server's file but the server).
+    fn cmd(&self, client: &Env, args: &[&str]) -> Command {
+        let mut c = client.cmd(args);
+        c.env("LOCKSMITH_SERVER", &self.url);
+        c
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        kill_process(Pid::from_child(&self.child), Signal::TERM).unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The JSON answer and exit code of one command.
+fn json_of(mut c: Command) -> (i32, Value) {
+    c.arg("--json");
+    let out = c.output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (code(&out), v)
+}
+
+/// The shape of a JSON value: object keys and element shapes, not values.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().take(1).map(shape).collect()),
+        Value::Null => Value::Null,
+        Value::Bool(_) => Value::String("bool".into()),
+        Value::Number(_) => Value::String("number".into()),
+        Value::String(_) => Value::String("string".into()),
+    }
+}
+
+/// The same script of commands on the embedded store and through a server.
+fn script(run: &dyn Fn(&[&str]) -> (i32, Value)) -> Vec<(String, i32, Value)> {
+    let mut out = Vec::new();
+    let mut step = |args: &[&str]| {
+        let (c, v) = run(args);
+        out.push((args.join(" "), c, v.clone()));
+        v
+    };
+    let granted = step(&["acquire", "repo/acme", "--ttl", "30s", "--task", "42"]);
+    let handle = granted["handle"].as_str().unwrap_or("missing").to_string();
+    step(&["acquire", "repo/acme"]);
+    step(&["acquire", "repo/acme", "--wait", "300ms"]);
+    step(&["acquire", "bad//key"]);
+    step(&["status", "repo/acme"]);
+    step(&["list"]);
+    step(&["renew", "repo/acme", "--handle", &handle]);
+    step(&["release", "repo/acme", "--owner", "someone-else"]);
+    step(&["release", "repo/acme", "--handle", &handle]);
+    step(&["release", "repo/acme", "--handle", &handle]);
+    step(&["renew", "repo/acme", "--handle", &handle]);
+    step(&["acquire", "task/1", "task/2", "--ttl", "30s"]);
+    step(&["force-release", "task/1", "--reason", "stuck"]);
+    step(&["list", "--owner", "nobody"]);
+    step(&["stats"]);
+    out
+}
+
+#[test]
+fn commands_answer_the_same_through_a_server() {
+    let local = Env::new();
+    let embedded = script(&|args| json_of(local.cmd(args)));
+    let home = Env::new();
+    let served = Served::start(&home, &[]);
+    let client = Env::new();
+    let remote = script(&|args| json_of(served.cmd(&client, args)));
+    assert_eq!(embedded.len(), remote.len());
+    for ((what, c1, v1), (_, c2, v2)) in embedded.iter().zip(&remote) {
+        assert_eq!(c1, c2, "exit code of `{what}`: embedded {v1}, server {v2}");
+        assert_eq!(
+            shape(v1),
+            shape(v2),
+            "JSON of `{what}`: embedded {v1}, server {v2}"
+        );
+    }
+    // The codes are the documented ones.
+    let codes: Vec<i32> = remote.iter().map(|r| r.1).collect();
+    assert_eq!(
+        codes,
+        [0, 3, 4, 2, 0, 0, 0, 6, 0, 0, 7, 0, 0, 0, 0],
+        "{remote:?}"
+    );
+    // Nothing reached the client's own folder.
+    assert!(!client.file("locksmith.db").exists());
+    assert!(served.stop().success());
+}
+
+#[test]
+fn run_over_a_server_renews_and_stops_cmd_when_the_lock_is_lost() {
+    let home = Env::new();
+    let served = Served::start(&home, &[]);
+    let client = Env::new();
+    let out = served
+        .cmd(
+            &client,
+            &[
+                "run",
+                "-l",
+                "job",
+                "--ttl",
+                "1s",
+                "--",
+                "sh",
+                "-c",
+                "sleep 1.5; echo $LOCKSMITH_FENCE",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .is_ok(),
+        "the fence reached CMD"
+    );
+    // Lost while CMD runs: CMD is stopped and run exits 7.
+    let termed = client.file("termed");
+    let script = format!(
+        "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
+        termed.display()
+    );
+    let run = served
+        .cmd(
+            &client,
+            &["run", "-l", "job", "--ttl", "3s", "--", "sh", "-c", &script],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, st) = json_of(served.cmd(&client, &["status", "job"]));
+        if st["free"] == Value::Bool(false) {
+            break;
+        }
+        assert!(Instant::now() < end, "run never held the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let forced = served
+        .cmd(&client, &["force-release", "job", "--reason", "test"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&forced), 0, "{}", stderr(&forced));
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&termed).unwrap().trim(), "TERM");
+}
+
+#[test]
+fn run_stops_cmd_when_the_server_cannot_be_reached_before_its_deadline() {
+    let home = Env::new();
+    let served = Served::start(&home, &[]);
+    let client = Env::new();
+    let termed = client.file("termed");
+    let script = format!(
+        "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
+        termed.display()
+    );
+    let run = served
+        .cmd(
+            &client,
+            &["run", "-l", "job", "--ttl", "2s", "--", "sh", "-c", &script],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    // The server goes away for good: no renewal can succeed.
+    drop(served);
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopped by its own deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(std::fs::read_to_string(&termed).unwrap().trim(), "TERM");
+}
+
+#[test]
+fn serve_refuses_other_addresses_without_insecure_and_stops_on_sigterm() {
+    let home = Env::new();
+    let out = home.run(&["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("--insecure"), "{}", stderr(&out));
+    let served = Served::start(&home, &["--log-format", "json"]);
+    let status = served.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_dead_server_is_a_clear_error_and_pid_binding_is_refused() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["list"])
+        .env("LOCKSMITH_SERVER", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("cannot reach the locksmith server"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env
+        .cmd(&["list"])
+        .env("LOCKSMITH_SERVER", "localhost:7420")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let home = Env::new();
+    let served = Served::start(&home, &[]);
+    let pid = std::process::id().to_string();
+    let out = served
+        .cmd(&env, &["acquire", "k", "--pid", &pid])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
+}
