@@ -83,6 +83,7 @@ enum Command {
     Stats(cmd::history::StatsArgs),
     Sweep(cmd::sweep::Args),
     Serve(cmd::serve::Args),
+    Token(cmd::token::Args),
     Config(cmd::config::Args),
 }
 
@@ -256,6 +257,7 @@ fn main() -> ExitCode {
                 Command::Stats(a) => cmd::history::stats(&ctx, a),
                 Command::Sweep(a) => cmd::sweep::run(&ctx, a),
                 Command::Serve(a) => cmd::serve::run(&ctx, a),
+                Command::Token(a) => cmd::token::run(&ctx, a),
                 Command::Config(a) => cmd::config::run(&ctx, a),
             }
         });

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State as Shared};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, State as Shared};
 use axum::http::{StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -26,8 +26,9 @@ use serde::de::DeserializeOwned;
 
 use crate::State;
 use crate::error::ApiError;
-use crate::guard;
+use crate::guard::{self, Caller};
 use crate::poll::{self, Answer, blocking};
+use crate::tokens::Role;
 
 type Api = Result<Response, ApiError>;
 
@@ -48,6 +49,7 @@ pub(crate) fn router(st: Arc<State>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(st.settings.max_body))
+        .layer(from_fn_with_state(st.clone(), guard::auth))
         .layer(from_fn_with_state(st.clone(), guard::check))
         .with_state(st)
 }
@@ -90,9 +92,13 @@ fn key(text: &str) -> Result<Key, ApiError> {
 async fn acquire(
     Shared(st): Shared<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Api {
     let b: AcquireBody = parse(&body)?;
+    if b.strategy == Some(locksmith_core::wire::Strategy::Force) {
+        caller.require(Role::Admin, "strategy force")?;
+    }
     if b.keys.len() > st.settings.max_keys {
         return Err(ApiError::new(
             Code::TooLarge,
@@ -139,11 +145,19 @@ async fn acquire(
     }
 }
 
-/// The proof in a renew or release body.
-fn proof(handle: Option<String>, owner: Option<String>) -> Result<Proof, ApiError> {
+/// The proof in a renew or release body. With tokens, only an admin may
+/// prove holding by owner name: a client proves it with the lease handle,
+/// so that it can act on its own grants only.
+fn proof(caller: Caller, handle: Option<String>, owner: Option<String>) -> Result<Proof, ApiError> {
     match (handle, owner) {
         (Some(h), None) => Ok(Proof::Handle(LeaseHandle::from_text(h))),
-        (None, Some(o)) => Ok(Proof::Owner(o)),
+        (None, Some(o)) => {
+            caller.require(
+                Role::Admin,
+                "proving holding by owner name (instead of the lease handle)",
+            )?;
+            Ok(Proof::Owner(o))
+        }
         _ => Err(ApiError::new(
             Code::Invalid,
             "prove holding with exactly one of handle (the lease handle) or owner",
@@ -185,19 +199,20 @@ fn check_grant(grant: i64, handle: &Option<String>) -> Result<(), ApiError> {
 
 async fn renew_grant(
     Shared(st): Shared<Arc<State>>,
+    Extension(caller): Extension<Caller>,
     Path(grant): Path<i64>,
     body: Result<Bytes, BytesRejection>,
 ) -> Api {
     let b: RenewBody = parse(&body)?;
     check_grant(grant, &b.handle)?;
     let k = grant_key(&st, grant, b.key.clone()).await?;
-    renew(st, k, b).await
+    renew(st, caller, k, b).await
 }
 
-async fn renew(st: Arc<State>, k: Key, b: RenewBody) -> Api {
+async fn renew(st: Arc<State>, caller: Caller, k: Key, b: RenewBody) -> Api {
     let target = Target {
         key: k,
-        by: proof(b.handle, b.owner)?,
+        by: proof(caller, b.handle, b.owner)?,
     };
     let ttl = b.ttl_ms.map(Duration::from_millis);
     let store = st.store.clone();
@@ -224,6 +239,7 @@ async fn renew(st: Arc<State>, k: Key, b: RenewBody) -> Api {
 
 async fn release_grant(
     Shared(st): Shared<Arc<State>>,
+    Extension(caller): Extension<Caller>,
     Path(grant): Path<i64>,
     body: Result<Bytes, BytesRejection>,
 ) -> Api {
@@ -240,10 +256,10 @@ async fn release_grant(
         }
         Err(e) => return Err(e),
     };
-    release(st, k, b, true).await
+    release(st, caller, k, b, true).await
 }
 
-async fn release(st: Arc<State>, k: Key, b: ReleaseBody, whole: bool) -> Api {
+async fn release(st: Arc<State>, caller: Caller, k: Key, b: ReleaseBody, whole: bool) -> Api {
     let reason = b.reason.unwrap_or(ReleaseReason::Completed);
     if !matches!(reason, ReleaseReason::Completed | ReleaseReason::Failed) {
         return Err(ApiError::new(
@@ -253,7 +269,7 @@ async fn release(st: Arc<State>, k: Key, b: ReleaseBody, whole: bool) -> Api {
     }
     let target = Target {
         key: k,
-        by: proof(b.handle, b.owner)?,
+        by: proof(caller, b.handle, b.owner)?,
     };
     let store = st.store.clone();
     let r = blocking(move || match whole {
@@ -324,6 +340,7 @@ async fn status(Shared(st): Shared<Arc<State>>, Path(k): Path<String>) -> Api {
 /// `POST /v1/locks/{key}/renew|release|force-release` (keys contain `/`).
 async fn lock_action(
     Shared(st): Shared<Arc<State>>,
+    Extension(caller): Extension<Caller>,
     Path(path): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Api {
@@ -331,8 +348,8 @@ async fn lock_action(
         return Err(not_found_error());
     };
     match action {
-        "renew" => renew(st, key(k)?, parse(&body)?).await,
-        "release" => release(st, key(k)?, parse(&body)?, false).await,
+        "renew" => renew(st, caller, key(k)?, parse(&body)?).await,
+        "release" => release(st, caller, key(k)?, parse(&body)?, false).await,
         "force-release" => force(st, key(k)?, parse(&body)?).await,
         _ => Err(not_found_error()),
     }

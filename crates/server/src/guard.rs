@@ -13,6 +13,7 @@ use locksmith_core::Code;
 
 use crate::State;
 use crate::error::ApiError;
+use crate::tokens::Role;
 
 /// Refuses requests for a host name that is not allowed, and state
 /// changes from a cross-site browser request.
@@ -97,4 +98,88 @@ mod tests {
             assert!(!host_allowed(bad, &allowed), "{bad}");
         }
     }
+}
+
+/// Who is calling: the role of its token, or `None` under local trust (no
+/// token configured, loopback only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Caller(pub Option<Role>);
+
+impl Caller {
+    /// Refuses unless the caller has at least `role`; `what` names the act.
+    pub(crate) fn require(self, role: Role, what: &str) -> Result<(), ApiError> {
+        match self.0 {
+            Some(have) if have < role => Err(ApiError::new(
+                Code::Forbidden,
+                format!(
+                    "{what} needs a token of role {}; this token's role is {}",
+                    role.name(),
+                    have.name()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The least role a route needs; `None` for the probes anyone may call.
+fn needed(method: &Method, path: &str) -> Option<Role> {
+    match (method, path) {
+        (_, "/healthz" | "/readyz") => None,
+        (&Method::GET | &Method::HEAD, _) => Some(Role::Viewer),
+        (_, "/v1/reap") => Some(Role::Admin),
+        (_, p) if p.starts_with("/v1/locks/") && p.ends_with("/force-release") => Some(Role::Admin),
+        _ => Some(Role::Client),
+    }
+}
+
+/// Checks the bearer token when tokens are configured and records the
+/// caller's role for the handlers.
+pub(crate) async fn auth(Shared(st): Shared<Arc<State>>, mut req: Request, next: Next) -> Response {
+    let caller = {
+        let tokens = st.tokens.read().unwrap_or_else(|p| p.into_inner());
+        match needed(req.method(), req.uri().path()) {
+            _ if tokens.is_empty() => Caller(None),
+            None => Caller(Some(Role::Viewer)),
+            Some(role) => {
+                let presented = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                let entry = match presented {
+                    None => {
+                        return unauthorized(
+                            "this server needs a token: send Authorization: Bearer <token> (the CLI reads LOCKSMITH_TOKEN)",
+                        );
+                    }
+                    Some(t) => match tokens.check(t) {
+                        None => {
+                            return unauthorized(
+                                "the token is not known to this server (revoked, mistyped, or from another server)",
+                            );
+                        }
+                        Some(e) => e,
+                    },
+                };
+                let caller = Caller(Some(entry.role));
+                if let Err(e) = caller.require(role, "this request") {
+                    return e.into_response();
+                }
+                caller
+            }
+        }
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+fn unauthorized(detail: &str) -> Response {
+    let mut resp = ApiError::new(Code::Unauthorized, detail).into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    resp
 }

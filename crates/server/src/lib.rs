@@ -17,10 +17,13 @@ mod guard;
 mod metrics;
 mod poll;
 mod sweeper;
+pub mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use locksmith_core::{Notifier, Store};
@@ -50,6 +53,9 @@ pub struct Settings {
     /// Host names a request may name in its `Host` header, besides
     /// loopback names and the listening address.
     pub allowed_hosts: Vec<String>,
+    /// The token file; without one (or with an empty one) every caller is
+    /// trusted, which `serve` allows on loopback only.
+    pub tokens: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -61,6 +67,7 @@ impl Default for Settings {
             max_keys: 64,
             max_waiters_per_owner: 64,
             allowed_hosts: Vec::new(),
+            tokens: None,
         }
     }
 }
@@ -72,20 +79,27 @@ pub struct State {
     pub(crate) settings: Settings,
     pub(crate) metrics: Metrics,
     pub(crate) parked: poll::Parked,
+    pub(crate) tokens: RwLock<tokens::Tokens>,
     /// Becomes true when the server starts to stop.
     pub(crate) stopping: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
 }
 
 impl State {
-    /// A server over `store`, whose long polls are woken by `notifier`.
+    /// A server over `store`, whose long polls are woken by `notifier`;
+    /// refuses a token file that cannot be read.
     pub fn new(
         store: Arc<dyn Store>,
         notifier: Arc<dyn Notifier>,
         settings: Settings,
-    ) -> Arc<State> {
+    ) -> Result<Arc<State>, String> {
         let (stop, stopping) = watch::channel(false);
-        Arc::new(State {
+        let tokens = match &settings.tokens {
+            Some(p) => tokens::Tokens::load(p)?,
+            None => tokens::Tokens::default(),
+        };
+        Ok(Arc::new(State {
+            tokens: RwLock::new(tokens),
             store,
             notifier,
             settings,
@@ -93,7 +107,28 @@ impl State {
             parked: poll::Parked::default(),
             stopping,
             stop,
-        })
+        }))
+    }
+
+    /// Reads the token file again (SIGHUP); keeps the old tokens when the
+    /// file cannot be read. Answers how many tokens are in force.
+    pub fn reload_tokens(&self) -> Result<usize, String> {
+        let Some(path) = &self.settings.tokens else {
+            return Ok(0);
+        };
+        let fresh = tokens::Tokens::load(path)?;
+        let n = fresh.entries().len();
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(n)
+    }
+
+    /// True when tokens are configured.
+    pub fn has_tokens(&self) -> bool {
+        !self
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// The metrics of this server.
@@ -135,17 +170,17 @@ pub async fn serve(
     result
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn signals() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called (inside a runtime), so that a signal sent as soon as the server
+/// says it listens is not lost.
+pub fn signals() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

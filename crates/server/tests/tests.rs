@@ -2,6 +2,7 @@
 //! through `HttpStore` → `locksmith serve` → the embedded store, and what
 //! only a server has (long polls, disconnects, limits, hosts).
 
+mod auth;
 mod common;
 mod http;
 

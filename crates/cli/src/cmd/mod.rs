@@ -8,6 +8,7 @@ pub mod run;
 pub mod serve;
 pub mod status;
 pub mod sweep;
+pub mod token;
 
 use std::path::PathBuf;
 

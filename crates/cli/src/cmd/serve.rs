@@ -31,6 +31,11 @@ pub struct Args {
     /// can reach it may take, release and force-release every lock.
     #[arg(long)]
     insecure: bool,
+    /// Token file (default: $LOCKSMITH_HOME/tokens.json; see `locksmith
+    /// token`). With tokens every request but /healthz and /readyz needs one;
+    /// SIGHUP reads the file again.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
     /// Also accept requests for this host name (Host header); IP addresses
     /// and localhost are always accepted. Repeatable.
     #[arg(long = "allow-host", value_name = "NAME")]
@@ -56,11 +61,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             format!("{:?} is not HOST:PORT with an IP address ({e})", a.listen),
         )
     })?;
-    if !addr.ip().is_loopback() && !a.insecure {
+    let token_file = super::token::path(ctx, a.tokens.as_ref());
+    let has_tokens = !locksmith_server::tokens::Tokens::load(&token_file)
+        .map_err(Failure::error)?
+        .is_empty();
+    if !addr.ip().is_loopback() && !has_tokens && !a.insecure {
         return Err(Failure::new(
             Code::Invalid,
             format!(
-                "--listen {addr} is reachable from other machines, and no tokens are configured; pass --insecure to accept that anyone who can reach it may take, release and force-release every lock, or listen on 127.0.0.1"
+                "--listen {addr} is reachable from other machines, and no tokens are configured in {}; create some with `locksmith token create`, or pass --insecure to accept that anyone who can reach it may take, release and force-release every lock, or listen on 127.0.0.1",
+                token_file.display()
             ),
         ));
     }
@@ -76,10 +86,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         poll_cap,
         sweep_every,
         allowed_hosts: a.allow_host.clone(),
+        tokens: Some(token_file),
         ..Settings::default()
     };
     let notifier = Arc::new(store.notifier());
-    let state = State::new(Arc::new(store), notifier, settings);
+    let state = State::new(Arc::new(store), notifier, settings).map_err(Failure::error)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,12 +99,31 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Failure::error(format!("cannot listen on {addr}: {e}")))?;
+        let stop = locksmith_server::signals()
+            .map_err(|e| Failure::error(format!("cannot install the signal handlers: {e}")))?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Failure::error(format!("cannot install the signal handlers: {e}")))?;
         let bound = listener
             .local_addr()
             .map_err(|e| Failure::error(format!("cannot read the bound address: {e}")))?;
         out!("listening on http://{bound}");
-        tracing::info!(event = "listening", address = %bound, insecure = a.insecure, "serving");
-        locksmith_server::serve(listener, state, locksmith_server::signals())
+        tracing::info!(
+            event = "listening",
+            address = %bound,
+            tokens = state.has_tokens(),
+            insecure = a.insecure,
+            "serving"
+        );
+        let reloading = state.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match reloading.reload_tokens() {
+                    Ok(n) => tracing::info!(event = "tokens_reloaded", tokens = n, "tokens reloaded"),
+                    Err(e) => tracing::error!(event = "tokens_reload_failed", error = %e, "kept the tokens in force"),
+                }
+            }
+        });
+        locksmith_server::serve(listener, state, stop)
             .await
             .map_err(|e| Failure::error(format!("the server failed: {e}")))
     })

@@ -284,3 +284,56 @@ fn a_dead_server_is_a_clear_error_and_pid_binding_is_refused() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
 }
+
+#[test]
+fn tokens_decide_what_a_command_may_do_and_a_refusal_exits_8() {
+    let home = Env::new();
+    let make = |role: &str| {
+        let out = home.run(&["token", "create", "--name", role, "--role", role]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let viewer = make("viewer");
+    let client_token = make("client");
+    let listed = home.run(&["token", "list", "--json"]);
+    let text = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        text.contains("\"viewer\"") && !text.contains(&viewer),
+        "{text}"
+    );
+    let served = Served::start(&home, &[]);
+    let client = Env::new();
+    let with = |token: Option<&str>, args: &[&str]| {
+        let mut c = served.cmd(&client, args);
+        match token {
+            Some(t) => c.env("LOCKSMITH_TOKEN", t),
+            None => c.env_remove("LOCKSMITH_TOKEN"),
+        };
+        c.output().unwrap()
+    };
+    let out = with(None, &["list"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs a token"), "{}", stderr(&out));
+    assert_eq!(code(&with(Some("lst_wrong"), &["list"])), 8);
+    assert_eq!(code(&with(Some(&viewer), &["list"])), 0);
+    let out = with(Some(&viewer), &["acquire", "k"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("role"), "{}", stderr(&out));
+    assert_eq!(
+        code(&with(Some(&client_token), &["acquire", "k", "--ttl", "1m"])),
+        0
+    );
+    let out = with(
+        Some(&client_token),
+        &["force-release", "k", "--reason", "x"],
+    );
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    // Revoked, and read again on SIGHUP.
+    assert_eq!(code(&home.run(&["token", "revoke", "viewer"])), 0);
+    kill_process(Pid::from_child(&served.child), Signal::HUP).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while code(&with(Some(&viewer), &["list"])) != 8 {
+        assert!(Instant::now() < end, "the revoked token still works");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

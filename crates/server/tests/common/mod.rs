@@ -50,7 +50,7 @@ impl Server {
         .expect("open a fresh store");
         let sqlite = Arc::new(sqlite);
         let notifier: Arc<dyn Notifier> = Arc::new(sqlite.notifier());
-        let state = State::new(sqlite.clone(), notifier, settings);
+        let state = State::new(sqlite.clone(), notifier, settings).expect("server state");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::common::{Server, eventually};
 
 /// One request on its own connection: status, head, body.
-fn raw(
+pub fn raw(
     addr: SocketAddr,
     method: &str,
     path: &str,
