@@ -84,6 +84,7 @@ enum Command {
     Sweep(cmd::sweep::Args),
     Serve(cmd::serve::Args),
     Token(cmd::token::Args),
+    Watch(cmd::watch::Args),
     Config(cmd::config::Args),
 }
 
@@ -258,6 +259,7 @@ fn main() -> ExitCode {
                 Command::Sweep(a) => cmd::sweep::run(&ctx, a),
                 Command::Serve(a) => cmd::serve::run(&ctx, a),
                 Command::Token(a) => cmd::token::run(&ctx, a),
+                Command::Watch(a) => cmd::watch::run(&ctx, a),
                 Command::Config(a) => cmd::config::run(&ctx, a),
             }
         });

@@ -8,8 +8,12 @@
 //! answers at once when a release makes it the request's turn. The wake-ups
 //! of [`RemoteNotifier`] are therefore immediate: the transport is the wake-up.
 
+mod watch;
+
 use std::io::Read;
 use std::time::Duration;
+
+pub use watch::Watched;
 
 use locksmith_core::local::{Notifier, WakeSource};
 use locksmith_core::store::{HistoryFilter, LeaveReason, ListFilter};

@@ -44,6 +44,7 @@ pub(crate) fn router(st: Arc<State>) -> Router {
         .route("/v1/waiters", get(waiters))
         .route("/v1/history", get(history))
         .route("/v1/stats", get(stats))
+        .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -525,6 +526,72 @@ async fn history(
         StatusCode::OK,
         &serde_json::json!({ "events": events }),
     ))
+}
+
+async fn events(
+    Shared(st): Shared<Arc<State>>,
+    headers: axum::http::HeaderMap,
+    q: Result<Query<crate::events::Filter>, axum::extract::rejection::QueryRejection>,
+) -> Api {
+    use crate::events::{Item, missed, stream};
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use futures_util::StreamExt;
+    let filter = query(q)?;
+    let resume = match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::parse::<i64>))
+    {
+        None => filter.after,
+        Some(Ok(Ok(id))) => Some(id),
+        Some(_) => {
+            return Err(ApiError::new(
+                Code::Invalid,
+                "Last-Event-ID is the id of an event this stream sent",
+            ));
+        }
+    };
+    // Subscribe before reading the history, so that nothing falls between.
+    let rx = st.feed.subscribe();
+    let (backlog, sent) = match resume {
+        None => (Vec::new(), st.feed.last()),
+        Some(id) => {
+            let store = st.store.clone();
+            match blocking(move || missed(&*store, id)).await?? {
+                Some(events) => {
+                    let sent = events.last().map_or(id, |e| e.id);
+                    let items = events
+                        .into_iter()
+                        .filter(|e| {
+                            filter
+                                .prefix
+                                .as_deref()
+                                .is_none_or(|p| e.key.starts_with(p))
+                        })
+                        .filter(|e| filter.owner.as_deref().is_none_or(|o| e.owner == o))
+                        .map(|e| Item::Event(Arc::new(e)))
+                        .collect();
+                    (items, sent)
+                }
+                None => (vec![Item::Reset("history_pruned")], st.feed.last()),
+            }
+        }
+    };
+    let items = stream(&st, filter, backlog, sent, rx).map(|item| {
+        Ok::<_, std::convert::Infallible>(match item {
+            Item::Event(e) => Sse::default()
+                .id(e.id.to_string())
+                .event(e.kind.name())
+                .json_data(&*e)
+                .unwrap_or_default(),
+            Item::Reset(why) => Sse::default()
+                .event("reset")
+                .data(serde_json::json!({ "reason": why }).to_string()),
+        })
+    });
+    let keep = KeepAlive::new().interval(st.settings.keep_alive);
+    Ok(axum::response::sse::Sse::new(items)
+        .keep_alive(keep)
+        .into_response())
 }
 
 async fn stats(Shared(st): Shared<Arc<State>>) -> Api {

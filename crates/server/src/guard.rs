@@ -54,7 +54,12 @@ pub(crate) async fn check(Shared(st): Shared<Arc<State>>, req: Request, next: Ne
             .into_response();
         }
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    if changes {
+        // The event stream looks at the history now rather than at its next tick.
+        st.feed.changed.notify_one();
+    }
+    resp
 }
 
 /// The host name of a `Host` header, without its port.

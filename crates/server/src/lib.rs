@@ -13,6 +13,7 @@
 
 mod api;
 mod error;
+mod events;
 mod guard;
 mod metrics;
 mod poll;
@@ -53,6 +54,8 @@ pub struct Settings {
     /// Host names a request may name in its `Host` header, besides
     /// loopback names and the listening address.
     pub allowed_hosts: Vec<String>,
+    /// How often an idle event stream gets a keep-alive comment.
+    pub keep_alive: Duration,
     /// The token file; without one (or with an empty one) every caller is
     /// trusted, which `serve` allows on loopback only.
     pub tokens: Option<PathBuf>,
@@ -68,6 +71,7 @@ impl Default for Settings {
             max_waiters_per_owner: 64,
             allowed_hosts: Vec::new(),
             tokens: None,
+            keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -80,6 +84,7 @@ pub struct State {
     pub(crate) metrics: Metrics,
     pub(crate) parked: poll::Parked,
     pub(crate) tokens: RwLock<tokens::Tokens>,
+    pub(crate) feed: events::Feed,
     /// Becomes true when the server starts to stop.
     pub(crate) stopping: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
@@ -100,6 +105,7 @@ impl State {
         };
         Ok(Arc::new(State {
             tokens: RwLock::new(tokens),
+            feed: events::Feed::default(),
             store,
             notifier,
             settings,
@@ -152,6 +158,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sweeper = tokio::spawn(sweeper::run(state.clone()));
+    let pump = tokio::spawn(events::pump(state.clone()));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = state.stop.clone();
     let result = axum::serve(listener, app)
@@ -165,6 +172,7 @@ pub async fn serve(
         })
         .await;
     sweeper.abort();
+    pump.abort();
     state.parked.clear();
     tracing::info!(event = "stopped", "stopped");
     result

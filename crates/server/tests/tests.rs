@@ -4,6 +4,7 @@
 
 mod auth;
 mod common;
+mod events;
 mod http;
 
 use locksmith_testkit::Harness;
@@ -15,6 +16,11 @@ fn harness() -> Harness {
 locksmith_testkit::conformance_tests!(harness);
 
 #[test]
-fn random_walk_seeds_0_to_40() {
-    locksmith_testkit::walk::walk_seeds(&harness, 0..40);
+fn random_walk_seeds_0_to_20() {
+    locksmith_testkit::walk::walk_seeds(&harness, 0..20);
+}
+
+#[test]
+fn random_walk_seeds_20_to_40() {
+    locksmith_testkit::walk::walk_seeds(&harness, 20..40);
 }

@@ -9,6 +9,7 @@ pub mod serve;
 pub mod status;
 pub mod sweep;
 pub mod token;
+pub mod watch;
 
 use std::path::PathBuf;
 

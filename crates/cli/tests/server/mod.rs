@@ -337,3 +337,40 @@ fn tokens_decide_what_a_command_may_do_and_a_refusal_exits_8() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn watch_follows_events_on_the_embedded_store_and_through_a_server() {
+    for through_server in [false, true] {
+        let home = Env::new();
+        let served = through_server.then(|| Served::start(&home, &[]));
+        let client = Env::new();
+        let cmd = |args: &[&str]| match &served {
+            Some(s) => s.cmd(&client, args),
+            None => home.cmd(args),
+        };
+        let watcher = cmd(&["watch", "--prefix", "job/", "--count", "2", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(code(&cmd(&["acquire", "other"]).output().unwrap()), 0);
+        assert_eq!(code(&cmd(&["acquire", "job/1"]).output().unwrap()), 0);
+        assert_eq!(code(&cmd(&["release", "job/1"]).output().unwrap()), 0);
+        let out = watcher.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kinds: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e["kind"].as_str().unwrap(), e["key"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("acquired", "job/1"), ("released", "job/1")],
+            "server: {through_server}"
+        );
+    }
+}
