@@ -12,6 +12,7 @@ pub const MAX_KEY_BYTES: usize = 512;
 /// them empty, `.` or `..`, and no control characters. A key may begin with `/`
 /// so that an absolute folder path is a key as it is.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(try_from = "String", into = "String")]
 pub struct Key(String);
 

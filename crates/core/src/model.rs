@@ -12,6 +12,7 @@ use crate::time::{Mono, Wall};
 
 /// A fencing token: strictly greater than every token the store issued before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Fence(pub u64);
 
@@ -23,6 +24,7 @@ impl fmt::Display for Fence {
 
 /// How a lock shares its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum Mode {
     /// One holder, no other (default).
@@ -74,6 +76,7 @@ impl fmt::Display for Mode {
 
 /// What a lock covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Only its own key (default).
@@ -106,6 +109,7 @@ impl Scope {
 /// The grant id is public (it appears in history as `grant`); the secret part
 /// is what proves ownership. Handles never appear in logs, listings or history.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct LeaseHandle(String);
 
@@ -144,6 +148,7 @@ impl fmt::Debug for LeaseHandle {
 
 /// Who holds (or waits for) a lock.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Holder {
     /// Free text: agent, session or worker name.
     pub owner: String,
@@ -164,6 +169,7 @@ pub struct Holder {
 /// What ties a lock to a live process on this machine: when the process is
 /// gone the lock is freed (`dead_process`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Binding {
     /// The bound process.
     pub pid: u32,
@@ -180,6 +186,7 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 /// Why a tenure ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
     /// Explicit release (the default).
@@ -276,6 +283,7 @@ impl FromStr for ReleaseReason {
 
 /// What happened, as recorded in the history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A lock was granted.
@@ -341,6 +349,7 @@ impl EventKind {
 
 /// One line of the audit history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Position in the history, increasing.
     pub id: i64,
@@ -430,6 +439,7 @@ impl fmt::Debug for Hold {
 
 /// A lock's health as shown by `status` and `list`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// Renewed in time, recent sign of life.

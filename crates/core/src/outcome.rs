@@ -31,6 +31,7 @@ pub mod exit {
 /// A stable name for every way a request can end other than success.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
     /// The lock is held and the request did not wait.

@@ -76,6 +76,7 @@ impl AcquireRequest {
 
 /// One key of a grant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrantedLock {
     /// The key.
     pub key: Key,
@@ -104,6 +105,7 @@ pub struct Grant {
 
 /// Why a request was not granted now.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Blocked {
     /// The locks in the way (may be empty when only earlier waiters are).
     pub holders: Vec<LockInfo>,
@@ -113,6 +115,7 @@ pub struct Blocked {
     pub position: Option<usize>,
     /// How soon a holder in the way runs out by itself, if one does.
     #[serde(with = "opt_duration_ms", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub retry_after: Option<Duration>,
     /// Proofs of life of process-bound holders in the way, for the waiter's
     /// wake source to watch (see [`crate::local::WakeSource::watch`]); local to one host.
@@ -133,6 +136,7 @@ pub enum Attempt {
 /// it can cross a network. The first queued attempt fills in `seq`; later
 /// attempts with the same ticket keep the place.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ticket {
     /// Arrival number given by the store, `None` before the first queued attempt.
     pub seq: Option<i64>,
@@ -161,6 +165,7 @@ pub enum Proof {
 
 /// The answer to a renew.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Renewal {
     /// Extended: every lock of the grant, with its new deadline.
@@ -179,6 +184,7 @@ pub enum Renewal {
 
 /// The answer to a release.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Release {
     /// The caller's tenure ended now.
@@ -189,6 +195,7 @@ pub enum Release {
         fence: Fence,
         /// How long it was held.
         #[serde(with = "duration_ms")]
+        #[cfg_attr(feature = "openapi", schema(value_type = u64))]
         held_for: Duration,
     },
     /// Nothing of the caller's was held (released twice, or already ended).
@@ -202,6 +209,7 @@ pub enum Release {
 
 /// A held lock as shown to people and scripts. Never carries the handle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LockInfo {
     /// The key.
     pub key: Key,
@@ -228,20 +236,25 @@ pub struct LockInfo {
     pub acquired_at: Wall,
     /// Held for so long.
     #[serde(with = "duration_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub held_for: Duration,
     /// Time since the last sign of life.
     #[serde(with = "duration_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub since_seen: Duration,
     /// Lease deadline (wall, display), if leased.
     pub expires_at: Option<Wall>,
     /// Lease time left, if leased.
     #[serde(with = "opt_duration_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub expires_in: Option<Duration>,
     /// Lease length.
     #[serde(with = "opt_duration_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub ttl: Option<Duration>,
     /// Cap on the tenure.
     #[serde(with = "opt_duration_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub max_hold: Option<Duration>,
     /// Health now.
     pub health: Health,
@@ -249,6 +262,7 @@ pub struct LockInfo {
 
 /// A queued request as shown to people and scripts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaiterInfo {
     /// The key (one entry per key of a multi-key request).
     pub key: Key,
@@ -273,11 +287,13 @@ pub struct WaiterInfo {
     pub since: Wall,
     /// Waiting for so long.
     #[serde(with = "duration_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub waited: Duration,
 }
 
 /// Everything about one key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyStatus {
     /// The key.
     pub key: Key,
@@ -321,6 +337,7 @@ pub struct HistoryFilter {
 
 /// Counters for `stats`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stats {
     /// Locks held now.
     pub held: u64,

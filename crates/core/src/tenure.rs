@@ -335,6 +335,7 @@ pub fn release(
 
 /// One lock the sweeper means to end: its tenure and the rule.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reap {
     /// The key.
     pub key: Key,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Microseconds on the store's monotonic clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Mono(pub u64);
 
 impl Mono {
@@ -32,6 +33,7 @@ impl Mono {
 
 /// Milliseconds since the Unix epoch; for display only, never for deadlines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Wall(pub u64);
 
 impl Wall {

@@ -18,6 +18,7 @@ use crate::store::{AcquireRequest, Blocked, Grant, GrantedLock, StoreError, Take
 
 /// What to do with holders in the way, as named in the API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Answer at once when busy (the default without `wait_ms`).
@@ -33,6 +34,7 @@ pub enum Strategy {
 
 /// `POST /v1/grants`: one request for one or more keys.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
     /// The keys, granted all together or not at all.
@@ -223,6 +225,7 @@ impl AcquireBody {
 
 /// `200` to `POST /v1/grants`: granted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrantBody {
     /// Public id of the grant.
     pub grant: i64,
@@ -266,6 +269,7 @@ impl From<GrantBody> for Grant {
 
 /// `202` to `POST /v1/grants`: queued; poll again with `ticket`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaitingBody {
     /// The queue place, to send back with the next poll (and to leave the queue).
     pub ticket: String,
@@ -276,6 +280,7 @@ pub struct WaitingBody {
 
 /// Body of the renew routes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RenewBody {
     /// Which key of the grant the answer is about (grant routes; default:
@@ -295,6 +300,7 @@ pub struct RenewBody {
 
 /// Body of the release routes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
     /// Which key of the grant the answer is about (grant routes; default:
@@ -314,6 +320,7 @@ pub struct ReleaseBody {
 
 /// Body of `POST /v1/locks/{key}/force-release`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ForceBody {
     /// Why, recorded in the history (required).
@@ -326,6 +333,7 @@ pub struct ForceBody {
 
 /// Body of `POST /v1/queue/leave`: a waiter that gives up between polls.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaveBody {
     /// The ticket of the last `waiting` answer.
@@ -338,6 +346,7 @@ pub struct LeaveBody {
 
 /// An `application/problem+json` body (RFC 9457) with a stable `code`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI naming the kind of problem (`urn:locksmith:<code>`).
     #[serde(rename = "type")]

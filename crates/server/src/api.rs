@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, State as Shared};
 use axum::http::{StatusCode, header};
 use axum::middleware::from_fn_with_state;
@@ -48,6 +48,7 @@ pub(crate) fn router(st: Arc<State>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(st.settings.max_body))
         .layer(from_fn_with_state(st.clone(), guard::auth))
@@ -184,6 +185,18 @@ async fn grant_key(st: &Arc<State>, grant: i64, named: Option<String>) -> Result
         })
 }
 
+fn grant_id(p: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
+    p.map(|Path(g)| g).map_err(|e| {
+        ApiError::new(
+            Code::Invalid,
+            format!(
+                "the grant id in the path is not a grant id: {}",
+                e.body_text()
+            ),
+        )
+    })
+}
+
 fn check_grant(grant: i64, handle: &Option<String>) -> Result<(), ApiError> {
     match handle {
         Some(h) if LeaseHandle::from_text(h.clone()).grant() == Some(grant) => Ok(()),
@@ -201,9 +214,10 @@ fn check_grant(grant: i64, handle: &Option<String>) -> Result<(), ApiError> {
 async fn renew_grant(
     Shared(st): Shared<Arc<State>>,
     Extension(caller): Extension<Caller>,
-    Path(grant): Path<i64>,
+    grant: Result<Path<i64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Api {
+    let grant = grant_id(grant)?;
     let b: RenewBody = parse(&body)?;
     check_grant(grant, &b.handle)?;
     let k = grant_key(&st, grant, b.key.clone()).await?;
@@ -241,9 +255,10 @@ async fn renew(st: Arc<State>, caller: Caller, k: Key, b: RenewBody) -> Api {
 async fn release_grant(
     Shared(st): Shared<Arc<State>>,
     Extension(caller): Extension<Caller>,
-    Path(grant): Path<i64>,
+    grant: Result<Path<i64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Api {
+    let grant = grant_id(grant)?;
     let b: ReleaseBody = parse(&body)?;
     check_grant(grant, &b.handle)?;
     let k = match grant_key(&st, grant, b.key.clone()).await {
@@ -313,9 +328,9 @@ async fn leave(Shared(st): Shared<Arc<State>>, body: Result<Bytes, BytesRejectio
 }
 
 /// Body of `POST /v1/reap`: the sweeper's second look for a batch.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReapBody {
+pub(crate) struct ReapBody {
     batch: Vec<locksmith_core::tenure::Reap>,
 }
 
@@ -384,9 +399,10 @@ async fn force(st: Arc<State>, k: Key, b: ForceBody) -> Api {
 }
 
 /// Query of `GET /v1/locks` and `GET /v1/waiters`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     prefix: Option<String>,
     owner: Option<String>,
     /// `stale`, `expired`, `dead` or `unhealthy` (any of them).
@@ -487,9 +503,10 @@ async fn waiters(
 }
 
 /// Query of `GET /v1/history`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     key: Option<String>,
     #[serde(default)]
     prefix: bool,
@@ -616,6 +633,10 @@ async fn metrics(Shared(st): Shared<Arc<State>>) -> Response {
         text,
     )
         .into_response()
+}
+
+async fn openapi() -> Response {
+    json(StatusCode::OK, &crate::openapi::document())
 }
 
 async fn healthz() -> Response {

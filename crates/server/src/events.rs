@@ -108,7 +108,8 @@ pub(crate) async fn pump(st: Arc<State>) {
 }
 
 /// Which events a subscriber wants.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Filter {
     /// Only keys starting with this text.

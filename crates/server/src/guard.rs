@@ -130,7 +130,7 @@ impl Caller {
 /// The least role a route needs; `None` for the probes anyone may call.
 fn needed(method: &Method, path: &str) -> Option<Role> {
     match (method, path) {
-        (_, "/healthz" | "/readyz") => None,
+        (_, "/healthz" | "/readyz" | "/v1/openapi.json") => None,
         (&Method::GET | &Method::HEAD, _) => Some(Role::Viewer),
         (_, "/v1/reap") => Some(Role::Admin),
         (_, p) if p.starts_with("/v1/locks/") && p.ends_with("/force-release") => Some(Role::Admin),

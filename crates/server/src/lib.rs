@@ -16,6 +16,7 @@ mod error;
 mod events;
 mod guard;
 mod metrics;
+pub mod openapi;
 mod poll;
 mod sweeper;
 pub mod tokens;

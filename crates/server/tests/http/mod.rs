@@ -495,3 +495,42 @@ fn stopping_answers_every_waiter_and_finishes() {
         "the waiter left the queue"
     );
 }
+
+#[test]
+fn the_openapi_document_lists_every_route() {
+    let server = Server::start_real(Settings::default());
+    let (status, _, body) = raw(server.addr, "GET", "/v1/openapi.json", &[], "");
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for route in [
+        "/v1/grants",
+        "/v1/grants/{grant}/renew",
+        "/v1/grants/{grant}/release",
+        "/v1/locks",
+        "/v1/locks/{key}",
+        "/v1/locks/{key}/renew",
+        "/v1/locks/{key}/release",
+        "/v1/locks/{key}/force-release",
+        "/v1/queue/leave",
+        "/v1/waiters",
+        "/v1/history",
+        "/v1/stats",
+        "/v1/events",
+        "/v1/reap",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/v1/openapi.json",
+    ] {
+        assert!(paths.contains(&route), "{route} missing from {paths:?}");
+    }
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
