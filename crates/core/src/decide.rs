@@ -365,9 +365,10 @@ fn claim(key: &Key, mode: Mode, scope: Scope) -> Claim<'_> {
 }
 
 /// True when the holds made earlier under request id `rid` are a live grant
-/// of the same keys: the request is answered with that grant again. A grant
-/// that has ended (lease or `max_hold` run out, holder dead) is not
-/// answered as if it were live: the request is then served anew.
+/// of the same request (keys, mode, scope, owner, lease): the request is
+/// answered with that grant again. The same id with another request is
+/// refused. A grant that has ended (lease or `max_hold` run out, holder
+/// dead) is not answered as if it were live: the request is then served anew.
 fn replayable(
     rows: &[Hold],
     req: &AcquireRequest,
@@ -389,6 +390,16 @@ fn replayable(
         return Err(StoreError::Invalid(format!(
             "request id {rid} was already used by {} for other keys; use a new request id",
             req.holder.owner
+        )));
+    }
+    let first = &rows[0].lock;
+    if first.mode != req.mode
+        || first.scope != req.scope
+        || first.holder.owner != req.holder.owner
+        || first.ttl != req.ttl
+    {
+        return Err(StoreError::Invalid(format!(
+            "request id {rid} was already used for another request (its owner, mode, scope or lease differ); a retry repeats the same request, anything else needs a new request id"
         )));
     }
     Ok(true)

@@ -389,6 +389,18 @@ pub enum StoreError {
         /// The owners in the cycle, first and last the requester.
         cycle: Vec<String>,
     },
+    /// A forced release named the fence it saw, and a newer tenure holds the key.
+    #[error(
+        "{key} is held by a newer tenure (fence {fence}) than the one you saw (fence {seen}); nothing was ended. Look again before forcing"
+    )]
+    Newer {
+        /// The key.
+        key: Key,
+        /// The newest fence on the key now.
+        fence: Fence,
+        /// The fence the caller saw.
+        seen: Fence,
+    },
     /// The caller is not the holder.
     #[error(
         "not the holder: {key} is held by {holders}; prove holding with the lease handle or the holder's owner name"
@@ -466,6 +478,7 @@ impl StoreError {
                 Code::Invalid
             }
             StoreError::Deadlock { .. } => Code::Deadlock,
+            StoreError::Newer { .. } => Code::Busy,
             StoreError::NotHolder { .. } => Code::NotHolder,
             StoreError::Unusable(_) => Code::Unusable,
             StoreError::Corrupt { .. } => Code::Corrupt,
@@ -573,7 +586,19 @@ pub trait Store: Send + Sync + 'static {
     /// call. Answers `NotHeld` (with the reason) when any key had been lost.
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError>;
     /// Ends every tenure on the key (admin); returns what was ended.
-    fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError>;
+    fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
+        self.force_release_seen(key, why, None)
+    }
+    /// Like [`Store::force_release`], but with `seen` (the newest fence the
+    /// administrator saw on the key) only while no newer tenure holds the
+    /// key; otherwise nothing is ended and the answer is
+    /// [`StoreError::Newer`]. Checked and ended in one transaction.
+    fn force_release_seen(
+        &self,
+        key: &Key,
+        why: &str,
+        seen: Option<Fence>,
+    ) -> Result<Vec<LockInfo>, StoreError>;
     /// Holders and queue of one key.
     fn status(&self, key: &Key) -> Result<KeyStatus, StoreError>;
     /// Held locks, key order.

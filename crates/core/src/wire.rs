@@ -393,6 +393,9 @@ impl Problem {
             StoreError::Deadlock { key, cycle } => p.with("key", key).with("cycle", cycle),
             StoreError::NotHolder { key, holders } => p.with("key", key).with("holders", holders),
             StoreError::LimitMismatch(m) => p.with("limit", [m.held, m.asked]),
+            StoreError::Newer { key, fence, seen } => {
+                p.with("key", key).with("fence", fence).with("seen", seen)
+            }
             _ => p,
         }
     }
@@ -431,6 +434,19 @@ impl Problem {
                 }
             }
             Some(Code::TooLarge) => StoreError::Invalid(self.detail),
+            Some(Code::Busy) => {
+                let key = text("key").and_then(|k| Key::new(k).ok());
+                let fence = |name: &str| {
+                    self.extra
+                        .get(name)
+                        .and_then(Value::as_u64)
+                        .map(crate::model::Fence)
+                };
+                match (key, fence("fence"), fence("seen")) {
+                    (Some(key), Some(fence), Some(seen)) => StoreError::Newer { key, fence, seen },
+                    _ => StoreError::backend(self.detail),
+                }
+            }
             Some(Code::Invalid) => match self
                 .extra
                 .get("limit")

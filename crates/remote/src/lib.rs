@@ -394,14 +394,19 @@ impl Store for HttpStore {
         )?)
     }
 
-    fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
+    fn force_release_seen(
+        &self,
+        key: &Key,
+        why: &str,
+        seen: Option<locksmith_core::Fence>,
+    ) -> Result<Vec<LockInfo>, StoreError> {
         #[derive(serde::Deserialize)]
         struct Ended {
             ended: Vec<LockInfo>,
         }
         let body = ForceBody {
             reason: why.to_string(),
-            fence: None,
+            fence: seen.map(|f| f.0),
         };
         let e: Ended =
             self.answer(self.post(&lock_path(key, "force-release"), &body, Duration::ZERO)?)?;

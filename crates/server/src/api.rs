@@ -373,22 +373,8 @@ async fn lock_action(
 
 async fn force(st: Arc<State>, k: Key, b: ForceBody) -> Api {
     let store = st.store.clone();
-    let ended = blocking(move || {
-        if let Some(seen) = b.fence {
-            let now = store.status(&k)?;
-            if let Some(newer) = now.holders.iter().find(|h| h.key == k && h.fence.0 > seen) {
-                return Ok(Err(ApiError::new(
-                    Code::Busy,
-                    format!(
-                        "{k} is held by a newer tenure (fence {}) than the one you saw (fence {seen}); nothing was ended. Look again before forcing",
-                        newer.fence
-                    ),
-                )));
-            }
-        }
-        store.force_release(&k, &b.reason).map(Ok)
-    })
-    .await???;
+    let seen = b.fence.map(locksmith_core::Fence);
+    let ended = blocking(move || store.force_release_seen(&k, &b.reason, seen)).await??;
     st.metrics.forced(ended.len());
     for l in &ended {
         st.metrics

@@ -272,8 +272,13 @@ impl Store for SqliteStore {
         self.write(|tx, ctx| ops::release(tx, ctx, target, reason, true))
     }
 
-    fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
-        self.write(|tx, ctx| ops::force_release(tx, ctx, key, why))
+    fn force_release_seen(
+        &self,
+        key: &Key,
+        why: &str,
+        seen: Option<locksmith_core::Fence>,
+    ) -> Result<Vec<LockInfo>, StoreError> {
+        self.write(|tx, ctx| ops::force_release(tx, ctx, key, why, seen))
     }
 
     fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {

@@ -165,9 +165,19 @@ pub(crate) fn force_release(
     ctx: &Ctx<'_>,
     key: &Key,
     why: &str,
+    seen: Option<locksmith_core::Fence>,
 ) -> Result<(Vec<LockInfo>, Vec<String>), StoreError> {
     validate::force_reason(why)?;
     let rows = observe(load_holds(tx, "key = ?1", [key.as_str()])?, ctx.host);
+    if let (Some(seen), Some(newest)) = (seen, rows.iter().map(|r| r.lock.fence).max())
+        && newest > seen
+    {
+        return Err(StoreError::Newer {
+            key: key.clone(),
+            fence: newest,
+            seen,
+        });
+    }
     let mut ended = Vec::new();
     for row in &rows {
         ended.push(locksmith_core::view::lock_info(

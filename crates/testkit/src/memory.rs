@@ -385,7 +385,12 @@ impl Store for MemoryStore {
         self.release_with(target, reason, true)
     }
 
-    fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
+    fn force_release_seen(
+        &self,
+        key: &Key,
+        why: &str,
+        seen: Option<locksmith_core::Fence>,
+    ) -> Result<Vec<LockInfo>, StoreError> {
         validate::force_reason(why)?;
         let now = self.clock.now();
         let mut st = self.state();
@@ -395,6 +400,15 @@ impl Store for MemoryStore {
             .filter(|h| &h.lock.key == key)
             .cloned()
             .collect();
+        if let (Some(seen), Some(newest)) = (seen, rows.iter().map(|r| r.lock.fence).max())
+            && newest > seen
+        {
+            return Err(StoreError::Newer {
+                key: key.clone(),
+                fence: newest,
+                seen,
+            });
+        }
         for h in &rows {
             st.end(&h.lock.key, h.lock.fence, ReleaseReason::Forced);
         }

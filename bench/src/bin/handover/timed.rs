@@ -67,8 +67,13 @@ impl Store for Timed {
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
         self.inner.release_grant(target, reason)
     }
-    fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
-        self.inner.force_release(key, why)
+    fn force_release_seen(
+        &self,
+        key: &Key,
+        why: &str,
+        seen: Option<locksmith_core::Fence>,
+    ) -> Result<Vec<LockInfo>, StoreError> {
+        self.inner.force_release_seen(key, why, seen)
     }
     fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {
         self.inner.status(key)

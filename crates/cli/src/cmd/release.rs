@@ -41,6 +41,10 @@ pub struct ForceArgs {
     /// Why (required; recorded in the history).
     #[arg(long)]
     reason: String,
+    /// The fence of the holder you mean to end (from status or list): if a
+    /// newer tenure holds the key by now, nothing is ended (exit 3).
+    #[arg(long, value_name = "FENCE")]
+    fence: Option<u64>,
 }
 
 /// How the caller proves it holds the lock.
@@ -153,7 +157,8 @@ pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
 /// Runs `force-release`.
 pub fn force(ctx: &Ctx, a: ForceArgs) -> Result<(), Failure> {
     let key = a.target.key()?;
-    let ended = ctx.store()?.force_release(&key, &a.reason)?;
+    let seen = a.fence.map(locksmith_core::Fence);
+    let ended = ctx.store()?.force_release_seen(&key, &a.reason, seen)?;
     if ctx.json {
         json(&serde_json::json!({ "key": key, "ended": ended }));
         return Ok(());

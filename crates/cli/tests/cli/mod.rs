@@ -421,3 +421,34 @@ fn usage_errors_are_json_with_json() {
         "{body}"
     );
 }
+
+#[test]
+fn force_release_with_the_fence_seen_ends_nothing_newer() {
+    let env = Env::new();
+    let first = env.json(&["acquire", "k", "--ttl", "1m"]);
+    let old = first["fence"].as_u64().unwrap();
+    assert_eq!(code(&env.run(&["release", "k"])), 0);
+    let second = env.json(&["acquire", "k", "--ttl", "1m"]);
+    let new = second["fence"].as_u64().unwrap();
+    let out = env.run(&[
+        "force-release",
+        "k",
+        "--reason",
+        "stuck",
+        "--fence",
+        &old.to_string(),
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("newer tenure"), "{}", stderr(&out));
+    assert_eq!(env.json(&["status", "k"])["holders"][0]["fence"], new);
+    let out = env.run(&[
+        "force-release",
+        "k",
+        "--reason",
+        "stuck",
+        "--fence",
+        &new.to_string(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(env.json(&["status", "k"])["free"], true);
+}

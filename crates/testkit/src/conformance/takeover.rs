@@ -80,7 +80,27 @@ pub fn force_and_force_release_record_forced(make: Factory<'_>) {
     ));
     h.grant(&shared("s1", &["r"]));
     h.grant(&shared("s2", &["r"]));
-    let ended = h.store.force_release(&key("r"), "maintenance").unwrap();
+    // Forcing with the fence of an older tenure than the one holding now ends nothing.
+    let held = h.list_all();
+    let newest = held
+        .iter()
+        .filter(|l| l.key == key("r"))
+        .map(|l| l.fence)
+        .max()
+        .unwrap();
+    let older = locksmith_core::Fence(newest.0 - 1);
+    match h
+        .store
+        .force_release_seen(&key("r"), "maintenance", Some(older))
+    {
+        Err(StoreError::Newer { fence, seen, .. }) => assert_eq!((fence, seen), (newest, older)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.list_all(), held, "nothing was ended");
+    let ended = h
+        .store
+        .force_release_seen(&key("r"), "maintenance", Some(newest))
+        .unwrap();
     let mut who: Vec<&str> = ended.iter().map(|i| i.owner.as_str()).collect();
     who.sort();
     assert_eq!(who, ["s1", "s2"]);
@@ -134,6 +154,21 @@ pub fn request_id_replay_returns_the_same_grant(make: Factory<'_>) {
         None,
     );
     assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+    // The same id and keys with another lease or mode is another request: refused.
+    for other in [
+        AcquireRequest {
+            ttl: Some(secs(60)),
+            ..req.clone()
+        },
+        AcquireRequest {
+            mode: locksmith_core::Mode::Shared,
+            ..req.clone()
+        },
+    ] {
+        let r = h.store.acquire(&other, None);
+        assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+    }
+    assert_eq!(h.list_all().len(), 2, "nothing changed");
     // After release the id makes a new grant.
     for k in ["k1", "k2"] {
         released(
