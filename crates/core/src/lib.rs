@@ -29,6 +29,6 @@ pub use outcome::{Code, exit};
 pub use store::AcquireError;
 pub use store::{
     AcquireRequest, Attempt, Blocked, Grant, GrantedLock, KeyStatus, LockInfo, Proof, Release,
-    Renewal, Stats, Store, StoreError, Takeover, Target, Ticket, WaitPolicy, WaiterInfo,
+    Renewal, Stats, Store, StoreError, Takeover, Target, Ticket, WaitPolicy, WaitStats, WaiterInfo,
 };
 pub use time::{Clock, ManualClock, Mono, Now, Wall};

@@ -353,6 +353,28 @@ pub struct Stats {
     pub last_fence: u64,
     /// Oldest kept event (wall).
     pub history_since: Option<Wall>,
+    /// How long granted requests waited in the queue, in the kept history.
+    #[serde(default)]
+    pub waits: WaitStats,
+    /// Granted ÷ (granted + waits timed out + deadlocks refused), in the
+    /// kept history; `None` before the first of them. Fail-fast refusals
+    /// leave no history and are not counted (the server's metrics count them).
+    #[serde(default)]
+    pub success_rate: Option<f64>,
+}
+
+/// Waiting times of granted requests that waited in the queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WaitStats {
+    /// How many granted requests had waited.
+    pub count: u64,
+    /// Their average wait, milliseconds.
+    pub avg_ms: Option<f64>,
+    /// The 99th percentile, milliseconds.
+    pub p99_ms: Option<u64>,
+    /// The longest, milliseconds.
+    pub max_ms: Option<u64>,
 }
 
 /// Why a waiter left the queue without a grant.

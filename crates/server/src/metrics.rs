@@ -33,6 +33,7 @@ pub struct Metrics {
     waiting: Gauge,
     unhealthy: Gauge,
     last_fence: Gauge,
+    success: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Serialises encoding: the registry is read by one scrape at a time.
     encode: Mutex<()>,
 }
@@ -52,6 +53,7 @@ impl Metrics {
         let renewals = Family::<Labels, Counter>::default();
         let sweeps = Family::<Labels, Counter>::default();
         let ended = Family::<Labels, Gauge>::default();
+        let success = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let forced = Counter::default();
         let wait = Histogram::new(exponential_buckets(0.0005, 2.0, 22));
         let hold = Histogram::new(exponential_buckets(0.01, 2.0, 24));
@@ -109,6 +111,11 @@ impl Metrics {
             unhealthy.clone(),
         );
         registry.register(
+            "locksmith_success_ratio",
+            "Granted ÷ (granted + waits timed out + deadlocks refused) in the kept history",
+            success.clone(),
+        );
+        registry.register(
             "locksmith_last_fence",
             "The last fencing token issued",
             last_fence.clone(),
@@ -127,6 +134,7 @@ impl Metrics {
             waiting,
             unhealthy,
             last_fence,
+            success,
             encode: Mutex::new(()),
         }
     }
@@ -170,6 +178,9 @@ impl Metrics {
             self.waiting.set(s.waiting as i64);
             self.unhealthy.set(s.unhealthy as i64);
             self.last_fence.set(s.last_fence as i64);
+            if let Some(r) = s.success_rate {
+                self.success.set(r);
+            }
             for (reason, n) in &s.releases {
                 self.ended
                     .get_or_create(&label("reason", reason))

@@ -86,6 +86,14 @@ pub(crate) fn run(
 ) -> Result<Result<Attempt, StoreError>, StoreError> {
     let now = ctx.now;
     let (snap, decision) = decide(tx, ctx, req, ticket.as_deref())?;
+    // How long a queued request waited, kept with its grant for `stats`;
+    // read before its queue entry goes.
+    let waited = match (&decision.outcome, snap.own) {
+        (Outcome::Grant, Some((seq, _))) => {
+            queue::since(tx, seq)?.map(|since| now.mono.since(since))
+        }
+        _ => None,
+    };
     apply_endings(tx, now, &snap.holds, decision.end)?;
     for seq in decision.drop {
         queue::drop_entry(tx, seq)?;
@@ -96,7 +104,7 @@ pub(crate) fn run(
             req,
             now,
         )))),
-        Outcome::Grant => Ok(Ok(Attempt::Granted(grant(tx, ctx, req)?))),
+        Outcome::Grant => Ok(Ok(Attempt::Granted(grant(tx, ctx, req, waited)?))),
         Outcome::Busy(blocked) => Ok(Ok(Attempt::Blocked(blocked))),
         Outcome::Queue { seq, blocked } => {
             let ticket = ticket
@@ -137,7 +145,13 @@ pub(crate) fn run(
 }
 
 /// Issues fences, writes the holds and their events.
-fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Grant, StoreError> {
+fn grant(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    req: &AcquireRequest,
+    waited: Option<std::time::Duration>,
+) -> Result<Grant, StoreError> {
+    let detail = waited.map(|w| serde_json::json!({ "waited_ms": w.as_millis() as u64 }));
     let now = ctx.now;
     let n = req.keys.len() as i64;
     // Fences follow the wall clock in microseconds when it is ahead of the
@@ -207,7 +221,7 @@ fn grant(tx: &Transaction<'_>, ctx: &Ctx<'_>, req: &AcquireRequest) -> Result<Gr
                 fence: Some(Fence(fence as u64)),
                 grant: Some(first),
                 reason: None,
-                detail: None,
+                detail: detail.clone(),
             },
         )?;
         locks.push(GrantedLock {

@@ -158,6 +158,17 @@ pub(crate) fn own(tx: &Transaction<'_>, seq: i64) -> Result<Option<(i64, Mono)>,
     Ok(alive_until.map(|t| (seq, Mono(t.max(0) as u64))))
 }
 
+/// When entry `seq` joined the queue.
+pub(crate) fn since(tx: &Transaction<'_>, seq: i64) -> Result<Option<Mono>, StoreError> {
+    let since: Option<i64> = tx
+        .prepare_cached("SELECT since_mono FROM queue WHERE seq = ?1")
+        .map_err(map_err)?
+        .query_row([seq], |r| r.get(0))
+        .optional()
+        .map_err(map_err)?;
+    Ok(since.map(|t| Mono(t.max(0) as u64)))
+}
+
 /// Removes queue entry `seq` (its keys go with it).
 pub(crate) fn drop_entry(tx: &Transaction<'_>, seq: i64) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use locksmith_core::store::{HistoryFilter, KeyStatus, ListFilter, LockInfo, Stats, WaiterInfo};
 use locksmith_core::view::lock_info;
 use locksmith_core::{Event, EventKind, Fence, Health, Hold, Key, Scope, StoreError, Wall};
-use rusqlite::{Transaction, params_from_iter, types::Value};
+use rusqlite::{OptionalExtension, Transaction, params_from_iter, types::Value};
 
 use crate::Ctx;
 use crate::open::map_err;
@@ -249,5 +249,60 @@ pub(crate) fn stats(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Stats, StoreE
         )?,
         last_fence: count("SELECT v FROM meta WHERE k = 'fence'")?,
         history_since: first.map(|w| Wall(w as u64)),
+        waits: waits(tx)?,
+        success_rate: success_rate(tx)?,
+    })
+}
+
+/// Waiting times recorded with grants (`waited_ms` in the detail).
+fn waits(tx: &Transaction<'_>) -> Result<locksmith_core::WaitStats, StoreError> {
+    const WAITED: &str = "json_extract(detail, '$.waited_ms')";
+    let (count, avg, max): (i64, Option<f64>, Option<i64>) = tx
+        .query_row(
+            &format!(
+                "SELECT count(*), avg(w), max(w) FROM (SELECT {WAITED} AS w FROM events
+                  WHERE kind = 'acquired' AND detail IS NOT NULL AND {WAITED} IS NOT NULL)"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(map_err)?;
+    let p99: Option<i64> = match count {
+        0 => None,
+        n => tx
+            .query_row(
+                &format!(
+                    "SELECT w FROM (SELECT {WAITED} AS w FROM events
+                      WHERE kind = 'acquired' AND detail IS NOT NULL AND {WAITED} IS NOT NULL)
+                     ORDER BY w LIMIT 1 OFFSET ?1"
+                ),
+                [((n as f64 * 0.99).ceil() as i64 - 1).clamp(0, n - 1)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(map_err)?,
+    };
+    Ok(locksmith_core::WaitStats {
+        count: count as u64,
+        avg_ms: avg,
+        p99_ms: p99.map(|v| v.max(0) as u64),
+        max_ms: max.map(|v| v.max(0) as u64),
+    })
+}
+
+/// Granted ÷ (granted + timed out + deadlocks refused) in the kept history.
+fn success_rate(tx: &Transaction<'_>) -> Result<Option<f64>, StoreError> {
+    let (good, bad): (i64, i64) = tx
+        .query_row(
+            "SELECT count(*) FILTER (WHERE kind = 'acquired'),
+                    count(*) FILTER (WHERE kind IN ('wait_timed_out', 'deadlock_refused'))
+               FROM events WHERE kind IN ('acquired', 'wait_timed_out', 'deadlock_refused')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(map_err)?;
+    Ok(match good + bad {
+        0 => None,
+        all => Some(good as f64 / all as f64),
     })
 }

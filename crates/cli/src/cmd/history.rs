@@ -101,6 +101,22 @@ pub fn stats(ctx: &Ctx, _a: StatsArgs) -> Result<(), Failure> {
         + s.events.get("deadlock_refused").copied().unwrap_or(0);
     out!("acquisitions    {acquired}");
     out!("timeouts+refusals {refused}");
+    if let Some(rate) = s.success_rate {
+        out!(
+            "success rate    {:.1} % (granted of granted, timed out and deadlocked)",
+            rate * 100.0
+        );
+    }
+    let w = &s.waits;
+    if w.count > 0 {
+        out!(
+            "waited          {} requests: average {:.0} ms, p99 {} ms, max {} ms",
+            w.count,
+            w.avg_ms.unwrap_or(0.0),
+            w.p99_ms.unwrap_or(0),
+            w.max_ms.unwrap_or(0)
+        );
+    }
     out!();
     table(
         &["EVENT", "COUNT"],

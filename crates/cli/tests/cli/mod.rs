@@ -452,3 +452,29 @@ fn force_release_with_the_fence_seen_ends_nothing_newer() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(env.json(&["status", "k"])["free"], true);
 }
+
+#[test]
+fn stats_show_waits_and_the_success_rate() {
+    let env = Env::new();
+    assert_eq!(
+        code(&env.run(&["acquire", "k", "--ttl", "1s", "--owner", "a"])),
+        0
+    );
+    // b waits until a's lease runs out, about a second.
+    let b = env.run(&[
+        "acquire", "k", "--wait", "10s", "--ttl", "1m", "--owner", "b",
+    ]);
+    assert_eq!(code(&b), 0, "{}", stderr(&b));
+    let c = env.run(&["acquire", "k", "--wait", "200ms", "--owner", "c"]);
+    assert_eq!(code(&c), 4);
+    let s = env.json(&["stats"]);
+    assert_eq!(s["waits"]["count"], 1, "{s}");
+    let max = s["waits"]["max_ms"].as_u64().unwrap();
+    assert!((300..=9000).contains(&max), "{s}");
+    assert_eq!(s["waits"]["p99_ms"].as_u64(), Some(max));
+    let rate = s["success_rate"].as_f64().unwrap();
+    assert!((rate - 2.0 / 3.0).abs() < 1e-9, "{s}");
+    let text = String::from_utf8(env.run(&["stats"]).stdout).unwrap();
+    assert!(text.contains("success rate    66.7 %"), "{text}");
+    assert!(text.contains("waited          1 requests"), "{text}");
+}
