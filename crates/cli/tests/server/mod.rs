@@ -2,6 +2,8 @@
 //! exit codes as on the embedded store, `run` over HTTP, and the server's
 //! own start and stop.
 
+mod hosts;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
