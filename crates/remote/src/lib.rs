@@ -31,14 +31,16 @@ use serde::de::DeserializeOwned;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a renewal may take: one that takes longer counts as failed, so
-/// that a holder whose server went silent still meets its own deadline.
-const RENEW_TIMEOUT: Duration = Duration::from_secs(2);
+/// that a holder whose server went silent still meets its own deadline (the
+/// renewer checks it between calls).
+const RENEW_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A lock store behind a locksmith server.
 pub struct HttpStore {
     base: String,
     agent: ureq::Agent,
     token: Option<String>,
+    renew_timeout: Duration,
 }
 
 impl std::fmt::Debug for HttpStore {
@@ -79,7 +81,16 @@ impl HttpStore {
             base,
             agent,
             token: token.filter(|t| !t.is_empty()),
+            renew_timeout: RENEW_TIMEOUT,
         })
+    }
+
+    /// How long one renewal may take (default 1 s, so that a guard renewing
+    /// in the background meets its own deadline when the server goes
+    /// silent); a one-off renewal by hand can afford longer.
+    pub fn with_renew_timeout(mut self, d: Duration) -> HttpStore {
+        self.renew_timeout = d;
+        self
     }
 
     /// The server's address.
@@ -105,7 +116,7 @@ impl HttpStore {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let timeout = Some(match extra {
-            RENEWAL => RENEW_TIMEOUT,
+            RENEWAL => self.renew_timeout,
             extra => CALL_TIMEOUT + extra,
         });
         let sent = match body {

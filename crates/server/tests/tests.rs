@@ -6,6 +6,7 @@ mod auth;
 mod common;
 mod events;
 mod http;
+mod library;
 
 use locksmith_testkit::Harness;
 

@@ -123,7 +123,14 @@ pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
         .as_deref()
         .map(|v| parse_duration(v).map_err(|e| Failure::new(Code::Invalid, format!("--ttl: {e}"))))
         .transpose()?;
-    let out = ctx.store()?.renew(&t, ttl)?;
+    // A renewal by hand waits as long as any command for the server.
+    let store = match ctx.store()? {
+        crate::Opened::Remote(h) => {
+            crate::Opened::Remote(h.with_renew_timeout(std::time::Duration::from_secs(10)))
+        }
+        local => local,
+    };
+    let out = store.renew(&t, ttl)?;
     if let Renewal::Lost { key, reason } = &out {
         let mut f = Failure::new(
             Code::Lost,
