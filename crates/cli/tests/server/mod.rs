@@ -63,6 +63,17 @@ impl Served {
         kill_process(Pid::from_child(&self.child), Signal::TERM).unwrap();
         self.child.wait().unwrap()
     }
+
+    /// Stops the server and returns its log.
+    fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
+        kill_process(Pid::from_child(&self.child), Signal::TERM).unwrap();
+        let mut log = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            e.read_to_string(&mut log).unwrap();
+        }
+        (self.child.wait().unwrap(), log)
+    }
 }
 
 impl Drop for Served {
@@ -145,7 +156,11 @@ fn commands_answer_the_same_through_a_server() {
     );
     // Nothing reached the client's own folder.
     assert!(!client.file("locksmith.db").exists());
-    assert!(served.stop().success());
+    let (status, log) = served.stop_with_log();
+    assert!(status.success());
+    // The log tells what happened, never a lease handle.
+    assert!(log.contains("event=\"acquired\""), "{log}");
+    assert!(!log.contains("lh1."), "a lease handle in the log: {log}");
 }
 
 #[test]

@@ -534,3 +534,54 @@ fn the_openapi_document_lists_every_route() {
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[test]
+fn an_owner_with_too_many_waiting_requests_is_refused_with_429() {
+    let server = Server::start_real(Settings {
+        max_waiters_per_owner: 2,
+        ..Settings::default()
+    });
+    server
+        .client()
+        .acquire(&request("A", &["w1", "w2", "w3"]), None)
+        .unwrap();
+    let addr = server.addr;
+    let waiting: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .map(|k| {
+            std::thread::spawn(move || {
+                post(
+                    addr,
+                    "/v1/grants",
+                    json!({ "keys": [k], "owner": "B", "wait_ms": 3000 }),
+                )
+            })
+        })
+        .collect();
+    let store = server.client();
+    assert!(eventually(Duration::from_secs(5), || store
+        .waiters(&ListFilter::default())
+        .unwrap()
+        .len()
+        == 2));
+    let (status, p) = post(
+        addr,
+        "/v1/grants",
+        json!({ "keys": ["w3"], "owner": "B", "wait_ms": 3000 }),
+    );
+    assert_eq!((status, p["code"].as_str()), (429, Some("too_many")), "{p}");
+    // Another owner may still wait.
+    let (status, p) = post(
+        addr,
+        "/v1/grants",
+        json!({ "keys": ["w3"], "owner": "C", "wait_ms": 100 }),
+    );
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (409, Some("wait_timed_out")),
+        "{p}"
+    );
+    for w in waiting {
+        assert_eq!(w.join().unwrap().0, 409);
+    }
+}
