@@ -122,6 +122,17 @@ impl Drop for Hosts {
     }
 }
 
+/// A child process killed when the test ends, however it ends (before the
+/// namespaces it runs in are removed).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn json_out(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
 }
@@ -263,6 +274,4 @@ fn a_worker_cut_off_loses_its_lock_to_the_other_and_stops_its_command() {
     let (mut late, _) = worker("a", &ta, &["renew", "deploy/prod", "--handle", &handle]);
     let late = late.output().unwrap();
     assert_eq!(code(&late), 7, "{}", stderr(&late));
-    let _ = server.kill();
-    let _ = server.wait();
 }
