@@ -166,10 +166,10 @@ fn a_worker_cut_off_loses_its_lock_to_the_other_and_stops_its_command() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let _server = KillOnDrop(server);
     let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
     assert!(
         first.starts_with("listening on http://0.0.0.0:7420"),
         "{first}"
