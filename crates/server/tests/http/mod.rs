@@ -585,3 +585,48 @@ fn an_owner_with_too_many_waiting_requests_is_refused_with_429() {
         assert_eq!(w.join().unwrap().0, 409);
     }
 }
+
+#[test]
+fn a_retry_after_a_dropped_response_gets_the_first_grant() {
+    let server = Server::start_real(Settings::default());
+    let body = json!({ "keys": ["job/9"], "owner": "A", "request_id": "r-9", "ttl_ms": 60000 })
+        .to_string();
+    // The request goes out; the client goes away before it reads the answer.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/grants HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .unwrap();
+    let store = server.client();
+    assert!(eventually(Duration::from_secs(5), || store
+        .list(&ListFilter::default())
+        .unwrap()
+        .len()
+        == 1));
+    drop(s);
+    let held = store.list(&ListFilter::default()).unwrap();
+    let (status, again) = post(
+        server.addr,
+        "/v1/grants",
+        serde_json::from_str(&body).unwrap(),
+    );
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["grant"], held[0].grant);
+    assert_eq!(again["locks"][0]["fence"], held[0].fence.0);
+    assert_eq!(
+        store.list(&ListFilter::default()).unwrap().len(),
+        1,
+        "no second holder"
+    );
+    // The same id with another request is refused.
+    let (status, p) = post(
+        server.addr,
+        "/v1/grants",
+        json!({ "keys": ["job/9"], "owner": "A", "request_id": "r-9", "ttl_ms": 5000 }),
+    );
+    assert_eq!((status, p["code"].as_str()), (422, Some("invalid")), "{p}");
+}
