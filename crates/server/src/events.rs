@@ -20,6 +20,9 @@ use crate::poll::blocking;
 
 /// How often the pump looks at the history without being poked.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// After a change, how long the pump gathers further changes before it
+/// reads the history: one read for many writes under load.
+const GATHER: Duration = Duration::from_millis(10);
 /// Events a subscriber may be behind before it gets a `reset`.
 const BACKLOG: usize = 4096;
 
@@ -85,7 +88,7 @@ pub(crate) async fn pump(st: Arc<State>) {
     st.feed.last.store(start, Ordering::Release);
     loop {
         tokio::select! {
-            () = st.feed.changed.notified() => {}
+            () = st.feed.changed.notified() => tokio::time::sleep(GATHER).await,
             () = tokio::time::sleep(LOOK_EVERY) => {}
         }
         let since = st.feed.last();

@@ -175,7 +175,9 @@ pub(crate) fn history(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<Eve
          WHERE {} ORDER BY id DESC LIMIT {limit}",
         clauses.join(" AND ")
     );
-    let mut stmt = tx.prepare(&sql).map_err(map_err)?;
+    // The same shapes recur (the server's event pump asks for `id > ?`
+    // again and again): kept prepared.
+    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
     let rows = stmt
         .query_map(params_from_iter(args), |r| {
             let kind: String = r.get(3)?;
