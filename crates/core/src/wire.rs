@@ -1,7 +1,7 @@
 //! The JSON bodies of the HTTP API (`locksmith serve`), shared by the
 //! server and the HTTP store so that both sides read one definition.
 //!
-//! Durations are whole milliseconds (`*_ms`), times are [`Wall`]
+//! Durations are whole milliseconds (`*_ms`), times are [`Wall`](crate::time::Wall)
 //! milliseconds since the Unix epoch. Every refusal is a [`Problem`]
 //! (`application/problem+json`) whose `code` comes from the outcome table.
 
