@@ -69,6 +69,19 @@ pub fn request(req: &AcquireRequest) -> Result<(), StoreError> {
             return invalid(format!("the {what} must be 1 to {MAX_TEXT} bytes"));
         }
     }
+    // Names are shown in terminals and pages: no control characters (an
+    // escape sequence in an owner name would rewrite an admin's screen).
+    let host = (!req.holder.hostname.is_empty()).then_some(&req.holder.hostname);
+    for (what, v) in [
+        ("owner name", Some(&req.holder.owner)),
+        ("task", req.holder.task.as_ref()),
+        ("request id", req.request_id.as_ref()),
+        ("host name", host),
+    ] {
+        if let Some(t) = v {
+            plain(what, t)?;
+        }
+    }
     if let Some(meta) = &req.holder.metadata {
         if !meta.is_object() {
             return invalid("metadata must be a JSON object".into());
@@ -139,5 +152,16 @@ pub fn force_reason(why: &str) -> Result<(), StoreError> {
     if why.trim().is_empty() {
         return invalid("a force-release needs a reason: say why the holder is pushed out".into());
     }
-    Ok(())
+    plain("reason", why)
+}
+
+/// Refuses text with control characters (including escape sequences and
+/// line breaks), naming what it is.
+pub fn plain(what: &str, text: &str) -> Result<(), StoreError> {
+    match text.chars().find(|c| c.is_control()) {
+        Some(c) => invalid(format!(
+            "the {what} {text:?} contains the control character {c:?}; use plain text"
+        )),
+        None => Ok(()),
+    }
 }

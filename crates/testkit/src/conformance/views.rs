@@ -265,6 +265,15 @@ pub fn malformed_requests_are_refused(make: Factory<'_>) {
             },
             ..request("a", &["k"])
         },
+        // Control characters in names shown on terminals and pages.
+        request("agent\u{1b}[2J", &["k"]),
+        AcquireRequest {
+            holder: locksmith_core::Holder {
+                task: Some("42\nfake line".into()),
+                ..crate::holder("a")
+            },
+            ..request("a", &["k"])
+        },
     ];
     for req in &bad {
         let r = h.store.acquire(req, None);
