@@ -34,6 +34,8 @@ pub(crate) enum Answer {
 struct Spot {
     secret: String,
     owner: String,
+    /// The request id of the request, when it had one.
+    request_id: Option<String>,
     wake: Box<dyn WakeSource>,
     since: Instant,
 }
@@ -65,8 +67,25 @@ impl Parked {
         }
     }
 
+    /// The parked place of the request `request_id` of `owner`, for a
+    /// client that polls again with its request id instead of the ticket.
+    fn take_request(&self, owner: &str, request_id: &str) -> Option<(i64, Box<dyn WakeSource>)> {
+        let mut spots = self.spots.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = spots
+            .iter()
+            .find(|(_, s)| s.owner == owner && s.request_id.as_deref() == Some(request_id))
+            .map(|(seq, _)| *seq)?;
+        spots.remove(&seq).map(|s| (seq, s.wake))
+    }
+
     /// Keeps the wake source of a queued request between two polls; returns its ticket.
-    fn park(&self, seq: i64, owner: &str, wake: Box<dyn WakeSource>) -> String {
+    fn park(
+        &self,
+        seq: i64,
+        owner: &str,
+        request_id: Option<String>,
+        wake: Box<dyn WakeSource>,
+    ) -> String {
         let secret = locksmith::host::random_hex(12);
         let ticket = format!("{seq}.{secret}");
         let mut spots = self.spots.lock().unwrap_or_else(|p| p.into_inner());
@@ -77,6 +96,7 @@ impl Parked {
             Spot {
                 secret,
                 owner: owner.to_string(),
+                request_id,
                 wake,
                 since: Instant::now(),
             },
@@ -168,8 +188,15 @@ pub(crate) async fn acquire(
         WaitPolicy::For(_) | WaitPolicy::Forever => (cap, false),
     };
     let owner = req.holder.owner.clone();
-    // A ticket is honoured only where it was parked here, for this owner.
-    let (seq, wake) = match ticket.and_then(|t| st.parked.take(t, Some(&owner))) {
+    // A ticket is honoured only where it was parked here, for this owner; a
+    // request id finds the place of the same owner's request with that id.
+    let request_id = req.request_id.clone();
+    let parked = match (ticket, &request_id) {
+        (Some(t), _) => st.parked.take(t, Some(&owner)),
+        (None, Some(rid)) => st.parked.take_request(&owner, rid),
+        (None, None) => None,
+    };
+    let (seq, wake) = match parked {
         Some((seq, w)) => (Some(seq), w),
         None => {
             if st.parked.waiting_of(&owner) >= st.settings.max_waiters_per_owner {
@@ -236,7 +263,10 @@ pub(crate) async fn acquire(
     match r? {
         Attempt::Granted(g) => Ok(Answer::Granted(g)),
         Attempt::Blocked(b) => match t.seq {
-            Some(seq) => Ok(Answer::Waiting(st.parked.park(seq, &owner, wake), b)),
+            Some(seq) => Ok(Answer::Waiting(
+                st.parked.park(seq, &owner, request_id, wake),
+                b,
+            )),
             None => Err(AcquireError::Busy(b).into()),
         },
     }

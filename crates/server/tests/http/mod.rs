@@ -630,3 +630,50 @@ fn a_retry_after_a_dropped_response_gets_the_first_grant() {
     );
     assert_eq!((status, p["code"].as_str()), (422, Some("invalid")), "{p}");
 }
+
+#[test]
+fn a_poll_again_with_the_same_request_id_keeps_the_place() {
+    let settings = Settings {
+        poll_cap: Duration::from_millis(300),
+        ..Settings::default()
+    };
+    let server = Server::start_real(settings);
+    let store = server.client();
+    let locksmith_core::Attempt::Granted(held) =
+        store.acquire(&request("A", &["r"]), None).unwrap()
+    else {
+        panic!()
+    };
+    let b = json!({ "keys": ["r"], "owner": "B", "wait_ms": 60000, "request_id": "b-1" });
+    let (status, first) = post(server.addr, "/v1/grants", b.clone());
+    assert_eq!(
+        (status, first["position"].as_u64()),
+        (202, Some(1)),
+        "{first}"
+    );
+    let (status, c) = post(
+        server.addr,
+        "/v1/grants",
+        json!({ "keys": ["r"], "owner": "C", "wait_ms": 200, "queue": true }),
+    );
+    assert_eq!((status, c["position"].as_u64()), (202, Some(2)), "{c}");
+    // B comes back with its request id only: still first.
+    let (status, again) = post(
+        server.addr,
+        "/v1/grants",
+        json!({ "keys": ["r"], "owner": "B", "wait_ms": 100, "request_id": "b-1", "queue": true }),
+    );
+    assert_eq!(
+        (status, again["position"].as_u64()),
+        (202, Some(1)),
+        "{again}"
+    );
+    store
+        .release(
+            &by_handle("r", &held),
+            locksmith_core::ReleaseReason::Completed,
+        )
+        .unwrap();
+    let (status, got) = post(server.addr, "/v1/grants", b);
+    assert_eq!((status, got["owner"].as_str()), (200, Some("B")), "{got}");
+}
