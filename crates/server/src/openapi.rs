@@ -14,7 +14,7 @@ use locksmith_core::{
 };
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::api::{HistoryQuery, ListQuery, ReapBody};
 use crate::events::Filter;
@@ -137,6 +137,54 @@ impl Modify for Bearer {
 )]
 struct Doc;
 
+/// Refusals any route that reads may answer.
+#[derive(IntoResponses)]
+enum Reads {
+    /// No valid token.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// Not allowed for this token, or a host that is not served.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// The store failed.
+    #[response(status = 500, content_type = "application/problem+json")]
+    Failed(Problem),
+    /// The store is unavailable, or the server is stopping.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
+/// Refusals any route that changes locks may answer.
+#[derive(IntoResponses)]
+enum Writes {
+    /// No valid token.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// Not allowed for this token, a host that is not served, or a cross-site request.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// The body, its metadata or its keys are over the limits.
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// Invalid body, key or value.
+    #[response(status = 422, content_type = "application/problem+json")]
+    Invalid(Problem),
+    /// The store failed.
+    #[response(status = 500, content_type = "application/problem+json")]
+    Failed(Problem),
+    /// The store is unavailable, or the server is stopping.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
+/// The one refusal of the routes anyone may call.
+#[derive(IntoResponses)]
+enum Foreign {
+    /// A host that is not served.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+}
+
 /// The document, as served.
 pub fn document() -> utoipa::openapi::OpenApi {
     Doc::openapi()
@@ -148,13 +196,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
         (status = 200, description = "granted", body = GrantBody),
         (status = 202, description = "queued: poll again with the ticket", body = WaitingBody),
         (status = 409, description = "busy, wait_timed_out or deadlock", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "too many waiting requests of the owner", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable or stopping", body = Problem, content_type = "application/problem+json"),
+        Writes,
     ))]
 fn acquire() {}
 
@@ -165,12 +208,7 @@ fn acquire() {}
         (status = 200, description = "renewed", body = Renewal),
         (status = 410, description = "lost, with the reason", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "not the holder", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Writes,
     ))]
 fn renew_grant() {}
 
@@ -180,12 +218,7 @@ fn renew_grant() {}
     responses(
         (status = 200, description = "released, or nothing was held", body = ReleaseAnswer),
         (status = 409, description = "not the holder", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Writes,
     ))]
 fn release_grant() {}
 
@@ -196,13 +229,8 @@ fn release_grant() {}
         (status = 200, description = "renewed", body = Renewal),
         (status = 410, description = "lost, with the reason", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "not the holder", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such route", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Writes,
     ))]
 fn renew_key() {}
 
@@ -212,13 +240,8 @@ fn renew_key() {}
     responses(
         (status = 200, description = "released, or nothing was held", body = Release),
         (status = 409, description = "not the holder", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such route", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Writes,
     ))]
 fn release_key() {}
 
@@ -228,13 +251,8 @@ fn release_key() {}
     responses(
         (status = 200, description = "what was ended", body = Ended),
         (status = 409, description = "a newer tenure than the fence given holds the key", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such route", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Writes,
     ))]
 fn force_release() {}
 
@@ -242,12 +260,7 @@ fn force_release() {}
 #[utoipa::path(post, path = "/v1/queue/leave", tag = "locks", request_body = LeaveBody,
     responses(
         (status = 200, description = "done", body = Left),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Writes,
     ))]
 fn leave() {}
 
@@ -256,11 +269,8 @@ fn leave() {}
     params(("key" = String, Path, description = "the key, percent-encoded")),
     responses(
         (status = 200, description = "the key", body = KeyStatus),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid key", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Reads,
     ))]
 fn status() {}
 
@@ -268,11 +278,8 @@ fn status() {}
 #[utoipa::path(get, path = "/v1/locks", tag = "views", params(ListQuery),
     responses(
         (status = 200, description = "one page of locks", body = LockPage),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Reads,
     ))]
 fn list() {}
 
@@ -280,11 +287,8 @@ fn list() {}
 #[utoipa::path(get, path = "/v1/waiters", tag = "views", params(ListQuery),
     responses(
         (status = 200, description = "the waiters", body = WaiterList),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Reads,
     ))]
 fn waiters() {}
 
@@ -292,11 +296,8 @@ fn waiters() {}
 #[utoipa::path(get, path = "/v1/history", tag = "views", params(HistoryQuery),
     responses(
         (status = 200, description = "events", body = EventList),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Reads,
     ))]
 fn history() {}
 
@@ -304,10 +305,7 @@ fn history() {}
 #[utoipa::path(get, path = "/v1/stats", tag = "views",
     responses(
         (status = 200, description = "counters", body = Stats),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Reads,
     ))]
 fn stats() {}
 
@@ -316,11 +314,8 @@ fn stats() {}
         ("Last-Event-ID" = Option<i64>, Header, description = "the id of the last event received")),
     responses(
         (status = 200, description = "a text/event-stream of events (`id`, `event` = the kind or `reset`, `data` = the event)", body = StreamEvent, content_type = "text/event-stream"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid query or Last-Event-ID", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Reads,
     ))]
 fn events() {}
 
@@ -328,12 +323,7 @@ fn events() {}
 #[utoipa::path(post, path = "/v1/reap", tag = "admin", request_body = ReapBody,
     responses(
         (status = 200, description = "which were ended", body = Reaped),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "the store failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
+        Writes,
     ))]
 fn reap() {}
 
@@ -341,26 +331,23 @@ fn reap() {}
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses(
         (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"),
+        Reads,
     ))]
 fn metrics() {}
 
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", tag = "service", security(()),
-    responses((status = 200, description = "alive", body = Health200),
-        (status = 403, description = "foreign host", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "alive", body = Health200), Foreign))]
 fn healthz() {}
 
 /// Readiness: the store can be read and the server is not stopping.
 #[utoipa::path(get, path = "/readyz", tag = "service", security(()),
     responses((status = 200, description = "ready", body = Health200),
-        (status = 403, description = "foreign host", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "not ready", body = Problem, content_type = "application/problem+json")))]
+        (status = 503, description = "not ready", body = Problem, content_type = "application/problem+json"),
+        Foreign))]
 fn readyz() {}
 
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "service", security(()),
-    responses((status = 200, description = "OpenAPI 3.1", body = Object),
-        (status = 403, description = "foreign host", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "OpenAPI 3.1", body = Object), Foreign))]
 fn openapi() {}
