@@ -183,6 +183,25 @@ impl HttpStore {
         Err(problem(&self.base, status, &body).into_store_error())
     }
 
+    /// The list in field `field` of a JSON answer (`{"locks": [...]}`).
+    fn field<T: DeserializeOwned>(
+        &self,
+        answer: (u16, Vec<u8>),
+        field: &str,
+    ) -> Result<T, StoreError> {
+        let mut v: serde_json::Value = self.answer(answer)?;
+        let inner = v
+            .get_mut(field)
+            .map(serde_json::Value::take)
+            .unwrap_or_default();
+        decode(&self.base, &serde_json::to_vec(&inner).unwrap_or_default())
+    }
+
+    /// `GET path` and the list in `field` of its answer.
+    fn get_list<T: DeserializeOwned>(&self, path: &str, field: &str) -> Result<T, StoreError> {
+        self.field(self.call("GET", path, None, Duration::ZERO)?, field)
+    }
+
     fn attempt(
         &self,
         body: AcquireBody,
@@ -411,17 +430,14 @@ impl Store for HttpStore {
         why: &str,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Ended {
-            ended: Vec<LockInfo>,
-        }
         let body = ForceBody {
             reason: why.to_string(),
             fence: seen.map(|f| f.0),
         };
-        let e: Ended =
-            self.answer(self.post(&lock_path(key, "force-release"), &body, Duration::ZERO)?)?;
-        Ok(e.ended)
+        self.field(
+            self.post(&lock_path(key, "force-release"), &body, Duration::ZERO)?,
+            "ended",
+        )
     }
 
     fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {
@@ -430,10 +446,6 @@ impl Store for HttpStore {
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Vec<LockInfo>, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            locks: Vec<LockInfo>,
-        }
         let q = query(&[
             ("owner", filter.owner.clone()),
             ("prefix", filter.prefix.clone()),
@@ -443,16 +455,10 @@ impl Store for HttpStore {
                 (filter.limit > 0).then(|| filter.limit.to_string()),
             ),
         ]);
-        let p: Page =
-            self.answer(self.call("GET", &format!("/v1/locks{q}"), None, Duration::ZERO)?)?;
-        Ok(p.locks)
+        self.get_list(&format!("/v1/locks{q}"), "locks")
     }
 
     fn waiters(&self, filter: &ListFilter) -> Result<Vec<WaiterInfo>, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            waiters: Vec<WaiterInfo>,
-        }
         let q = query(&[
             ("owner", filter.owner.clone()),
             ("prefix", filter.prefix.clone()),
@@ -461,16 +467,10 @@ impl Store for HttpStore {
                 (filter.limit > 0).then(|| filter.limit.to_string()),
             ),
         ]);
-        let p: Page =
-            self.answer(self.call("GET", &format!("/v1/waiters{q}"), None, Duration::ZERO)?)?;
-        Ok(p.waiters)
+        self.get_list(&format!("/v1/waiters{q}"), "waiters")
     }
 
     fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            events: Vec<Event>,
-        }
         let q = query(&[
             ("key", filter.key.clone()),
             ("prefix", filter.prefix.then(|| "true".to_string())),
@@ -482,9 +482,7 @@ impl Store for HttpStore {
                 (filter.limit > 0).then(|| filter.limit.to_string()),
             ),
         ]);
-        let p: Page =
-            self.answer(self.call("GET", &format!("/v1/history{q}"), None, Duration::ZERO)?)?;
-        Ok(p.events)
+        self.get_list(&format!("/v1/history{q}"), "events")
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
@@ -492,16 +490,8 @@ impl Store for HttpStore {
     }
 
     fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Ended {
-            ended: Vec<bool>,
-        }
-        let e: Ended = self.answer(self.post(
-            "/v1/reap",
-            &serde_json::json!({ "batch": batch }),
-            Duration::ZERO,
-        )?)?;
-        Ok(e.ended)
+        let body = serde_json::json!({ "batch": batch });
+        self.field(self.post("/v1/reap", &body, Duration::ZERO)?, "ended")
     }
 }
 
