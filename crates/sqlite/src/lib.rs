@@ -119,7 +119,8 @@ impl SqliteStore {
         validate::stale_after(opts.stale_after)?;
         validate::history_retention(opts.history_retention)?;
         let host = rows::HostFacts::current();
-        let (conn, store_id) = open::open(path, &opts, &host, clock.now())?;
+        let (conn, store_id) =
+            open::open(path, &opts, &host, clock.now()).map_err(|e| open::explain_full(e, path))?;
         let store = SqliteStore {
             conn: Mutex::new(conn),
             clock,
@@ -164,6 +165,14 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_inner(f)
+            .map_err(|e| open::explain_full(e, &self.path))
+    }
+
+    fn write_inner<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn();
         // Writers queue on the gate's kernel lock, which hands over the
         // moment it is released, instead of sleeping in SQLite's busy
@@ -204,9 +213,10 @@ impl SqliteStore {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(open::map_err)?;
+            .map_err(open::map_err)
+            .map_err(|e| open::explain_full(e, &self.path))?;
         let ctx = self.ctx();
-        f(&tx, &ctx)
+        f(&tx, &ctx).map_err(|e| open::explain_full(e, &self.path))
     }
 }
 

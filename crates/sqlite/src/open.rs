@@ -86,6 +86,40 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Free bytes below which an I/O error of the store is taken for a full disk.
+const NEARLY_FULL: u64 = 1024 * 1024;
+
+/// SQLite reports a write that found no space as a plain "disk I/O error"
+/// when it happens in the write-ahead log or its index; when the disk of
+/// the store is (nearly) full, say so, and what to do.
+pub(crate) fn explain_full(e: StoreError, path: &Path) -> StoreError {
+    let StoreError::Backend { message, source } = e else {
+        return e;
+    };
+    let io = source
+        .as_deref()
+        .and_then(|s| s.downcast_ref::<rusqlite::Error>())
+        .and_then(|e| e.sqlite_error_code())
+        == Some(ErrorCode::SystemIoFailure);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let free = rustix::fs::statvfs(dir)
+        .ok()
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize));
+    match free {
+        Some(free) if io && free < NEARLY_FULL => StoreError::Backend {
+            message: format!(
+                "the disk holding the lock database {} is full ({free} bytes free); nothing was changed. Free some space and try again",
+                path.display()
+            ),
+            source,
+        },
+        _ => StoreError::Backend { message, source },
+    }
+}
+
 /// Busy handler: yield briefly first (hand-over latency), then back off to
 /// 1 ms sleeps. Returning false ends the wait with SQLITE_BUSY.
 fn busy_handler(attempt: i32) -> bool {
