@@ -44,6 +44,13 @@ impl Guard {
         }
     }
 
+    /// Why the last background renewal failed, while renewals fail (the
+    /// store unreachable, a full disk): the lock is still held until its
+    /// lease runs out, and [`Guard::lost`] says when that happens.
+    pub fn renew_error(&self) -> Option<String> {
+        self.renewal.and_then(|id| self.renewer.failing(id))
+    }
+
     /// Fencing token of the first key.
     pub fn fence(&self) -> Fence {
         self.grant.locks[0].fence

@@ -27,6 +27,8 @@ struct Entry {
     target: Target,
     ttl: Duration,
     last_good: Instant,
+    /// Why the last renewal failed, while renewals fail.
+    failing: Option<String>,
     state: watch::Sender<State>,
 }
 
@@ -86,6 +88,7 @@ impl Renewer {
                 target,
                 ttl,
                 last_good,
+                failing: None,
                 state,
             },
         );
@@ -98,6 +101,15 @@ impl Renewer {
     /// When the lease of `id` was last renewed (or granted), while renewed.
     pub(crate) fn last_good(&self, id: u64) -> Option<Instant> {
         self.shared.lock().entries.get(&id).map(|e| e.last_good)
+    }
+
+    /// Why the last renewal of `id` failed, while its renewals fail.
+    pub(crate) fn failing(&self, id: u64) -> Option<String> {
+        self.shared
+            .lock()
+            .entries
+            .get(&id)
+            .and_then(|e| e.failing.clone())
     }
 
     /// Stops renewing `id` (its slot in the schedule is skipped when due).
@@ -146,9 +158,10 @@ fn run(store: &dyn Store, shared: &Shared) {
             t = shared.lock();
             for (id, ttl, outcome) in outcomes {
                 match outcome {
-                    Some(good) if t.entries.contains_key(&id) => {
+                    Some((good, failing)) if t.entries.contains_key(&id) => {
                         if let Some(e) = t.entries.get_mut(&id) {
                             e.last_good = good;
+                            e.failing = failing;
                         }
                         t.due.push(Reverse((Instant::now() + every(ttl), id)));
                     }
@@ -176,15 +189,15 @@ fn run(store: &dyn Store, shared: &Shared) {
     }
 }
 
-/// One renewal: `Some(time of the last good renewal)` while held, `None`
-/// once the lock is lost.
+/// One renewal: `Some((time of the last good renewal, why it failed if it
+/// did))` while held, `None` once the lock is lost.
 fn renew(
     store: &dyn Store,
     target: &Target,
     ttl: Duration,
     last_good: Instant,
     state: &watch::Sender<State>,
-) -> Option<Instant> {
+) -> Option<(Instant, Option<String>)> {
     // The client's own deadline: after a pause (SIGSTOP, a suspended VM) the
     // lease may have run out on the store's clock; say so before anything
     // else is done under a lock that may now belong to another.
@@ -197,13 +210,13 @@ fn renew(
     }
     let started = Instant::now();
     match store.renew(target, None) {
-        Ok(Renewal::Renewed { .. }) => Some(started),
+        Ok(Renewal::Renewed { .. }) => Some((started, None)),
         Ok(Renewal::Lost { reason, .. }) => {
             let _ = state.send(State::Lost(reason));
             None
         }
         // A failed renewal is retried at the next turn; the deadline above
         // decides when it is too late.
-        Err(_) => Some(last_good),
+        Err(e) => Some((last_good, Some(e.to_string()))),
     }
 }

@@ -260,6 +260,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
 
     let mut lost_at: Option<Instant> = None;
     let mut killed = false;
+    // Renewals that fail are said once, and their recovery too.
+    let mut renew_failing = false;
     let status = loop {
         match incoming.recv_timeout(Duration::from_millis(20)) {
             Ok(Event::Exited(status)) => break status,
@@ -267,6 +269,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 return Err(Failure::error("lost track of CMD"));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        match guard.renew_error() {
+            Some(e) if !renew_failing && lost_at.is_none() => {
+                renew_failing = true;
+                err!(
+                    "locksmith: renewing the lock on {what} failed: {e}; retrying until the lease runs out, then CMD is stopped"
+                );
+            }
+            None if renew_failing && !guard.is_lost() => {
+                renew_failing = false;
+                err!("locksmith: renewing the lock on {what} works again");
+            }
+            _ => {}
         }
         if lost_at.is_none() && guard.is_lost() && !guard.given_up() {
             lost_at = Some(Instant::now());

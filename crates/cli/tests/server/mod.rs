@@ -258,6 +258,12 @@ fn run_stops_cmd_when_the_server_cannot_be_reached_before_its_deadline() {
         started.elapsed()
     );
     assert_eq!(std::fs::read_to_string(&termed).unwrap().trim(), "TERM");
+    // The failing renewals were not silent.
+    assert!(
+        stderr(&out).contains("renewing the lock on job failed: cannot reach the locksmith server"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
