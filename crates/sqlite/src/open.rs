@@ -233,18 +233,77 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
     let Ok(mut f) = fs::File::open(path) else {
         return Ok(());
     };
-    let mut head = [0u8; 16];
-    let n = f.read(&mut head).unwrap_or(0);
+    let mut head = [0u8; 100];
+    let n = read_up_to(&mut f, &mut head);
     if n == 0 {
         return Ok(());
     }
-    if n < 16 || &head != b"SQLite format 3\0" {
+    if n < 16 || &head[..16] != b"SQLite format 3\0" {
         return Err(unusable(
             path,
             "this is not a locksmith database (not an SQLite file)",
         ));
     }
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    // With a write-ahead log still holding pages (a crash before the last
+    // checkpoint), the file's own size and header are not the last word:
+    // SQLite recovers from the log, so only a store without one is judged.
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal_pending = fs::metadata(Path::new(&wal)).is_ok_and(|m| m.len() > 0);
+    if !wal_pending && let Some(why) = truncated(&head[..n], size) {
+        return Err(StoreError::corrupt(format!(
+            "{}: the lock database is damaged ({why}); nothing was changed. Move the file away (keep it for inspection) and run again to start a new one",
+            path.display()
+        )));
+    }
     Ok(())
+}
+
+/// Reads until `buf` is full or the file ends; how many bytes were read.
+fn read_up_to(f: &mut fs::File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n
+}
+
+/// What the SQLite header (its first 100 bytes) says is wrong with a file
+/// of `size` bytes: a page size that is not one, a file that is not a whole
+/// number of pages, or fewer pages than the header counts (cut short).
+pub(crate) fn truncated(head: &[u8], size: u64) -> Option<String> {
+    if head.len() < 100 {
+        return Some(format!(
+            "the file ends after {} bytes, inside its header",
+            head.len()
+        ));
+    }
+    let page = match u16::from_be_bytes([head[16], head[17]]) {
+        1 => 65536u64,
+        p => u64::from(p),
+    };
+    if !(512..=65536).contains(&page) || !page.is_power_of_two() {
+        return Some(format!("its header names a page size of {page} bytes"));
+    }
+    if size % page != 0 {
+        return Some(format!(
+            "it is {size} bytes long, not a whole number of {page}-byte pages: it was cut short"
+        ));
+    }
+    let pages = u64::from(u32::from_be_bytes([head[28], head[29], head[30], head[31]]));
+    // The page count is valid when "version-valid-for" matches the change counter.
+    let valid = head[92..96] == head[24..28];
+    if valid && pages > 0 && size < pages * page {
+        return Some(format!(
+            "it has {} pages where its header counts {pages}: it was cut short",
+            size / page
+        ));
+    }
+    None
 }
 
 /// Refuses SQLite files that belong to something else.

@@ -217,6 +217,49 @@ fn use_store(store: &SqliteStore) -> Option<StoreError> {
 }
 
 #[test]
+fn a_truncated_store_is_refused_and_left_as_it_is() {
+    for cut in [TruncateTo::HalfPages, TruncateTo::MidPage] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let clock = ManualClock::new();
+        let size = filled_store(&path, &clock);
+        let keep = match cut {
+            TruncateTo::HalfPages => size / 4096 / 2 * 4096,
+            TruncateTo::MidPage => size - 1000,
+        };
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..keep as usize]).unwrap();
+        let err = match open(&path, &clock) {
+            Err(e) => e,
+            Ok(store) => use_store(&store).expect("a truncated store went unnoticed"),
+        };
+        assert!(
+            matches!(err, StoreError::Corrupt { .. }),
+            "{cut:?}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cut short") && msg.contains("Move the file away"),
+            "{msg}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            &bytes[..keep as usize],
+            "left as it was"
+        );
+    }
+}
+
+/// How a test cuts a store file short.
+#[derive(Debug, Clone, Copy)]
+enum TruncateTo {
+    /// To half of its pages.
+    HalfPages,
+    /// In the middle of its last page.
+    MidPage,
+}
+
+#[test]
 fn a_corrupted_store_gives_a_clear_error_and_is_not_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
