@@ -289,7 +289,7 @@ pub(crate) fn truncated(head: &[u8], size: u64) -> Option<String> {
     if !(512..=65536).contains(&page) || !page.is_power_of_two() {
         return Some(format!("its header names a page size of {page} bytes"));
     }
-    if size % page != 0 {
+    if !size.is_multiple_of(page) {
         return Some(format!(
             "it is {size} bytes long, not a whole number of {page}-byte pages: it was cut short"
         ));
