@@ -609,16 +609,18 @@ pub trait Store: Send + Sync + 'static {
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError>;
     /// Ends every tenure on the key (admin); returns what was ended.
     fn force_release(&self, key: &Key, why: &str) -> Result<Vec<LockInfo>, StoreError> {
-        self.force_release_seen(key, why, None)
+        self.force_release_seen(key, why, None, None)
     }
     /// Like [`Store::force_release`], but with `seen` (the newest fence the
     /// administrator saw on the key) only while no newer tenure holds the
     /// key; otherwise nothing is ended and the answer is
-    /// [`StoreError::Newer`]. Checked and ended in one transaction.
+    /// [`StoreError::Newer`]. Checked and ended in one transaction. `by`
+    /// names who forced it, recorded with the reason.
     fn force_release_seen(
         &self,
         key: &Key,
         why: &str,
+        by: Option<&str>,
         seen: Option<Fence>,
     ) -> Result<Vec<LockInfo>, StoreError>;
     /// Holders and queue of one key.

@@ -325,6 +325,10 @@ pub struct ReleaseBody {
 pub struct ForceBody {
     /// Why, recorded in the history (required).
     pub reason: String,
+    /// Who forces, recorded with the reason. With tokens the server records
+    /// the token's name instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     /// End the holders only while this is the newest fence on the key, so
     /// that an administrator never ends a newer holder than the one seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]

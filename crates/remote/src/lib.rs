@@ -428,10 +428,12 @@ impl Store for HttpStore {
         &self,
         key: &Key,
         why: &str,
+        by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
         let body = ForceBody {
             reason: why.to_string(),
+            by: by.map(str::to_string),
             fence: seen.map(|f| f.0),
         };
         self.field(

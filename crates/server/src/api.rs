@@ -366,15 +366,21 @@ async fn lock_action(
     match action {
         "renew" => renew(st, caller, key(k)?, parse(&body)?).await,
         "release" => release(st, caller, key(k)?, parse(&body)?, false).await,
-        "force-release" => force(st, key(k)?, parse(&body)?).await,
+        "force-release" => force(st, caller, key(k)?, parse(&body)?).await,
         _ => Err(not_found_error()),
     }
 }
 
-async fn force(st: Arc<State>, k: Key, b: ForceBody) -> Api {
+async fn force(st: Arc<State>, caller: Caller, k: Key, b: ForceBody) -> Api {
+    // With tokens the token's name says who forced; without, the caller's word.
+    let by = match caller.1 {
+        Some(name) => Some(format!("token {name}")),
+        None => b.by.clone(),
+    };
     let store = st.store.clone();
     let seen = b.fence.map(locksmith_core::Fence);
-    let ended = blocking(move || store.force_release_seen(&k, &b.reason, seen)).await??;
+    let ended =
+        blocking(move || store.force_release_seen(&k, &b.reason, by.as_deref(), seen)).await??;
     st.metrics.forced(ended.len());
     for l in &ended {
         st.metrics

@@ -106,13 +106,13 @@ mod tests {
 }
 
 /// Who is calling: the role of its token, or `None` under local trust (no
-/// token configured, loopback only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Caller(pub Option<Role>);
+/// token configured, loopback only), and the token's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Caller(pub Option<Role>, pub Option<String>);
 
 impl Caller {
     /// Refuses unless the caller has at least `role`; `what` names the act.
-    pub(crate) fn require(self, role: Role, what: &str) -> Result<(), ApiError> {
+    pub(crate) fn require(&self, role: Role, what: &str) -> Result<(), ApiError> {
         match self.0 {
             Some(have) if have < role => Err(ApiError::new(
                 Code::Forbidden,
@@ -144,8 +144,8 @@ pub(crate) async fn auth(Shared(st): Shared<Arc<State>>, mut req: Request, next:
     let caller = {
         let tokens = st.tokens.read().unwrap_or_else(|p| p.into_inner());
         match needed(req.method(), req.uri().path()) {
-            _ if tokens.is_empty() => Caller(None),
-            None => Caller(Some(Role::Viewer)),
+            _ if tokens.is_empty() => Caller(None, None),
+            None => Caller(Some(Role::Viewer), None),
             Some(role) => {
                 let presented = req
                     .headers()
@@ -168,7 +168,7 @@ pub(crate) async fn auth(Shared(st): Shared<Arc<State>>, mut req: Request, next:
                         Some(e) => e,
                     },
                 };
-                let caller = Caller(Some(entry.role));
+                let caller = Caller(Some(entry.role), Some(entry.name.clone()));
                 if let Err(e) = caller.require(role, "this request") {
                     return e.into_response();
                 }

@@ -286,9 +286,10 @@ impl Store for SqliteStore {
         &self,
         key: &Key,
         why: &str,
+        by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
-        self.write(|tx, ctx| ops::force_release(tx, ctx, key, why, seen))
+        self.write(|tx, ctx| ops::force_release(tx, ctx, key, why, by, seen))
     }
 
     fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {

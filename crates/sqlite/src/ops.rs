@@ -165,9 +165,13 @@ pub(crate) fn force_release(
     ctx: &Ctx<'_>,
     key: &Key,
     why: &str,
+    by: Option<&str>,
     seen: Option<locksmith_core::Fence>,
 ) -> Result<(Vec<LockInfo>, Vec<String>), StoreError> {
     validate::force_reason(why)?;
+    if let Some(by) = by {
+        validate::plain("name of who forces", by)?;
+    }
     let rows = observe(load_holds(tx, "key = ?1", [key.as_str()])?, ctx.host);
     if let (Some(seen), Some(newest)) = (seen, rows.iter().map(|r| r.lock.fence).max())
         && newest > seen
@@ -191,7 +195,10 @@ pub(crate) fn force_release(
             ctx.now,
             &row.lock,
             ReleaseReason::Forced,
-            Some(json!({ "reason": why })),
+            Some(match by {
+                Some(by) => json!({ "reason": why, "by": by }),
+                None => json!({ "reason": why }),
+            }),
         )?;
     }
     let freed = rows.first().map(|r| (key.clone(), r.lock.scope));

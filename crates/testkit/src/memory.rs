@@ -389,6 +389,7 @@ impl Store for MemoryStore {
         &self,
         key: &Key,
         why: &str,
+        _by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
         validate::force_reason(why)?;

@@ -71,9 +71,10 @@ impl Store for Timed {
         &self,
         key: &Key,
         why: &str,
+        by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
-        self.inner.force_release_seen(key, why, seen)
+        self.inner.force_release_seen(key, why, by, seen)
     }
     fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {
         self.inner.status(key)

@@ -165,7 +165,10 @@ pub fn renew(ctx: &Ctx, a: RenewArgs) -> Result<(), Failure> {
 pub fn force(ctx: &Ctx, a: ForceArgs) -> Result<(), Failure> {
     let key = a.target.key()?;
     let seen = a.fence.map(locksmith_core::Fence);
-    let ended = ctx.store()?.force_release_seen(&key, &a.reason, seen)?;
+    let by = ctx.config.owner();
+    let ended = ctx
+        .store()?
+        .force_release_seen(&key, &a.reason, Some(&by), seen)?;
     if ctx.json {
         json(&serde_json::json!({ "key": key, "ended": ended }));
         return Ok(());

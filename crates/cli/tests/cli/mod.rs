@@ -451,6 +451,10 @@ fn force_release_with_the_fence_seen_ends_nothing_newer() {
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(env.json(&["status", "k"])["free"], true);
+    // Who forced, and why, is in the history.
+    let forced = env.json(&["history", "k", "--kind", "forced"]);
+    assert_eq!(forced[0]["detail"]["by"], "tester", "{forced}");
+    assert_eq!(forced[0]["detail"]["reason"], "stuck", "{forced}");
 }
 
 #[test]

@@ -144,6 +144,41 @@ fn every_route_by_every_role() {
         }
     }
     assert_eq!(checked, routes().len() * 5);
+    // The admin's forced release names the token that did it.
+    let bearer = |role: Role| {
+        let t = &callers.iter().find(|c| c.0 == Some(role)).unwrap().1;
+        format!("Bearer {}", t.as_deref().unwrap())
+    };
+    let grant = json!({ "keys": ["z"], "owner": "A", "ttl_ms": 60000 }).to_string();
+    let (status, _, body) = raw(
+        server.addr,
+        "POST",
+        "/v1/grants",
+        &[("Authorization", &bearer(Role::Client))],
+        &grant,
+    );
+    assert_eq!(status, 200, "{body}");
+    let force = json!({ "reason": "test" }).to_string();
+    let (status, _, body) = raw(
+        server.addr,
+        "POST",
+        "/v1/locks/z/force-release",
+        &[("Authorization", &bearer(Role::Admin))],
+        &force,
+    );
+    assert_eq!(status, 200, "{body}");
+    let forced = locksmith_core::Store::history(
+        &*server.sqlite,
+        &locksmith_core::store::HistoryFilter {
+            kind: Some(locksmith_core::EventKind::Forced),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!forced.is_empty());
+    for e in forced {
+        assert_eq!(e.detail.unwrap()["by"], "token admin");
+    }
 }
 
 #[test]

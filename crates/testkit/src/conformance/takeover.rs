@@ -91,7 +91,7 @@ pub fn force_and_force_release_record_forced(make: Factory<'_>) {
     let older = locksmith_core::Fence(newest.0 - 1);
     match h
         .store
-        .force_release_seen(&key("r"), "maintenance", Some(older))
+        .force_release_seen(&key("r"), "maintenance", Some("admin-1"), Some(older))
     {
         Err(StoreError::Newer { fence, seen, .. }) => assert_eq!((fence, seen), (newest, older)),
         other => panic!("{other:?}"),
@@ -99,7 +99,7 @@ pub fn force_and_force_release_record_forced(make: Factory<'_>) {
     assert_eq!(h.list_all(), held, "nothing was ended");
     let ended = h
         .store
-        .force_release_seen(&key("r"), "maintenance", Some(newest))
+        .force_release_seen(&key("r"), "maintenance", Some("admin-1"), Some(newest))
         .unwrap();
     let mut who: Vec<&str> = ended.iter().map(|i| i.owner.as_str()).collect();
     who.sort();
@@ -107,6 +107,18 @@ pub fn force_and_force_release_record_forced(make: Factory<'_>) {
     assert!(h.store.status(&key("r")).unwrap().free);
     let forced: Vec<_> = endings(&h, "r").into_iter().map(|e| (e.0, e.1)).collect();
     assert_eq!(forced, [(EventKind::Forced, ReleaseReason::Forced); 2]);
+    // Who forced is recorded with why.
+    for e in h
+        .history_of("r")
+        .iter()
+        .filter(|e| e.kind == EventKind::Forced)
+    {
+        let detail = e.detail.as_ref().map(|d| d.to_string()).unwrap_or_default();
+        assert!(
+            detail.contains("admin-1") && detail.contains("maintenance"),
+            "{detail}"
+        );
+    }
     assert!(
         h.store
             .force_release(&key("free"), "nothing")
