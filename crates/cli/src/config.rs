@@ -76,6 +76,16 @@ const SETTINGS: &[Setting] = &[
         help: "sweeper: command run as `HOOK TASK_ID`; exit 0 means the task is done and its lock ends (task_completed)",
     },
     Setting {
+        name: "server",
+        default: "",
+        help: "a locksmith server (http://HOST:PORT) that every command uses instead of the embedded store; --server overrides it",
+    },
+    Setting {
+        name: "token",
+        default: "",
+        help: "the bearer token sent to the server (printed redacted)",
+    },
+    Setting {
         name: "allow_network_fs",
         default: "false",
         help: "allow the store on a network filesystem (unsafe: its file locking cannot be trusted)",
@@ -179,6 +189,16 @@ impl Config {
         self.get("owner").0.clone()
     }
 
+    /// The server to use instead of the embedded store, if set.
+    pub fn server(&self) -> Option<String> {
+        Some(self.get("server").0.clone()).filter(|s| !s.trim().is_empty())
+    }
+
+    /// The bearer token for the server, if set.
+    pub fn token(&self) -> Option<String> {
+        Some(self.get("token").0.clone()).filter(|s| !s.trim().is_empty())
+    }
+
     /// The sweeper's task hook, if set.
     pub fn task_hook(&self) -> Option<String> {
         Some(self.get("task_hook").0.clone()).filter(|h| !h.trim().is_empty())
@@ -222,13 +242,17 @@ impl Config {
         })
     }
 
-    /// `(name, value, source, help)` for every setting.
+    /// `(name, value, source, help)` for every setting; secrets redacted.
     pub fn rows(&self) -> Vec<(&'static str, String, Source, &'static str)> {
         SETTINGS
             .iter()
             .map(|s| {
                 let (v, src) = self.get(s.name);
-                (s.name, v.clone(), src.clone(), s.help)
+                let shown = match s.name {
+                    "token" if !v.is_empty() => "<redacted>".to_string(),
+                    _ => v.clone(),
+                };
+                (s.name, shown, src.clone(), s.help)
             })
             .collect()
     }
@@ -250,6 +274,8 @@ pub fn example() -> String {
             "allow_network_fs" => s.default.to_string(),
             "owner" => "\"agent-1\"".to_string(),
             "task_hook" => "\"/usr/local/bin/task-state\"".to_string(),
+            "server" => "\"http://127.0.0.1:7420\"".to_string(),
+            "token" => "\"lst_...\"".to_string(),
             _ => format!("{:?}", s.default),
         };
         out.push_str(&format!("# {} = {value}\n\n", s.name));

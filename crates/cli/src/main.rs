@@ -241,6 +241,7 @@ fn main() -> ExitCode {
     let result = config::Config::load(cli.config.as_deref())
         .map_err(|e| Failure::new(Code::Invalid, format!("{e:#}")))
         .and_then(|config| {
+            let server = server.or_else(|| config.server());
             let ctx = Ctx {
                 json,
                 config,

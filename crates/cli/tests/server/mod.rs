@@ -397,3 +397,33 @@ fn watch_follows_events_on_the_embedded_store_and_through_a_server() {
         );
     }
 }
+
+#[test]
+fn the_server_and_token_can_come_from_the_config_file_and_the_token_is_redacted() {
+    let home = Env::new();
+    let served = Served::start(&home, &[]);
+    let client = Env::new();
+    std::fs::write(
+        client.file("locksmith.toml"),
+        format!(
+            "server = \"{}\"\ntoken = \"lst_not_needed_here\"\n",
+            served.url
+        ),
+    )
+    .unwrap();
+    let out = client
+        .cmd(&["acquire", "cfg/k", "--ttl", "1m"])
+        .env_remove("LOCKSMITH_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        !client.file("locksmith.db").exists(),
+        "the embedded store was not used"
+    );
+    let (_, st) = json_of(served.cmd(&client, &["status", "cfg/k"]));
+    assert_eq!(st["free"], Value::Bool(false));
+    let (_, cfg) = json_of(client.cmd(&["config"]));
+    assert_eq!(cfg["token"]["value"], "<redacted>");
+    assert_eq!(cfg["server"]["value"], served.url.as_str());
+}
