@@ -126,7 +126,7 @@ async fn acquire(
     match poll::acquire(&st, req, wait, b.queue, b.ticket.as_deref()).await {
         Ok(Answer::Granted(g)) => {
             st.metrics.acquired("granted", started.elapsed());
-            tracing::info!(
+            tracing::debug!(
                 event = "acquired",
                 keys = ?keys,
                 owner = %g.owner,
@@ -300,7 +300,7 @@ async fn release(st: Arc<State>, caller: Caller, k: Key, b: ReleaseBody, whole: 
     } = &r
     {
         st.metrics.released(reason.name(), Some(*held_for));
-        tracing::info!(event = "released", key = %key, fence = fence.0, reason = reason.name(), "released");
+        tracing::debug!(event = "released", key = %key, fence = fence.0, reason = reason.name(), "released");
     }
     Ok(json(StatusCode::OK, &r))
 }

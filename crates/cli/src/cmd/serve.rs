@@ -50,6 +50,10 @@ pub struct Args {
     /// Log lines as text or json.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Least level logged: info logs starts, stops, forced releases, the
+    /// sweeper and failures; debug also every grant and release.
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
+    log_level: String,
 }
 
 /// Runs `serve`.
@@ -81,7 +85,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let sweep_every =
         parse_duration(&a.sweep_interval).map_err(|e| invalid("sweep-interval", e))?;
     let store = open_store(ctx, a.store.as_deref())?;
-    init_logs(&a.log_format);
+    init_logs(&a.log_format, &a.log_level);
     let settings = Settings {
         poll_cap,
         sweep_every,
@@ -151,8 +155,15 @@ fn open_store(ctx: &Ctx, url: Option<&str>) -> Result<SqliteStore, Failure> {
     Ok(SqliteStore::open(&path, ctx.config.options()?)?)
 }
 
-fn init_logs(format: &str) {
+fn init_logs(format: &str, level: &str) {
+    let level = match level {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        _ => tracing::Level::INFO,
+    };
     let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false);

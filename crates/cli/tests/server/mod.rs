@@ -135,7 +135,7 @@ fn commands_answer_the_same_through_a_server() {
     let local = Env::new();
     let embedded = script(&|args| json_of(local.cmd(args)));
     let home = Env::new();
-    let served = Served::start(&home, &[]);
+    let served = Served::start(&home, &["--log-level", "debug"]);
     let client = Env::new();
     let remote = script(&|args| json_of(served.cmd(&client, args)));
     assert_eq!(embedded.len(), remote.len());
