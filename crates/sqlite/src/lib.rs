@@ -316,7 +316,11 @@ impl Store for SqliteStore {
         self.write(|tx, ctx| ops::reap(tx, ctx, batch))
     }
 
+    /// Also removes the life files of processes proven dead (see `life::tidy`).
     fn prune_history(&self) -> Result<usize, StoreError> {
-        self.write(|tx, ctx| Ok((retention::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))
+        let pruned = self
+            .write(|tx, ctx| Ok((retention::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))?;
+        life::tidy(self.path.parent().unwrap_or(Path::new(".")));
+        Ok(pruned)
     }
 }

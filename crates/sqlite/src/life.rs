@@ -70,6 +70,35 @@ pub(crate) fn remove_dead(b: &Binding) {
     }
 }
 
+/// How old a life file must be before a free one is removed: a process
+/// that is creating its file has not taken its lock yet.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the life files in `dir/holders` that prove their process gone
+/// (no kernel lock on them any more) and are older than a minute: the files
+/// of processes killed while they waited, which no tenure's end removes. A
+/// tenure bound to a removed file is still judged by pid and start time.
+/// Answers how many went.
+pub(crate) fn tidy(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir.join("holders")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let settled = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= SETTLED);
+        if settled && proves_death(&path.to_string_lossy()) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// A proof of life shared with the processes this one starts: a new life
 /// file whose descriptor is inherited across exec (no close-on-exec), so the
 /// kernel lock, and with it the locks bound to it, lasts until the last

@@ -483,3 +483,48 @@ fn a_command_that_releases_its_own_lock_is_not_lost() {
         );
     }
 }
+
+#[test]
+fn the_life_file_of_a_run_killed_while_waiting_is_swept_away() {
+    let env = Env::new();
+    assert_eq!(code(&env.run(&["acquire", "busy", "--ttl", "1m"])), 0);
+    let mut waiter = env.spawn(&["run", "-l", "busy", "--wait", "30s", "--", "true"]);
+    eventually(Duration::from_secs(10), "the waiter in the queue", || {
+        env.json(&["status", "busy"])["waiters"]
+            .as_array()
+            .is_some_and(|w| w.len() == 1)
+    });
+    let pid = waiter.id();
+    let holders = env.file("holders");
+    let mine = |p: &std::path::PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains(&format!("-{pid}-")))
+    };
+    let files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&holders)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        files().iter().any(mine),
+        "run made its life file: {:?}",
+        files()
+    );
+    signal(pid, Signal::KILL);
+    let _ = waiter.wait();
+    // A minute later (backdated here), the sweeper removes what it left.
+    for f in files().iter().filter(|f| mine(f)) {
+        let old = std::time::SystemTime::now() - Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    assert_eq!(code(&env.run(&["sweep", "--once"])), 0);
+    assert!(!files().iter().any(mine), "left behind: {:?}", files());
+    // The holder's lock is untouched.
+    assert_eq!(env.json(&["status", "busy"])["free"], false);
+}
