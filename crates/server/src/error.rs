@@ -21,6 +21,11 @@ impl ApiError {
     pub fn new(code: Code, detail: impl Into<String>) -> ApiError {
         ApiError::from(Problem::new(code, detail))
     }
+    /// Sets `Retry-After`, in seconds.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
     /// Adds a fact to the body.
     pub fn with(mut self, name: &str, value: impl serde::Serialize) -> ApiError {
         self.problem = Box::new(self.problem.with(name, value));

@@ -52,6 +52,9 @@ pub struct Settings {
     pub max_keys: usize,
     /// Most requests of one owner waiting at once (long polls and kept places).
     pub max_waiters_per_owner: usize,
+    /// Most long polls held at once on this server, whoever asks: each
+    /// holds a blocking thread, and store calls need some left.
+    pub max_polls: usize,
     /// Host names a request may name in its `Host` header, besides
     /// loopback names and the listening address.
     pub allowed_hosts: Vec<String>,
@@ -70,6 +73,7 @@ impl Default for Settings {
             max_body: 64 * 1024,
             max_keys: 64,
             max_waiters_per_owner: 64,
+            max_polls: 256,
             allowed_hosts: Vec::new(),
             tokens: None,
             keep_alive: Duration::from_secs(15),

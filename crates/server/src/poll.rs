@@ -123,6 +123,15 @@ impl Parked {
         active + parked
     }
 
+    /// Long polls held now, of every owner.
+    fn polls(&self) -> usize {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+
     fn enter(&self, owner: &str) {
         *self
             .active
@@ -187,6 +196,18 @@ pub(crate) async fn acquire(
         WaitPolicy::For(d) if d <= cap => (d, !keep_place),
         WaitPolicy::For(_) | WaitPolicy::Forever => (cap, false),
     };
+    // Each long poll holds a blocking thread: past the cap, refuse before
+    // touching the request's parked place, which stays for its next poll.
+    if st.parked.polls() >= st.settings.max_polls {
+        return Err(ApiError::new(
+            Code::TooMany,
+            format!(
+                "this server holds {} waiting requests, the most it allows at once; try again shortly",
+                st.settings.max_polls
+            ),
+        )
+        .retry_after(1));
+    }
     let owner = req.holder.owner.clone();
     // A ticket is honoured only where it was parked here, for this owner; a
     // request id finds the place of the same owner's request with that id.

@@ -677,3 +677,52 @@ fn a_poll_again_with_the_same_request_id_keeps_the_place() {
     let (status, got) = post(server.addr, "/v1/grants", b);
     assert_eq!((status, got["owner"].as_str()), (200, Some("B")), "{got}");
 }
+
+#[test]
+fn past_the_servers_poll_cap_a_waiter_is_told_to_retry() {
+    let server = Server::start_real(Settings {
+        max_polls: 2,
+        ..Settings::default()
+    });
+    server
+        .client()
+        .acquire(&request("A", &["c1", "c2", "c3"]), None)
+        .unwrap();
+    let addr = server.addr;
+    let waiting: Vec<_> = [("B", "c1"), ("C", "c2")]
+        .into_iter()
+        .map(|(o, k)| {
+            std::thread::spawn(move || {
+                post(
+                    addr,
+                    "/v1/grants",
+                    json!({ "keys": [k], "owner": o, "wait_ms": 2000 }),
+                )
+            })
+        })
+        .collect();
+    let store = server.client();
+    assert!(eventually(Duration::from_secs(5), || store
+        .waiters(&ListFilter::default())
+        .unwrap()
+        .len()
+        == 2));
+    let (status, head, body) = raw(
+        addr,
+        "POST",
+        "/v1/grants",
+        &[],
+        &json!({ "keys": ["c3"], "owner": "D", "wait_ms": 2000 }).to_string(),
+    );
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    // A fail-fast request is still answered.
+    let (status, p) = post(addr, "/v1/grants", json!({ "keys": ["c3"], "owner": "D" }));
+    assert_eq!((status, p["code"].as_str()), (409, Some("busy")), "{p}");
+    for w in waiting {
+        assert_eq!(w.join().unwrap().0, 409);
+    }
+}
