@@ -416,3 +416,92 @@ mod tests {
         assert_eq!(fmt_ns(1_200_000), "1.20 ms");
     }
 }
+
+/// Grants checked against the queue order a store recorded in its own
+/// history: every `waiting` event joins the tail of a queue, every
+/// `acquired` event must go to its head (or to a newcomer only when nobody
+/// waits).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueReplay {
+    /// `waiting` events (requests that joined the queue).
+    pub queued: usize,
+    /// `acquired` events.
+    pub grants: usize,
+    /// Grants to a queued request.
+    pub from_queue: usize,
+    /// Grants to a queued request that was not the head of the queue.
+    pub out_of_order: usize,
+    /// Grants to a request that never queued while others were queued.
+    pub barged: usize,
+    /// Longest run of grants to one owner.
+    pub longest_run: usize,
+    /// Releases followed by a grant to another owner.
+    pub handovers: usize,
+    /// Of those, how often the releaser's own new queue entry was committed
+    /// between the release and the next grant (its transaction ran first).
+    pub requeued_between: usize,
+}
+
+impl QueueReplay {
+    /// Replays `events`, oldest first.
+    pub fn of(events: impl IntoIterator<Item = locksmith_core::Event>) -> QueueReplay {
+        use locksmith_core::EventKind;
+        let mut queue: std::collections::VecDeque<String> = Default::default();
+        let mut f = QueueReplay::default();
+        let mut released_by: Option<(String, bool)> = None;
+        let (mut last, mut run) = (None::<String>, 0);
+        for e in events {
+            match e.kind {
+                EventKind::Released => released_by = Some((e.owner.clone(), false)),
+                EventKind::Waiting => {
+                    if let Some((o, between)) = &mut released_by
+                        && *o == e.owner
+                    {
+                        *between = true;
+                    }
+                    f.queued += 1;
+                    queue.push_back(e.owner);
+                }
+                EventKind::WaitCancelled | EventKind::WaitTimedOut => {
+                    if let Some(i) = queue.iter().position(|o| *o == e.owner) {
+                        queue.remove(i);
+                    }
+                }
+                EventKind::Acquired => {
+                    f.grants += 1;
+                    if let Some((o, between)) = released_by.take()
+                        && o != e.owner
+                    {
+                        f.handovers += 1;
+                        f.requeued_between += between as usize;
+                    }
+                    match queue.iter().position(|o| *o == e.owner) {
+                        Some(i) => {
+                            f.from_queue += 1;
+                            if i != 0 {
+                                f.out_of_order += 1;
+                            }
+                            queue.remove(i);
+                        }
+                        None if !queue.is_empty() => f.barged += 1,
+                        None => {}
+                    }
+                    run = if last.as_deref() == Some(e.owner.as_str()) {
+                        run + 1
+                    } else {
+                        1
+                    };
+                    f.longest_run = f.longest_run.max(run);
+                    last = Some(e.owner);
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// Every grant went to the head of the queue (or to a newcomer when nobody waited).
+    pub fn strict(&self) -> bool {
+        self.out_of_order == 0 && self.barged == 0 && self.grants > 0
+    }
+}

@@ -30,29 +30,12 @@ pub(super) struct Report {
 }
 
 /// Grants checked against the queue order the store itself recorded.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct StoreFifo {
-    /// `waiting` events (requests that joined the queue).
-    pub(super) queued: usize,
-    /// Grants to a queued request.
-    pub(super) grants_from_queue: usize,
-    /// Grants to a queued request that was not the head of the queue.
-    pub(super) out_of_order: usize,
-    /// Grants to a request that never queued while the queue was not empty.
-    pub(super) barged: usize,
-    /// Releases followed by a grant to another request.
-    pub(super) handovers: usize,
-    /// Of those, how often the releaser's own new queue entry was committed
-    /// between the release and the next grant (its transaction ran first).
-    pub(super) requeued_between: usize,
-}
+pub(super) type StoreFifo = locksmith_bench::QueueReplay;
 
-/// Replays the store's history of `key`: every `waiting` event joins the
-/// tail of a queue, every `acquired` event must go to the head of it (or to
-/// a newcomer only when nobody waits).
+/// Replays the store's history of `key` for its queue order.
 pub(super) fn store_fifo(db: &Path, key: &str) -> Result<StoreFifo, String> {
+    use locksmith_core::Store;
     use locksmith_core::store::HistoryFilter;
-    use locksmith_core::{EventKind, Store};
     let store =
         locksmith_sqlite::SqliteStore::open(db, Default::default()).map_err(|e| e.to_string())?;
     let mut events = store
@@ -63,49 +46,7 @@ pub(super) fn store_fifo(db: &Path, key: &str) -> Result<StoreFifo, String> {
         })
         .map_err(|e| e.to_string())?;
     events.reverse();
-    let mut queue: std::collections::VecDeque<String> = Default::default();
-    let mut f = StoreFifo::default();
-    let mut released_by: Option<(String, bool)> = None;
-    for e in events {
-        match e.kind {
-            EventKind::Released => released_by = Some((e.owner.clone(), false)),
-            EventKind::Waiting => {
-                if let Some((o, between)) = &mut released_by
-                    && *o == e.owner
-                {
-                    *between = true;
-                }
-                f.queued += 1;
-                queue.push_back(e.owner);
-            }
-            EventKind::WaitCancelled | EventKind::WaitTimedOut => {
-                if let Some(i) = queue.iter().position(|o| *o == e.owner) {
-                    queue.remove(i);
-                }
-            }
-            EventKind::Acquired => {
-                if let Some((o, between)) = released_by.take()
-                    && o != e.owner
-                {
-                    f.handovers += 1;
-                    f.requeued_between += between as usize;
-                }
-                match queue.iter().position(|o| *o == e.owner) {
-                    Some(i) => {
-                        f.grants_from_queue += 1;
-                        if i != 0 {
-                            f.out_of_order += 1;
-                        }
-                        queue.remove(i);
-                    }
-                    None if !queue.is_empty() => f.barged += 1,
-                    None => {}
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(f)
+    Ok(StoreFifo::of(events))
 }
 
 /// Whether process `q` was waiting at instant `t`: its first tenure granted

@@ -441,7 +441,7 @@ fn main() {
                  (its transaction took the write lock first).\n",
                 r.kind.tag(),
                 f.queued,
-                f.grants_from_queue,
+                f.from_queue,
                 f.out_of_order,
                 f.barged,
                 f.requeued_between,

@@ -2,7 +2,6 @@
 //! acquire+release pairs on each client's own key, and hand-overs of one
 //! key between waiting clients.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -340,35 +339,12 @@ fn analyse(all: &[Tenure], count: usize, out: &mut Handover) {
 }
 
 /// The order of grants checked against the queue the locksmith store recorded.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct StoreFifo {
-    /// `waiting` events (requests that joined the queue).
-    pub(super) queued: usize,
-    /// `acquired` events.
-    pub(super) grants: usize,
-    /// Grants to a queued request.
-    pub(super) from_queue: usize,
-    /// Grants to a queued request that was not the head of the queue.
-    pub(super) out_of_order: usize,
-    /// Grants to a request that never queued while others were queued.
-    pub(super) barged: usize,
-    /// Longest run of grants to one owner.
-    pub(super) longest_run: usize,
-}
+pub(super) type StoreFifo = locksmith_bench::QueueReplay;
 
-impl StoreFifo {
-    /// Every grant went to the head of the queue (or to a newcomer when nobody waited).
-    pub(super) fn strict(&self) -> bool {
-        self.out_of_order == 0 && self.barged == 0 && self.grants > 0
-    }
-}
-
-/// Replays the history of the hand-over key that a locksmith server kept:
-/// every `waiting` event joins the tail of a queue, every `acquired` event
-/// must go to the head of it (or to a newcomer only when nobody waits).
+/// Replays the history of the hand-over key that a locksmith server kept.
 pub(super) fn store_fifo(url: &str) -> Result<StoreFifo, String> {
+    use locksmith_core::Store as _;
     use locksmith_core::store::HistoryFilter;
-    use locksmith_core::{EventKind, Store as _};
     let store = locksmith::remote::HttpStore::open(url, None).map_err(|e| e.to_string())?;
     let mut events = store
         .history(&HistoryFilter {
@@ -377,43 +353,5 @@ pub(super) fn store_fifo(url: &str) -> Result<StoreFifo, String> {
         })
         .map_err(|e| e.to_string())?;
     events.reverse();
-    let mut queue: VecDeque<String> = VecDeque::new();
-    let mut f = StoreFifo::default();
-    let (mut last, mut run) = (None::<String>, 0);
-    for e in events {
-        match e.kind {
-            EventKind::Waiting => {
-                f.queued += 1;
-                queue.push_back(e.owner);
-            }
-            EventKind::WaitCancelled | EventKind::WaitTimedOut => {
-                if let Some(i) = queue.iter().position(|o| *o == e.owner) {
-                    queue.remove(i);
-                }
-            }
-            EventKind::Acquired => {
-                f.grants += 1;
-                match queue.iter().position(|o| *o == e.owner) {
-                    Some(i) => {
-                        f.from_queue += 1;
-                        if i != 0 {
-                            f.out_of_order += 1;
-                        }
-                        queue.remove(i);
-                    }
-                    None if !queue.is_empty() => f.barged += 1,
-                    None => {}
-                }
-                run = if last.as_deref() == Some(e.owner.as_str()) {
-                    run + 1
-                } else {
-                    1
-                };
-                f.longest_run = f.longest_run.max(run);
-                last = Some(e.owner);
-            }
-            _ => {}
-        }
-    }
-    Ok(f)
+    Ok(StoreFifo::of(events))
 }
