@@ -314,6 +314,8 @@ pub struct ListFilter {
     pub prefix: Option<String>,
     /// Only locks that are not healthy.
     pub unhealthy: bool,
+    /// Only the locks of this grant.
+    pub grant: Option<i64>,
     /// At most this many rows (0: no limit).
     pub limit: usize,
 }

@@ -452,6 +452,7 @@ impl Store for HttpStore {
             ("owner", filter.owner.clone()),
             ("prefix", filter.prefix.clone()),
             ("state", filter.unhealthy.then(|| "unhealthy".to_string())),
+            ("grant", filter.grant.map(|g| g.to_string())),
             (
                 "limit",
                 (filter.limit > 0).then(|| filter.limit.to_string()),

@@ -173,16 +173,18 @@ async fn grant_key(st: &Arc<State>, grant: i64, named: Option<String>) -> Result
         return key(&k);
     }
     let store = st.store.clone();
-    let held = blocking(move || store.list(&ListFilter::default())).await??;
-    held.into_iter()
-        .find(|l| l.grant == grant)
-        .map(|l| l.key)
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::Lost,
-                format!("grant {grant} holds no lock now; name its key to learn why it ended"),
-            )
-        })
+    let filter = ListFilter {
+        grant: Some(grant),
+        limit: 1,
+        ..ListFilter::default()
+    };
+    let held = blocking(move || store.list(&filter)).await??;
+    held.into_iter().next().map(|l| l.key).ok_or_else(|| {
+        ApiError::new(
+            Code::Lost,
+            format!("grant {grant} holds no lock now; name its key to learn why it ended"),
+        )
+    })
 }
 
 fn grant_id(p: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
@@ -402,6 +404,8 @@ pub(crate) struct ListQuery {
     /// Only keys with waiters.
     #[serde(default)]
     waiting: bool,
+    /// Only the locks of this grant.
+    grant: Option<i64>,
     /// Page size (0: all).
     #[serde(default)]
     limit: usize,
@@ -438,6 +442,7 @@ async fn list(
             state.as_deref(),
             Some("stale" | "expired" | "dead" | "unhealthy")
         ),
+        grant: q.grant,
         limit: 0,
     };
     let store = st.store.clone();
@@ -486,8 +491,8 @@ async fn waiters(
     let filter = ListFilter {
         owner: q.owner,
         prefix: q.prefix,
-        unhealthy: false,
         limit: q.limit,
+        ..ListFilter::default()
     };
     let store = st.store.clone();
     let w = blocking(move || store.waiters(&filter)).await??;

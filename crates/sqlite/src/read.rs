@@ -55,6 +55,10 @@ pub(crate) fn list(
             args.len()
         ));
     }
+    if let Some(g) = f.grant {
+        args.push(Value::Integer(g));
+        clauses.push(format!("grant_id = ?{}", args.len()));
+    }
     if f.unhealthy {
         // Only rows that can be unhealthy reach Rust, where health is decided:
         // ended, silent for `stale_after`, or bound to a process (checked there).

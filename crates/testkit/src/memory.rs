@@ -452,6 +452,7 @@ impl Store for MemoryStore {
                     .is_none_or(|p| i.key.as_str().starts_with(p.as_str()))
             })
             .filter(|i| !filter.unhealthy || i.health != locksmith_core::Health::Healthy)
+            .filter(|i| filter.grant.is_none_or(|g| i.grant == g))
             .collect();
         out.sort_by(|a, b| (&a.key, a.fence).cmp(&(&b.key, b.fence)));
         Ok(out)

@@ -125,6 +125,7 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<(), Failure> {
         prefix: a.prefix,
         unhealthy: a.stale,
         limit: a.limit,
+        ..ListFilter::default()
     };
     let store = ctx.store()?;
     if a.waiting {

@@ -77,6 +77,13 @@ pub fn views_status_list_waiters_history_stats(make: Factory<'_>) {
     );
     assert_eq!(
         keys(ListFilter {
+            grant: Some(a.grant),
+            ..Default::default()
+        }),
+        [("repo/acme".into(), "agent-1".into())]
+    );
+    assert_eq!(
+        keys(ListFilter {
             limit: 2,
             ..Default::default()
         })
