@@ -189,6 +189,12 @@ impl Config {
         self.get("owner").0.clone()
     }
 
+    /// The owner when one was set (environment or config file), not defaulted.
+    pub fn owner_set(&self) -> Option<String> {
+        let (v, src) = self.get("owner");
+        (!matches!(src, Source::Default)).then(|| v.clone())
+    }
+
     /// The server to use instead of the embedded store, if set.
     pub fn server(&self) -> Option<String> {
         Some(self.get("server").0.clone()).filter(|s| !s.trim().is_empty())

@@ -85,6 +85,7 @@ enum Command {
     Serve(cmd::serve::Args),
     Token(cmd::token::Args),
     Watch(cmd::watch::Args),
+    Mcp(cmd::mcp::Args),
     Config(cmd::config::Args),
 }
 
@@ -261,6 +262,7 @@ fn main() -> ExitCode {
                 Command::Serve(a) => cmd::serve::run(&ctx, a),
                 Command::Token(a) => cmd::token::run(&ctx, a),
                 Command::Watch(a) => cmd::watch::run(&ctx, a),
+                Command::Mcp(a) => cmd::mcp::run(&ctx, a),
                 Command::Config(a) => cmd::config::run(&ctx, a),
             }
         });

@@ -4,5 +4,6 @@
 mod common;
 
 mod cli;
+mod mcp;
 mod run;
 mod server;

@@ -313,7 +313,8 @@ pub struct ReleaseBody {
     /// The holder's owner name, instead of the handle (by key only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// `completed` (default) or `failed`.
+    /// `completed` (default), `failed`, or `exited` (the holder's session
+    /// ended without releasing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<ReleaseReason>,
 }

@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use locksmith_core::{
-    AcquireRequest, Key, Mode, Notifier, ProcessBinder, Scope, Store, Takeover, WaitPolicy,
+    AcquireRequest, Binding, Grant, Key, Mode, Notifier, ProcessBinder, Scope, Store, Takeover,
+    WaitPolicy,
 };
 use locksmith_host::{default_owner, this_process};
 use locksmith_sqlite::{Options, SqliteStore};
@@ -122,6 +123,29 @@ impl Client {
     /// The store behind this client.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The binding of this process, for requests built by hand: with it a
+    /// lock is freed the moment this process dies. `None` where the store
+    /// cannot watch this machine's processes (a server): there the lease
+    /// alone ends the lock of a dead process.
+    pub fn binding(&self) -> Result<Option<Binding>, Error> {
+        match &self.binder {
+            Some(b) => Ok(Some(b.bind_current_process()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes charge of a grant made through [`Client::store`] directly:
+    /// renews it on this client's renewal thread (when it has a lease) and
+    /// releases it when the guard is dropped.
+    pub fn adopt(&self, grant: Grant) -> Guard {
+        let store = self.store.clone();
+        let renewer = self
+            .renewer
+            .get_or_init(|| Renewer::spawn(store.clone()))
+            .clone();
+        Guard::with_renewer(store, grant, renewer)
     }
 
     /// Starts a request for `key`.
@@ -282,13 +306,7 @@ impl LockBuilder {
             cancel,
             &mut |_, _| {},
         )?;
-        let store = self.client.store.clone();
-        let renewer = self
-            .client
-            .renewer
-            .get_or_init(|| Renewer::spawn(store.clone()))
-            .clone();
-        Ok(Guard::with_renewer(store, grant, renewer))
+        Ok(self.client.adopt(grant))
     }
 
     /// Acquires; waiting happens on a blocking thread of the runtime.

@@ -140,6 +140,11 @@ impl Guard {
     pub fn release_failed(mut self) -> Result<Release, StoreError> {
         self.finish(ReleaseReason::Failed)
     }
+    /// Releases with reason `exited`: for a front end that held the lock
+    /// for a session that ended without releasing it.
+    pub fn release_exited(mut self) -> Result<Release, StoreError> {
+        self.finish(ReleaseReason::Exited)
+    }
 
     fn finish(&mut self, reason: ReleaseReason) -> Result<Release, StoreError> {
         if let Some(id) = self.renewal.take() {

@@ -279,10 +279,15 @@ async fn release_grant(
 
 async fn release(st: Arc<State>, caller: Caller, k: Key, b: ReleaseBody, whole: bool) -> Api {
     let reason = b.reason.unwrap_or(ReleaseReason::Completed);
-    if !matches!(reason, ReleaseReason::Completed | ReleaseReason::Failed) {
+    // `exited`: a front end (`locksmith mcp`) releasing the locks of a
+    // session that ended without releasing them.
+    if !matches!(
+        reason,
+        ReleaseReason::Completed | ReleaseReason::Failed | ReleaseReason::Exited
+    ) {
         return Err(ApiError::new(
             Code::Invalid,
-            "a holder releases with reason completed or failed",
+            "a holder releases with reason completed, failed or exited",
         ));
     }
     let target = Target {

@@ -3,6 +3,7 @@
 pub mod acquire;
 pub mod config;
 pub mod history;
+pub mod mcp;
 pub mod release;
 pub mod run;
 pub mod serve;

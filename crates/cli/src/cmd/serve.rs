@@ -134,7 +134,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
 }
 
 /// The embedded store of `--store`, else of the configuration.
-fn open_store(ctx: &Ctx, url: Option<&str>) -> Result<SqliteStore, Failure> {
+pub(crate) fn open_store(ctx: &Ctx, url: Option<&str>) -> Result<SqliteStore, Failure> {
     let path = match url {
         None | Some("sqlite:") | Some("sqlite://") => ctx.config.db_path(),
         Some(u) => match u
@@ -146,7 +146,7 @@ fn open_store(ctx: &Ctx, url: Option<&str>) -> Result<SqliteStore, Failure> {
                 return Err(Failure::new(
                     Code::Invalid,
                     format!(
-                        "--store {u:?}: serve opens sqlite: (the embedded file) or sqlite:///path/to/locksmith.db"
+                        "--store {u:?}: the accepted stores are sqlite: (the embedded file) or sqlite:///path/to/locksmith.db"
                     ),
                 ));
             }

@@ -14,13 +14,13 @@ use serde_json::Value;
 use crate::common::{Env, code, stderr};
 
 /// A `locksmith serve` child on a free loopback port over the env's store.
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Served {
-    fn start(env: &Env, extra: &[&str]) -> Served {
+    pub(crate) fn start(env: &Env, extra: &[&str]) -> Served {
         let mut args = vec![
             "serve",
             "--listen",
