@@ -146,6 +146,16 @@ impl Guard {
         self.finish(ReleaseReason::Exited)
     }
 
+    /// Stops renewing without releasing, for a grant the store has ended
+    /// already (lost): dropping the guard would send a release for nothing.
+    pub fn disarm(mut self) -> Grant {
+        if let Some(id) = self.renewal.take() {
+            self.renewer.remove(id);
+        }
+        self.released = true;
+        self.grant.clone()
+    }
+
     fn finish(&mut self, reason: ReleaseReason) -> Result<Release, StoreError> {
         if let Some(id) = self.renewal.take() {
             self.renewer.remove(id);

@@ -68,8 +68,10 @@ pub struct AcquireArgs {
     /// fail-fast (default without wait), wait (default with wait), or
     /// steal-stale (take over a lock whose holder is stale, expired or dead).
     pub strategy: Option<Strategy>,
-    /// Lease length, e.g. "2m" (default: the server's setting, 60s). It is
-    /// renewed automatically while this session lives.
+    /// Lease length, e.g. "2m" (default 60s, set by `locksmith mcp --ttl`).
+    /// It is renewed automatically while this session lives. With
+    /// outlive_session it is not renewed, and without a ttl such a lock is
+    /// held until released.
     pub ttl: Option<Dur>,
     /// Shared (reader) lock: many readers, no writer.
     #[serde(default)]

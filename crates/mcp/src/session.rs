@@ -103,10 +103,38 @@ pub enum WaitState {
     Ended(Outcome),
 }
 
+/// What a queued request asks for, to tell a repeated request id from
+/// another request: keys (in any order), mode, scope, and whether its
+/// grant ends with the session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shape {
+    keys: Vec<Key>,
+    mode: locksmith_core::Mode,
+    scope: locksmith_core::Scope,
+    /// The grant ends with the session.
+    pub bound: bool,
+}
+
+impl Shape {
+    /// The shape of `req`.
+    pub fn of(req: &AcquireRequest, bound: bool) -> Shape {
+        let mut keys = req.keys.clone();
+        keys.sort();
+        Shape {
+            keys,
+            mode: req.mode,
+            scope: req.scope,
+            bound,
+        }
+    }
+}
+
 /// A queued request of the session.
 pub struct Pending {
-    /// Its keys, to tell a repeated request id from another request.
-    pub keys: Vec<Key>,
+    /// What it asks for.
+    pub shape: Shape,
+    /// Set once a call has answered its grant.
+    pub collected: AtomicBool,
     /// Its state, for the calls that join the wait.
     pub state: watch::Sender<WaitState>,
     /// Set to give up the place.
@@ -211,18 +239,34 @@ impl Session {
     /// Takes charge of a grant. A grant the session holds already (a
     /// repeated request id) is not taken twice.
     pub fn hold(&self, grant: Grant, renew: bool, request_id: Option<String>) {
+        self.hold_unless(grant, renew, request_id, &AtomicBool::new(false));
+    }
+
+    /// Takes charge of a grant unless `given_up` is set (checked under the
+    /// lock that releases take, so a grant racing a release or a given-up
+    /// place is released here, never kept unseen). False when released.
+    pub fn hold_unless(
+        &self,
+        grant: Grant,
+        renew: bool,
+        request_id: Option<String>,
+        given_up: &AtomicBool,
+    ) -> bool {
         let mut held = lock(&self.held);
         if held.iter().any(|h| h.grant.grant == grant.grant) {
-            return;
+            return true;
         }
-        if self.ended.load(Ordering::SeqCst) && renew {
-            // Granted after the session ended: nobody will use it.
+        let ended = self.ended.load(Ordering::SeqCst) && renew;
+        if ended || given_up.load(Ordering::SeqCst) {
+            // Nobody will use it: the session ended, or its place was given up.
             drop(held);
-            let _ = self
-                .client
-                .store()
-                .release_grant(&target(&grant), ReleaseReason::Exited);
-            return;
+            let why = if ended {
+                ReleaseReason::Exited
+            } else {
+                ReleaseReason::Completed
+            };
+            let _ = self.client.store().release_grant(&target(&grant), why);
+            return false;
         }
         let guard = renew.then(|| self.client.adopt(grant.clone()));
         held.push(Held {
@@ -230,14 +274,29 @@ impl Session {
             guard,
             request_id,
         });
+        true
     }
 
-    /// The session's grant made for `request_id`, if any.
-    pub fn held_for_request(&self, request_id: &str) -> Option<Grant> {
+    /// True while the session holds grant `grant`.
+    pub fn holds(&self, grant: i64) -> bool {
+        lock(&self.held).iter().any(|h| h.grant.grant == grant)
+    }
+
+    /// The session's grant made for `request_id`, if any, and whether it
+    /// ends with the session.
+    pub fn held_for_request(&self, request_id: &str) -> Option<(Grant, bool)> {
+        let store_id = self.store_request_id(request_id);
         lock(&self.held)
             .iter()
-            .find(|h| h.request_id.as_deref() == Some(request_id))
-            .map(|h| h.grant.clone())
+            .find(|h| h.request_id.as_deref() == Some(store_id.as_str()))
+            .map(|h| (h.grant.clone(), h.guard.is_some()))
+    }
+
+    /// The request id sent to the store for the agent's `request_id`: the
+    /// session's own, so that another session of the same owner reusing
+    /// an id never takes over this session's grant.
+    pub fn store_request_id(&self, request_id: &str) -> String {
+        format!("{}:{request_id}", self.id)
     }
 
     /// Grant ids of the session, for marking "you" in listings.
@@ -245,46 +304,87 @@ impl Session {
         lock(&self.held).iter().map(|h| h.grant.grant).collect()
     }
 
-    /// Grants of the session (all, or those with one of `keys`), taken out
-    /// of the session.
-    fn take(&self, keys: &[Key]) -> Vec<Held> {
+    /// Grants of the session that `pick` chooses, taken out of the session.
+    fn take(&self, pick: impl Fn(&Held) -> bool) -> Vec<Held> {
         let mut held = lock(&self.held);
-        let (out, keep): (Vec<Held>, Vec<Held>) = held
-            .drain(..)
-            .partition(|h| keys.is_empty() || h.grant.locks.iter().any(|l| keys.contains(&l.key)));
+        let (out, keep): (Vec<Held>, Vec<Held>) = held.drain(..).partition(pick);
         *held = keep;
         out
     }
 
     /// Releases the session's grants that have one of `keys` (every grant
-    /// when `keys` is empty), whole; answers one line per released key.
-    pub fn release(&self, keys: &[Key], reason: ReleaseReason) -> Vec<Result<Release, Outcome>> {
+    /// when `keys` is empty), whole; answers one entry per key of each.
+    pub fn release(
+        &self,
+        keys: &[Key],
+        reason: ReleaseReason,
+    ) -> Vec<(Key, Result<Release, Outcome>)> {
+        self.release_where(reason, |h| {
+            keys.is_empty() || h.grant.locks.iter().any(|l| keys.contains(&l.key))
+        })
+    }
+
+    /// Releases the grants `pick` chooses. A grant whose release fails
+    /// (the store unreachable) stays the session's, renewed as before.
+    fn release_where(
+        &self,
+        reason: ReleaseReason,
+        pick: impl Fn(&Held) -> bool,
+    ) -> Vec<(Key, Result<Release, Outcome>)> {
         let mut out = Vec::new();
-        for h in self.take(keys) {
+        for h in self.take(pick) {
+            let grant = h.grant.clone();
+            let renewed = h.guard.is_some();
             let answer = match h.guard {
                 Some(g) => match reason {
                     ReleaseReason::Failed => g.release_failed(),
                     ReleaseReason::Exited => g.release_exited(),
                     _ => g.release(),
                 },
-                None => self.client.store().release_grant(&target(&h.grant), reason),
+                None => self.client.store().release_grant(&target(&grant), reason),
             };
             match answer {
                 Ok(first) => {
-                    out.push(Ok(first));
-                    // The other keys of the grant ended with it.
-                    for l in h.grant.locks.iter().skip(1) {
-                        out.push(Ok(Release::Released {
-                            key: l.key.clone(),
-                            fence: l.fence,
-                            held_for: Duration::ZERO,
-                        }));
+                    self.forget_wait_of(grant.grant);
+                    // The other keys of the grant ended with the first.
+                    for (i, l) in grant.locks.iter().enumerate() {
+                        let each = match (&first, i) {
+                            (_, 0) => first.clone(),
+                            (Release::Released { .. }, _) => Release::Released {
+                                key: l.key.clone(),
+                                fence: l.fence,
+                                held_for: Duration::ZERO,
+                            },
+                            (Release::NotHeld { reason, .. }, _) => Release::NotHeld {
+                                key: l.key.clone(),
+                                reason: *reason,
+                            },
+                        };
+                        out.push((l.key.clone(), Ok(each)));
                     }
                 }
-                Err(e) => out.push(Err(e.into())),
+                Err(e) => {
+                    let o = Outcome::from(e);
+                    lock(&self.held).push(Held {
+                        guard: renewed.then(|| self.client.adopt(grant.clone())),
+                        grant: grant.clone(),
+                        request_id: h.request_id,
+                    });
+                    for l in &grant.locks {
+                        out.push((l.key.clone(), Err(o.clone())));
+                    }
+                }
             }
         }
         out
+    }
+
+    /// Forgets the finished wait whose grant ended, so that its request id
+    /// no longer answers "granted".
+    fn forget_wait_of(&self, grant: i64) {
+        lock(&self.waits).retain(
+            |_, p| !matches!(&*p.state.borrow(), WaitState::Granted(g) if g.grant == grant),
+        );
     }
 
     /// Renews the session's grants (all, or those with one of `keys`) now.
@@ -321,7 +421,8 @@ impl Session {
                 Ok(Renewal::Lost { reason, .. }) => reason,
                 // Renewals failed but the store still has it: not lost yet.
                 Ok(Renewal::Renewed { .. }) => continue,
-                Err(_) => Some(ReleaseReason::LeaseExpired),
+                // The store cannot say now: ask again at the next call.
+                Err(_) => continue,
             };
             self.forget(g.grant);
             out.push((g, reason));
@@ -330,14 +431,14 @@ impl Session {
     }
 
     /// Drops a grant the store no longer has from the session: its
-    /// renewals stop, and the guard's release on drop finds nothing to end.
+    /// renewals stop, and nothing is released.
     fn forget(&self, grant: i64) {
-        let mut held = lock(&self.held);
-        if let Some(i) = held.iter().position(|h| h.grant.grant == grant) {
-            let gone = held.remove(i);
-            drop(held);
-            drop(gone);
+        for h in self.take(|h| h.grant.grant == grant) {
+            if let Some(g) = h.guard {
+                g.disarm();
+            }
         }
+        self.forget_wait_of(grant);
     }
 
     /// The queued request `request_id`, joined by one more call.
@@ -373,7 +474,8 @@ impl Session {
         }
         let (tx, _) = watch::channel(WaitState::Waiting(None));
         let pending = Arc::new(Pending {
-            keys: req.keys.clone(),
+            shape: Shape::of(&req, renew),
+            collected: AtomicBool::new(false),
             state: tx,
             cancel: AtomicBool::new(false),
             touched: Mutex::new(Instant::now()),
@@ -385,15 +487,21 @@ impl Session {
         drop(waits);
         let session = self.clone();
         let p = pending.clone();
-        std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("locksmith-wait".into())
-            .spawn(move || session.wait(p, request_id, req, renew))
-            .map_err(|e| Outcome::new(Code::StoreError, format!("cannot start a wait: {e}")))?;
+            .spawn(move || session.wait(p, req, renew));
+        if let Err(e) = started {
+            lock(&self.waits).remove(&request_id);
+            return Err(Outcome::new(
+                Code::StoreError,
+                format!("cannot start a wait: {e}"),
+            ));
+        }
         Ok(Joined(pending))
     }
 
     /// The body of a queued request's thread.
-    fn wait(&self, p: Arc<Pending>, request_id: String, req: AcquireRequest, renew: bool) {
+    fn wait(&self, p: Arc<Pending>, req: AcquireRequest, renew: bool) {
         let store = self.client.store().clone();
         let state = match self.client.notifier().wake_source() {
             Err(e) => WaitState::Ended(e.into()),
@@ -415,8 +523,14 @@ impl Session {
                     &mut seen,
                 ) {
                     Ok(Attempt::Granted(g)) => {
-                        self.hold(g.clone(), renew, Some(request_id));
-                        WaitState::Granted(g)
+                        if self.hold_unless(g.clone(), renew, req.request_id.clone(), &p.cancel) {
+                            WaitState::Granted(g)
+                        } else {
+                            WaitState::Ended(Outcome::new(
+                                Code::Cancelled,
+                                "the place in the queue was given up (no call came back for it in time, or its keys were released); a grant that came at that moment was released again",
+                            ))
+                        }
                     }
                     Ok(Attempt::Blocked(b)) => {
                         let _ = store.leave_queue(&ticket, LeaveReason::TimedOut);
@@ -447,7 +561,7 @@ impl Session {
         let mut n = 0;
         for p in waits.values() {
             let waiting = matches!(*p.state.borrow(), WaitState::Waiting(_));
-            if waiting && (keys.is_empty() || p.keys.iter().any(|k| keys.contains(k))) {
+            if waiting && (keys.is_empty() || p.shape.keys.iter().any(|k| keys.contains(k))) {
                 p.cancel.store(true, Ordering::SeqCst);
                 n += 1;
             }
@@ -456,24 +570,39 @@ impl Session {
     }
 
     /// Gives up places nobody came back for, and forgets finished waits
-    /// once their answer had time to be fetched. Runs until aborted.
+    /// once their answer had time to be fetched. Runs until aborted. A
+    /// grant made for a place nobody came back for is released again
+    /// (reason `completed`): the agent never learned that it holds it.
     pub async fn watch(self: Arc<Self>) {
         let keep = self.settings.keep_place;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let mut waits = lock(&self.waits);
-            waits.retain(|_, p| {
+            let mut unclaimed = Vec::new();
+            lock(&self.waits).retain(|_, p| {
                 let idle = p.callers.load(Ordering::SeqCst) == 0 && p.idle() >= keep;
-                match *p.state.borrow() {
+                match &*p.state.borrow() {
                     WaitState::Waiting(_) => {
                         if idle {
                             p.cancel.store(true, Ordering::SeqCst);
                         }
                         true
                     }
+                    WaitState::Granted(g) if idle && !p.collected.load(Ordering::SeqCst) => {
+                        unclaimed.push(g.grant);
+                        false
+                    }
                     _ => !idle,
                 }
             });
+            if !unclaimed.is_empty() {
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    me.release_where(ReleaseReason::Completed, |h| {
+                        unclaimed.contains(&h.grant.grant)
+                    })
+                })
+                .await;
+            }
         }
     }
 
@@ -484,14 +613,7 @@ impl Session {
         let me = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
             me.cancel_waits(&[]);
-            let bound: Vec<Key> = lock(&me.held)
-                .iter()
-                .filter(|h| h.guard.is_some())
-                .flat_map(|h| h.grant.locks.iter().map(|l| l.key.clone()))
-                .collect();
-            if !bound.is_empty() {
-                me.release(&bound, ReleaseReason::Exited);
-            }
+            me.release_where(ReleaseReason::Exited, |h| h.guard.is_some());
             // Give the wait threads a moment to leave their queues.
             let until = Instant::now() + Duration::from_secs(2);
             while Instant::now() < until

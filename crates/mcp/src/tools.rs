@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use crate::args::{
     AcquireArgs, HistoryArgs, ListArgs, ReleaseArgs, ReleaseWhy, RenewArgs, StatusArgs, Strategy,
 };
-use crate::session::{Joined, Outcome, Session, WaitState};
+use crate::session::{Joined, Outcome, Session, Shape, WaitState};
 use crate::words;
 
 /// The URI of the lock board.
@@ -63,6 +63,19 @@ fn failed(o: Outcome, extra: Value) -> CallToolResult {
         obj.extend(more);
     }
     answer(format!("{}: {}", o.code.name(), o.message), data, true)
+}
+
+/// The answer for a request id whose grant has ended since.
+fn plain_ended(rid: &str) -> (Outcome, Value) {
+    (
+        Outcome::new(
+            Code::Lost,
+            format!(
+                "the grant made for request_id {rid:?} has ended since (released or lost); acquire with a new request_id"
+            ),
+        ),
+        json!({ "request_id": rid }),
+    )
 }
 
 /// Runs blocking store work off the async threads.
@@ -189,7 +202,10 @@ impl Locksmith {
             } else {
                 Takeover::None
             },
-            request_id: a.request_id.clone(),
+            request_id: a
+                .request_id
+                .as_ref()
+                .map(|r| self.session.store_request_id(r)),
             bind,
         };
         locksmith_core::validate::request(&req).map_err(Outcome::from)?;
@@ -441,14 +457,28 @@ impl Locksmith {
             (_, Some(d)) if d.is_zero() => WaitPolicy::FailFast,
             (_, Some(d)) => WaitPolicy::For(d),
         };
-        if policy == WaitPolicy::FailFast {
-            if let Some(rid) = &a.request_id
-                && let Some(g) = self.session.held_for_request(rid)
-            {
-                return Ok(self.granted(&g, bound, None));
+        // A request id that is queued already: answer (or join) that wait.
+        if let Some(rid) = &a.request_id
+            && let Some(j) = self.session.join(rid)
+        {
+            if j.0.shape != Shape::of(&req, bound) {
+                return Err(plain(Outcome::new(
+                    Code::Invalid,
+                    format!(
+                        "request_id {rid:?} is already used for another request (other keys, mode, scope or outlive_session); use a new request_id for another request"
+                    ),
+                )));
             }
+            return self.join_wait(j, rid, &a).await;
+        }
+        if let Some(rid) = &a.request_id
+            && let Some((g, was_bound)) = self.session.held_for_request(rid)
+        {
+            return Ok(self.granted(&g, was_bound, None));
+        }
+        if policy == WaitPolicy::FailFast {
             let s = self.session.clone();
-            let rid = a.request_id.clone();
+            let rid = req.request_id.clone();
             let attempt = blocking(move || {
                 let attempt = s.client.store().acquire(&req, None)?;
                 if let Attempt::Granted(g) = &attempt {
@@ -477,42 +507,23 @@ impl Locksmith {
             };
         }
 
-        // A wait: join the request's queued wait, or start it.
+        // A wait: queued on a thread of its own, joined by this call.
         let rid = a
             .request_id
             .clone()
             .unwrap_or_else(|| self.session.new_request_id());
-        let joined = match self.session.join(&rid) {
-            Some(j) => {
-                if j.0.keys != req.keys {
-                    return Err(plain(Outcome::new(
-                        Code::Invalid,
-                        format!(
-                            "request_id {rid:?} is already waiting for other keys; use a new request_id for another request"
-                        ),
-                    )));
-                }
-                j
-            }
-            None => {
-                // Granted before, and its wait forgotten since.
-                if let Some(g) = self.session.held_for_request(&rid) {
-                    return Ok(self.granted(&g, bound, None));
-                }
-                let deadline = match policy {
-                    WaitPolicy::For(d) => Some(Instant::now() + d),
-                    _ => None,
-                };
-                let mut req = req;
-                req.request_id = Some(rid.clone());
-                let s = self.session.clone();
-                let r = rid.clone();
-                blocking(move || s.start_wait(r, req, deadline, bound))
-                    .await
-                    .map_err(plain)?
-            }
+        let deadline = match policy {
+            WaitPolicy::For(d) => Some(Instant::now() + d),
+            _ => None,
         };
-        self.join_wait(joined, &rid, &a, bound).await
+        let mut req = req;
+        req.request_id = Some(self.session.store_request_id(&rid));
+        let s = self.session.clone();
+        let r = rid.clone();
+        let joined = blocking(move || s.start_wait(r, req, deadline, bound))
+            .await
+            .map_err(plain)?;
+        self.join_wait(joined, &rid, &a).await
     }
 
     /// Waits on a queued request for at most one call's time and answers
@@ -522,9 +533,9 @@ impl Locksmith {
         joined: Joined,
         rid: &str,
         a: &AcquireArgs,
-        bound: bool,
     ) -> Result<CallToolResult, (Outcome, Value)> {
         let p = joined.0.clone();
+        let bound = p.shape.bound;
         let mut rx = p.state.subscribe();
         let until = tokio::time::Instant::now() + self.session.settings.call_wait;
         loop {
@@ -543,6 +554,10 @@ impl Locksmith {
         let mine = self.session.grant_ids();
         match state {
             WaitState::Granted(g) => {
+                p.collected.store(true, std::sync::atomic::Ordering::SeqCst);
+                if !self.session.holds(g.grant) {
+                    return Err(plain_ended(rid));
+                }
                 let mut r = self.granted(&g, bound, Some(waited));
                 if let Some(Value::Object(obj)) = &mut r.structured_content {
                     obj.insert("waited_s".into(), json!(secs(waited)));
@@ -614,15 +629,7 @@ impl Locksmith {
             let cancelled = s.cancel_waits(&keys);
             let released = s.release(&keys, reason);
             // Keys named that were not the session's: free, or someone else's.
-            let ours: Vec<Key> = released
-                .iter()
-                .filter_map(|r| match r {
-                    Ok(Release::Released { key, .. } | Release::NotHeld { key, .. }) => {
-                        Some(key.clone())
-                    }
-                    Err(_) => None,
-                })
-                .collect();
+            let ours: Vec<Key> = released.iter().map(|(k, _)| k.clone()).collect();
             let mut others = Vec::new();
             for k in keys.iter().filter(|k| !ours.contains(k)) {
                 let st = s.client.store().status(k)?;
@@ -633,7 +640,8 @@ impl Locksmith {
         .await?;
         let mut lines = Vec::new();
         let mut rows = Vec::new();
-        for r in &released {
+        let mut failures = Vec::new();
+        for (key, r) in &released {
             match r {
                 Ok(Release::Released {
                     key,
@@ -659,10 +667,15 @@ impl Locksmith {
                     rows.push(json!({ "key": key, "status": "not_held", "reason": why.map(|r| r.name()) }));
                 }
                 Err(o) => {
-                    return Err(o.clone());
+                    rows.push(json!({ "key": key, "status": "error", "error": o.code.name(), "message": o.message }));
+                    failures.push(format!(
+                        "{key} could not be released ({}); it is still yours and renewed: try again",
+                        o.message
+                    ));
                 }
             }
         }
+        let first_failure = released.iter().find_map(|(_, r)| r.as_ref().err().cloned());
         let mut refused = Vec::new();
         for st in &others {
             if st.free {
@@ -697,6 +710,18 @@ impl Locksmith {
                 ),
             );
             o.blocked = None;
+            return Ok(failed(o, json!({ "keys": rows })));
+        }
+        if let Some(mut o) = first_failure {
+            o.message = format!(
+                "{}.{}",
+                failures.join("; "),
+                if lines.is_empty() {
+                    String::new()
+                } else {
+                    format!(" Done meanwhile: {}.", lines.join("; "))
+                }
+            );
             return Ok(failed(o, json!({ "keys": rows })));
         }
         Ok(ok(

@@ -166,6 +166,22 @@ async def queue():
         data, text = await c.fails("acquire", "wait_timed_out", keys=["task/7"], wait="500ms",
                                    request_id="c-2")
         assert data["holders"][0]["owner"] == got["owner"], text
+        # After a release the same request id asks anew, never answers the
+        # ended grant.
+        await b.ok("release", keys=["task/7"])
+        fresh, text = await b.ok("acquire", keys=["task/7"], request_id="b-1")
+        assert fresh["status"] == "granted" and fresh["grant"] != got["grant"], text
+        # A grant that comes while C is away and never collected is released
+        # again once its place would have lapsed.
+        away, _ = await c.ok("acquire", keys=["task/7"], wait="forever", request_id="c-3")
+        assert away["status"] == "waiting", away
+        await b.ok("release", keys=["task/7"])
+        await asyncio.sleep(5)
+        st, text = await b.ok("status", key="task/7")
+        assert st["status"]["free"], text
+        hist, _ = await b.ok("history", key="task/7", limit=2)
+        last = hist["events"][0]
+        assert last["owner"].startswith("agent-c#") and last["reason"] == "completed", hist
         hist, _ = await b.ok("history", key="task/7")
         kinds = [e["kind"] for e in hist["events"]]
         assert "wait_cancelled" in kinds and "wait_timed_out" in kinds, kinds
