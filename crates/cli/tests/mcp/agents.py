@@ -188,6 +188,25 @@ async def queue():
     print("queue ok")
 
 
+async def deadlock():
+    """A wait that would close a cycle is refused at once, naming it."""
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(agent("agent-a"))
+        b = await stack.enter_async_context(agent("agent-b"))
+        await a.ok("acquire", keys=["repo/x"])
+        await b.ok("acquire", keys=["repo/y"])
+        first, _ = await a.ok("acquire", keys=["repo/y"], wait="forever", request_id="a")
+        assert first["status"] == "waiting", first
+        data, text = await b.fails("acquire", "deadlock", keys=["repo/x"], wait="forever")
+        assert "agent-a#" in text and "agent-b#" in text, text
+        # B's lock is untouched and A still waits.
+        st, _ = await a.ok("status", key="repo/y")
+        assert st["status"]["holders"][0]["owner"].startswith("agent-b#"), st
+        again, _ = await a.ok("acquire", keys=["repo/y"], wait="forever", request_id="a")
+        assert again["status"] == "waiting", again
+    print("deadlock ok")
+
+
 async def killed():
     async with contextlib.AsyncExitStack() as stack:
         a = await stack.enter_async_context(agent("agent-a"))
@@ -280,8 +299,8 @@ async def remote_killed():
     print("remote_killed ok")
 
 
-SCENARIOS = {f.__name__: f for f in [handshake, busy, queue, killed, session_end, lost,
-                                      remote_killed]}
+SCENARIOS = {f.__name__: f for f in [handshake, busy, queue, deadlock, killed, session_end,
+                                      lost, remote_killed]}
 
 if __name__ == "__main__":
     asyncio.run(asyncio.wait_for(SCENARIOS[sys.argv[1]](), timeout=60))

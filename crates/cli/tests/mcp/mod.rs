@@ -70,6 +70,11 @@ fn a_wait_keeps_its_place_across_calls() {
 }
 
 #[test]
+fn a_wait_that_would_deadlock_is_refused() {
+    scenario("deadlock", &Env::new(), None);
+}
+
+#[test]
 fn sigkill_of_an_agent_frees_its_locks_at_once() {
     scenario("killed", &Env::new(), None);
 }
