@@ -46,16 +46,7 @@ pub fn holder(h: &LockInfo) -> String {
     )
 }
 
-/// "1st", "2nd", "3rd", "4th".
-pub fn ordinal(n: usize) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (1, x) if x != 11 => "st",
-        (2, x) if x != 12 => "nd",
-        (3, x) if x != 13 => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
-}
+pub use locksmith_core::view::ordinal;
 
 /// Prints a value as one line of JSON.
 pub fn json(v: &impl serde::Serialize) {

@@ -809,18 +809,8 @@ impl Locksmith {
                     .iter()
                     .take(20)
                     .map(|w| {
-                        let task = w
-                            .task
-                            .as_ref()
-                            .map(|t| format!(" for task {t}"))
-                            .unwrap_or_default();
-                        format!(
-                            "{}: {} {}{task}, waiting {}",
-                            w.key,
-                            words::ordinal(w.position),
-                            w.owner,
-                            format_duration(w.waited)
-                        )
+                        let who = words::waiter(w);
+                        format!("{}: {who}, waiting {}", w.key, format_duration(w.waited))
                     })
                     .collect();
                 format!("{} queued request(s):\n{}", ws.len(), lines.join("\n"))

@@ -4,16 +4,7 @@ use locksmith_core::store::{Blocked, KeyStatus, LockInfo, WaiterInfo};
 use locksmith_core::time::format_duration;
 use locksmith_core::{Health, Scope};
 
-/// "1st", "2nd", "3rd", "4th".
-pub fn ordinal(n: usize) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (1, x) if x != 11 => "st",
-        (2, x) if x != 12 => "nd",
-        (3, x) if x != 13 => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
-}
+pub use locksmith_core::view::ordinal;
 
 /// "agent-3 (task 42) for 12m, lease 3m left" (or "you", for the session's own).
 pub fn holder(l: &LockInfo, mine: bool) -> String {
@@ -92,35 +83,15 @@ pub fn status(st: &KeyStatus, mine: &[i64]) -> String {
 
 /// "1st bob for task 7, 2nd carol".
 pub fn waiters(ws: &[WaiterInfo]) -> String {
-    ws.iter()
-        .take(5)
-        .map(|w| {
-            let task = w
-                .task
-                .as_ref()
-                .map(|t| format!(" for task {t}"))
-                .unwrap_or_default();
-            format!("{} {}{task}", ordinal(w.position), w.owner)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    ws.iter().take(5).map(waiter).collect::<Vec<_>>().join(", ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ordinals() {
-        let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101]
-            .iter()
-            .map(|n| ordinal(*n))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"
-            ]
-        );
-    }
+/// "2nd bob for task 7".
+pub fn waiter(w: &WaiterInfo) -> String {
+    let task = w
+        .task
+        .as_ref()
+        .map(|t| format!(" for task {t}"))
+        .unwrap_or_default();
+    format!("{} {}{task}", ordinal(w.position), w.owner)
 }

@@ -27,8 +27,9 @@ def params(*extra):
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LOCKSMITH_HOME": os.environ["LOCKSMITH_HOME"],
     }
-    if os.environ.get("LOCKSMITH_SERVER"):
-        env["LOCKSMITH_SERVER"] = os.environ["LOCKSMITH_SERVER"]
+    for name in ["LOCKSMITH_SERVER", "LOCKSMITH_TOKEN"]:
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     args = ["mcp", "--call-wait", "1s", "--keep-place", "3s", *extra]
     return StdioServerParameters(command=os.environ["LOCKSMITH_BIN"], args=args, env=env)
 
@@ -299,8 +300,18 @@ async def remote_killed():
     print("remote_killed ok")
 
 
+async def forbidden():
+    """A server token that may only read: every write is a tool error."""
+    async with agent("agent-v") as v:
+        data, text = await v.fails("acquire", "forbidden", keys=["repo/acme"])
+        assert "viewer" in text, text
+        listed, _ = await v.ok("list")
+        assert listed["locks"] == [], listed
+    print("forbidden ok")
+
+
 SCENARIOS = {f.__name__: f for f in [handshake, busy, queue, deadlock, killed, session_end,
-                                      lost, remote_killed]}
+                                      lost, remote_killed, forbidden]}
 
 if __name__ == "__main__":
     asyncio.run(asyncio.wait_for(SCENARIOS[sys.argv[1]](), timeout=60))

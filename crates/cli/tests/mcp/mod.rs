@@ -12,6 +12,11 @@ use crate::server::Served;
 
 /// Runs `agents.py SCENARIO` and fails with its output unless it passes.
 fn scenario(name: &str, env: &Env, server: Option<&Served>) {
+    scenario_with(name, env, server, &[]);
+}
+
+/// Runs a scenario with more environment for the agents.
+fn scenario_with(name: &str, env: &Env, server: Option<&Served>, vars: &[(&str, &str)]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/agents.py");
     let mut c = Command::new("python3");
     c.arg(&script)
@@ -20,6 +25,8 @@ fn scenario(name: &str, env: &Env, server: Option<&Served>) {
         .env("LOCKSMITH_HOME", env.home.path())
         .env_remove("LOCKSMITH_OWNER")
         .env_remove("LOCKSMITH_SERVER")
+        .env_remove("LOCKSMITH_TOKEN")
+        .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -96,4 +103,23 @@ fn over_a_server_the_lease_ends_a_killed_session() {
     // The agents reach the store only through the server.
     let agents = Env::new();
     scenario("remote_killed", &agents, Some(&served));
+}
+
+#[test]
+fn a_viewer_token_cannot_take_locks() {
+    let env = Env::new();
+    let out = env.run(&["token", "create", "--name", "viewer", "--role", "viewer"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let served = Served::start(&env, &[]);
+    scenario_with(
+        "forbidden",
+        &Env::new(),
+        Some(&served),
+        &[("LOCKSMITH_TOKEN", &token)],
+    );
 }
