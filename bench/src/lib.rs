@@ -116,6 +116,26 @@ pub fn revision() -> String {
     }
 }
 
+/// The first line `PROGRAM ARGS` prints (empty when it cannot run), e.g.
+/// its version.
+pub fn first_line(program: &Path, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// A short name for the filesystem holding `dir` (from `statfs`).
 pub fn fs_name(dir: &Path) -> String {
     match rustix::fs::statfs(dir) {

@@ -158,23 +158,6 @@ fn module_version(python: &Path, module: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn first_line(program: &Path, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn main() -> ExitCode {
     let o = match parse_args() {
         Ok(o) => o,
@@ -333,10 +316,14 @@ fn bench(o: &Opts) -> Result<(), String> {
     let _ = writeln!(
         out,
         "- locksmith: {}",
-        first_line(&locksmith, &["--version"])
+        locksmith_bench::first_line(&locksmith, &["--version"])
     );
     if let Some(f) = which("flock") {
-        let _ = writeln!(out, "- flock(1): {}", first_line(&f, &["--version"]));
+        let _ = writeln!(
+            out,
+            "- flock(1): {}",
+            locksmith_bench::first_line(&f, &["--version"])
+        );
     }
     for n in &notes {
         let _ = writeln!(out, "- {n}");

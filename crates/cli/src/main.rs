@@ -63,7 +63,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Use the locksmith server at URL (http://HOST:PORT) instead of the
-    /// embedded store; its token comes from $LOCKSMITH_TOKEN.
+    /// embedded store; its token comes from $LOCKSMITH_TOKEN, else the
+    /// config file's `token`.
     #[arg(long, global = true, value_name = "URL", env = "LOCKSMITH_SERVER")]
     server: Option<String>,
     #[command(subcommand)]
@@ -186,6 +187,18 @@ impl Opened {
             Opened::Remote(_) => std::sync::Arc::new(locksmith::remote::RemoteNotifier),
         }
     }
+    /// A library client over the store: with its wake-ups, and on the
+    /// embedded store the binding of this process.
+    pub fn client(self) -> locksmith::Client {
+        match self {
+            Opened::Local(s) => locksmith::Client::sqlite(std::sync::Arc::from(s)),
+            Opened::Remote(r) => locksmith::Client::from_parts(
+                std::sync::Arc::new(r),
+                std::sync::Arc::new(locksmith::remote::RemoteNotifier),
+                None,
+            ),
+        }
+    }
     /// The store, shared.
     pub fn shared(self) -> std::sync::Arc<dyn locksmith_core::Store> {
         match self {
@@ -199,9 +212,10 @@ impl Ctx {
     /// Opens the store: the server of `--server`, else the embedded file.
     pub fn store(&self) -> Result<Opened, Failure> {
         if let Some(url) = &self.server {
-            let token = std::env::var("LOCKSMITH_TOKEN").ok();
+            // `token`: $LOCKSMITH_TOKEN, else the config file's.
             return Ok(Opened::Remote(locksmith::remote::HttpStore::open(
-                url, token,
+                url,
+                self.config.token(),
             )?));
         }
         Ok(Opened::Local(Box::new(self.local()?)))

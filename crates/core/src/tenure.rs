@@ -1,6 +1,7 @@
 //! The rules of holding: proving the caller holds a lock, renewing it,
 //! releasing it, answering `lost` with the reason when it is not held any
-//! more, and the sweeper's second look before it ends a lock.
+//! more, an administrator's force-release, and the sweeper's second look
+//! before it ends a lock.
 //!
 //! A store loads the holds a [`Target`] names, calls these functions, and
 //! writes what they answer. What only its history knows (why a tenure ended)
@@ -47,6 +48,24 @@ pub enum Named {
     Grant(i64, Key),
     /// The holds of `key` by `owner`.
     Owner(Key, String),
+}
+
+/// A force-release that names the fence its administrator saw ends
+/// nothing while a newer tenure holds the key (`held`: the fences held on
+/// it now), so that a newer holder than the one seen is never pushed out.
+pub fn force_seen(
+    key: &Key,
+    held: impl IntoIterator<Item = Fence>,
+    seen: Option<Fence>,
+) -> Result<(), StoreError> {
+    match (seen, held.into_iter().max()) {
+        (Some(seen), Some(newest)) if newest > seen => Err(StoreError::Newer {
+            key: key.clone(),
+            fence: newest,
+            seen,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Which holds to load for `target`; a malformed handle is refused.

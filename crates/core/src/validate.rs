@@ -147,12 +147,17 @@ pub fn history_retention(d: Duration) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Refuses a force-release without a reason.
-pub fn force_reason(why: &str) -> Result<(), StoreError> {
+/// Refuses a force-release without a reason, or whose reason or the name
+/// of who forces is not plain text.
+pub fn force(why: &str, by: Option<&str>) -> Result<(), StoreError> {
     if why.trim().is_empty() {
         return invalid("a force-release needs a reason: say why the holder is pushed out".into());
     }
-    plain("reason", why)
+    plain("reason", why)?;
+    match by {
+        Some(by) => plain("name of who forces", by),
+        None => Ok(()),
+    }
 }
 
 /// Refuses text with control characters (including escape sequences and

@@ -92,6 +92,13 @@ pub struct Held {
     pub request_id: Option<String>,
 }
 
+impl Held {
+    /// True when the grant has one of `keys` (every grant, for none).
+    fn names_any(&self, keys: &[Key]) -> bool {
+        keys.is_empty() || self.grant.locks.iter().any(|l| keys.contains(&l.key))
+    }
+}
+
 /// Where a queued request stands.
 #[derive(Clone, Debug)]
 pub enum WaitState {
@@ -319,9 +326,7 @@ impl Session {
         keys: &[Key],
         reason: ReleaseReason,
     ) -> Vec<(Key, Result<Release, Outcome>)> {
-        self.release_where(reason, |h| {
-            keys.is_empty() || h.grant.locks.iter().any(|l| keys.contains(&l.key))
-        })
+        self.release_where(reason, |h| h.names_any(keys))
     }
 
     /// Releases the grants `pick` chooses. A grant whose release fails
@@ -392,7 +397,7 @@ impl Session {
     pub fn renew(&self, keys: &[Key]) -> Vec<(Grant, Result<Renewal, Outcome>)> {
         let grants: Vec<Grant> = lock(&self.held)
             .iter()
-            .filter(|h| keys.is_empty() || h.grant.locks.iter().any(|l| keys.contains(&l.key)))
+            .filter(|h| h.names_any(keys))
             .map(|h| h.grant.clone())
             .collect();
         let mut out = Vec::new();

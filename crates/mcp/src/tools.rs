@@ -696,7 +696,7 @@ impl Locksmith {
             lines.push("this session holds no locks: nothing to release".into());
         }
         if !refused.is_empty() {
-            let mut o = Outcome::new(
+            let o = Outcome::new(
                 Code::NotHolder,
                 format!(
                     "{}, not by you ({}): it is left untouched. Wait for it, or ask its holder.{}",
@@ -709,7 +709,6 @@ impl Locksmith {
                     }
                 ),
             );
-            o.blocked = None;
             return Ok(failed(o, json!({ "keys": rows })));
         }
         if let Some(mut o) = first_failure {

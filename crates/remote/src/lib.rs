@@ -316,6 +316,20 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
+/// Query text of a list filter's owner, prefix and limit, then `more`.
+fn list_query(filter: &ListFilter, more: &[(&str, Option<String>)]) -> String {
+    let mut pairs = vec![
+        ("owner", filter.owner.clone()),
+        ("prefix", filter.prefix.clone()),
+        (
+            "limit",
+            (filter.limit > 0).then(|| filter.limit.to_string()),
+        ),
+    ];
+    pairs.extend_from_slice(more);
+    query(&pairs)
+}
+
 fn proof(by: &Proof) -> (Option<String>, Option<String>) {
     match by {
         Proof::Handle(h) => (Some(h.expose().to_string()), None),
@@ -448,28 +462,18 @@ impl Store for HttpStore {
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Vec<LockInfo>, StoreError> {
-        let q = query(&[
-            ("owner", filter.owner.clone()),
-            ("prefix", filter.prefix.clone()),
-            ("state", filter.unhealthy.then(|| "unhealthy".to_string())),
-            ("grant", filter.grant.map(|g| g.to_string())),
-            (
-                "limit",
-                (filter.limit > 0).then(|| filter.limit.to_string()),
-            ),
-        ]);
+        let q = list_query(
+            filter,
+            &[
+                ("state", filter.unhealthy.then(|| "unhealthy".to_string())),
+                ("grant", filter.grant.map(|g| g.to_string())),
+            ],
+        );
         self.get_list(&format!("/v1/locks{q}"), "locks")
     }
 
     fn waiters(&self, filter: &ListFilter) -> Result<Vec<WaiterInfo>, StoreError> {
-        let q = query(&[
-            ("owner", filter.owner.clone()),
-            ("prefix", filter.prefix.clone()),
-            (
-                "limit",
-                (filter.limit > 0).then(|| filter.limit.to_string()),
-            ),
-        ]);
+        let q = list_query(filter, &[]);
         self.get_list(&format!("/v1/waiters{q}"), "waiters")
     }
 

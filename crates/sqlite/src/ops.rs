@@ -168,20 +168,9 @@ pub(crate) fn force_release(
     by: Option<&str>,
     seen: Option<locksmith_core::Fence>,
 ) -> Result<(Vec<LockInfo>, Vec<String>), StoreError> {
-    validate::force_reason(why)?;
-    if let Some(by) = by {
-        validate::plain("name of who forces", by)?;
-    }
+    validate::force(why, by)?;
     let rows = observe(load_holds(tx, "key = ?1", [key.as_str()])?, ctx.host);
-    if let (Some(seen), Some(newest)) = (seen, rows.iter().map(|r| r.lock.fence).max())
-        && newest > seen
-    {
-        return Err(StoreError::Newer {
-            key: key.clone(),
-            fence: newest,
-            seen,
-        });
-    }
+    tenure::force_seen(key, rows.iter().map(|r| r.lock.fence), seen)?;
     let mut ended = Vec::new();
     for row in &rows {
         ended.push(locksmith_core::view::lock_info(

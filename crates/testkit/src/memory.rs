@@ -389,10 +389,10 @@ impl Store for MemoryStore {
         &self,
         key: &Key,
         why: &str,
-        _by: Option<&str>,
+        by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
-        validate::force_reason(why)?;
+        validate::force(why, by)?;
         let now = self.clock.now();
         let mut st = self.state();
         let rows: Vec<Hold> = st
@@ -401,15 +401,7 @@ impl Store for MemoryStore {
             .filter(|h| &h.lock.key == key)
             .cloned()
             .collect();
-        if let (Some(seen), Some(newest)) = (seen, rows.iter().map(|r| r.lock.fence).max())
-            && newest > seen
-        {
-            return Err(StoreError::Newer {
-                key: key.clone(),
-                fence: newest,
-                seen,
-            });
-        }
+        tenure::force_seen(key, rows.iter().map(|r| r.lock.fence), seen)?;
         for h in &rows {
             st.end(&h.lock.key, h.lock.fence, ReleaseReason::Forced);
         }

@@ -358,19 +358,7 @@ pub(super) fn postgres(bin: &Path, user: &str) -> Result<Service, String> {
 
 /// The first line of `PROGRAM --version`.
 pub(super) fn version(program: &Path) -> String {
-    Command::new(program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
+    Some(locksmith_bench::first_line(program, &["--version"]))
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| format!("unknown ({} --version gave nothing)", program.display()))
 }

@@ -1,7 +1,5 @@
 //! `locksmith mcp`: the lock tools for an AI coding agent, over stdio.
 
-use std::sync::Arc;
-
 use locksmith_core::Code;
 use locksmith_core::time::parse_duration;
 
@@ -53,23 +51,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         keep_place: positive("keep-place", &a.keep_place)?,
     };
     locksmith_core::validate::check_ttl(Some(settings.ttl))?;
-    let client = match (&ctx.server, &a.store) {
+    let opened = match (&ctx.server, &a.store) {
         (Some(_), Some(_)) => {
             return Err(Failure::new(
                 Code::Invalid,
                 "give --server or --store, not both",
             ));
         }
-        (Some(url), None) => {
-            let token = ctx.config.token();
-            locksmith::Client::remote(url, token)
-                .map_err(|e| Failure::new(e.code(), e.to_string()))?
+        (None, Some(url)) => {
+            crate::Opened::Local(Box::new(super::serve::open_store(ctx, Some(url))?))
         }
-        (None, store) => {
-            let store = super::serve::open_store(ctx, store.as_deref())?;
-            locksmith::Client::sqlite(Arc::new(store))
-        }
+        _ => ctx.store()?,
     };
+    let client = opened.client();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -399,6 +399,33 @@ fn watch_follows_events_on_the_embedded_store_and_through_a_server() {
 }
 
 #[test]
+fn the_config_files_token_is_sent_to_a_server_with_tokens() {
+    let home = Env::new();
+    let out = home.run(&["token", "create", "--name", "ci", "--role", "client"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let served = Served::start(&home, &[]);
+    let client = Env::new();
+    let acquire = |token: &str| {
+        std::fs::write(
+            client.file("locksmith.toml"),
+            format!("server = \"{}\"\ntoken = \"{token}\"\n", served.url),
+        )
+        .unwrap();
+        client
+            .cmd(&["acquire", "cfg/t", "--ttl", "1m"])
+            .env_remove("LOCKSMITH_SERVER")
+            .env_remove("LOCKSMITH_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let refused = acquire("lst_wrong");
+    assert_eq!(code(&refused), 8, "{}", stderr(&refused));
+    let taken = acquire(&token);
+    assert_eq!(code(&taken), 0, "{}", stderr(&taken));
+}
+
+#[test]
 fn the_server_and_token_can_come_from_the_config_file_and_the_token_is_redacted() {
     let home = Env::new();
     let served = Served::start(&home, &[]);
