@@ -83,6 +83,26 @@ impl Drop for Served {
     }
 }
 
+/// `run -l job --ttl TTL` over the server, with a CMD that writes TERM to
+/// the returned file when it gets SIGTERM, and runs until then.
+fn run_trapping_term(served: &Served, client: &Env, ttl: &str) -> (Child, std::path::PathBuf) {
+    let termed = client.file("termed");
+    let script = format!(
+        "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
+        termed.display()
+    );
+    let run = served
+        .cmd(
+            client,
+            &["run", "-l", "job", "--ttl", ttl, "--", "sh", "-c", &script],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (run, termed)
+}
+
 /// The JSON answer and exit code of one command.
 fn json_of(mut c: Command) -> (i32, Value) {
     c.arg("--json");
@@ -194,20 +214,7 @@ fn run_over_a_server_renews_and_stops_cmd_when_the_lock_is_lost() {
         "the fence reached CMD"
     );
     // Lost while CMD runs: CMD is stopped and run exits 7.
-    let termed = client.file("termed");
-    let script = format!(
-        "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
-        termed.display()
-    );
-    let run = served
-        .cmd(
-            &client,
-            &["run", "-l", "job", "--ttl", "3s", "--", "sh", "-c", &script],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (run, termed) = run_trapping_term(&served, &client, "3s");
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, st) = json_of(served.cmd(&client, &["status", "job"]));
@@ -232,20 +239,7 @@ fn run_stops_cmd_when_the_server_cannot_be_reached_before_its_deadline() {
     let home = Env::new();
     let served = Served::start(&home, &[]);
     let client = Env::new();
-    let termed = client.file("termed");
-    let script = format!(
-        "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
-        termed.display()
-    );
-    let run = served
-        .cmd(
-            &client,
-            &["run", "-l", "job", "--ttl", "2s", "--", "sh", "-c", &script],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (run, termed) = run_trapping_term(&served, &client, "2s");
     std::thread::sleep(Duration::from_millis(700));
     let started = Instant::now();
     // The server goes away for good: no renewal can succeed.

@@ -56,6 +56,14 @@ fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// `owner` takes `key` through `store`, which must grant it at once.
+fn hold(store: &dyn Store, owner: &str, key: &str) -> locksmith_core::Grant {
+    match store.acquire(&request(owner, &[key]), None).unwrap() {
+        locksmith_core::Attempt::Granted(g) => g,
+        other => panic!("{owner} was not granted {key}: {other:?}"),
+    }
+}
+
 fn key(k: &str) -> Key {
     Key::new(k).unwrap()
 }
@@ -103,11 +111,7 @@ fn a_long_poll_is_granted_when_the_holder_releases() {
 fn the_library_waits_through_the_server_and_keeps_fifo_order() {
     let server = Server::start_real(Settings::default());
     let store = server.client();
-    let locksmith_core::Attempt::Granted(held) =
-        store.acquire(&request("A", &["q"]), None).unwrap()
-    else {
-        panic!("A granted")
-    };
+    let held = hold(&store, "A", "q");
     let mut waiters = Vec::new();
     for owner in ["B", "C"] {
         let url = server.url.clone();
@@ -199,17 +203,12 @@ fn a_client_that_disconnects_while_waiting_leaves_the_queue() {
 
 #[test]
 fn a_poll_past_the_cap_answers_waiting_and_the_ticket_keeps_the_place() {
-    let settings = Settings {
+    let server = Server::start_real(Settings {
         poll_cap: Duration::from_millis(300),
         ..Settings::default()
-    };
-    let server = Server::start_real(settings);
+    });
     let store = server.client();
-    let locksmith_core::Attempt::Granted(held) =
-        store.acquire(&request("A", &["p"]), None).unwrap()
-    else {
-        panic!()
-    };
+    let held = hold(&store, "A", "p");
     let (status, first) = post(
         server.addr,
         "/v1/grants",
@@ -633,17 +632,12 @@ fn a_retry_after_a_dropped_response_gets_the_first_grant() {
 
 #[test]
 fn a_poll_again_with_the_same_request_id_keeps_the_place() {
-    let settings = Settings {
+    let server = Server::start_real(Settings {
         poll_cap: Duration::from_millis(300),
         ..Settings::default()
-    };
-    let server = Server::start_real(settings);
+    });
     let store = server.client();
-    let locksmith_core::Attempt::Granted(held) =
-        store.acquire(&request("A", &["r"]), None).unwrap()
-    else {
-        panic!()
-    };
+    let held = hold(&store, "A", "r");
     let b = json!({ "keys": ["r"], "owner": "B", "wait_ms": 60000, "request_id": "b-1" });
     let (status, first) = post(server.addr, "/v1/grants", b.clone());
     assert_eq!(
