@@ -3,7 +3,9 @@
 //! start times), the system clock, canonical folder keys and the random
 //! secrets of lease handles.
 
+pub mod life;
 pub mod sys;
+pub mod wake;
 
 use std::path::Path;
 use std::sync::OnceLock;

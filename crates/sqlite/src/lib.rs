@@ -11,14 +11,12 @@
 
 mod acquire;
 mod gate;
-mod life;
 mod open;
 mod ops;
 mod queue;
 mod read;
 mod retention;
 mod rows;
-pub mod wake;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -86,7 +84,7 @@ pub struct SqliteStore {
     path: PathBuf,
     store_id: String,
     host: rows::HostFacts,
-    waker: wake::Waker,
+    waker: locksmith_host::wake::Waker,
     gate: Option<std::fs::File>,
 }
 
@@ -100,7 +98,7 @@ pub struct SqliteNotifier {
 
 impl Notifier for SqliteNotifier {
     fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
-        Ok(Box::new(wake::WakeSocket::bind(&self.store_id)?))
+        Ok(Box::new(locksmith_host::wake::WakeSocket::bind(&self.store_id)?))
     }
 }
 
@@ -128,7 +126,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             store_id,
             host,
-            waker: wake::Waker::new(),
+            waker: locksmith_host::wake::Waker::new(),
             gate: gate::gate(path),
         };
         Ok(store)
@@ -140,7 +138,7 @@ impl SqliteStore {
     /// `locksmith run`, so that a command's own children keep its locks.
     pub fn bind_process_tree(&self) -> Result<(Binding, std::fs::File), StoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        life::bind_tree(dir, &self.host.machine_id.boot_id)
+        locksmith_host::life::bind_tree(dir, &self.host.machine_id.boot_id)
     }
 
     /// Wake-ups for this store's waiters.
@@ -225,7 +223,7 @@ pub(crate) struct Ctx<'a> {
     pub now: Now,
     pub opts: &'a Options,
     pub host: &'a rows::HostFacts,
-    pub waker: &'a wake::Waker,
+    pub waker: &'a locksmith_host::wake::Waker,
 }
 
 impl Ctx<'_> {
@@ -242,7 +240,7 @@ impl ProcessBinder for SqliteStore {
     /// this machine can prove at once (its life file, kept open until exit).
     fn bind_current_process(&self) -> Result<Binding, StoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        life::bind_self(dir, &self.host.machine_id.boot_id)
+        locksmith_host::life::bind_self(dir, &self.host.machine_id.boot_id)
     }
 }
 
@@ -316,11 +314,11 @@ impl Store for SqliteStore {
         self.write(|tx, ctx| ops::reap(tx, ctx, batch))
     }
 
-    /// Also removes the life files of processes proven dead (see `life::tidy`).
+    /// Also removes the life files of processes proven dead (see `locksmith_host::life::tidy`).
     fn prune_history(&self) -> Result<usize, StoreError> {
         let pruned = self
             .write(|tx, ctx| Ok((retention::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))?;
-        life::tidy(self.path.parent().unwrap_or(Path::new(".")));
+        locksmith_host::life::tidy(self.path.parent().unwrap_or(Path::new(".")));
         Ok(pruned)
     }
 }

@@ -3,34 +3,14 @@
 use std::time::Duration;
 
 use locksmith_core::decide::Ending;
-use locksmith_core::rules;
 use locksmith_core::{
     Binding, EventKind, Fence, HeldLock, Hold, Holder, Key, Mode, Mono, Now, ReleaseReason, Scope,
     StoreError, Wall,
 };
-use locksmith_host::sys;
+pub(crate) use locksmith_host::life::{HostFacts, observe};
 use rusqlite::{Row, Transaction, params};
 
 use crate::open::map_err;
-
-/// Facts about the machine this store runs on.
-#[derive(Clone, Debug)]
-pub(crate) struct HostFacts {
-    /// The boot id and host name, as the rules judge bindings.
-    pub machine_id: rules::Machine,
-    /// `boot_id` and `hostname` joined by U+001F, as queue queries return them.
-    pub machine: String,
-}
-
-impl HostFacts {
-    pub fn current() -> HostFacts {
-        let (boot_id, hostname) = (sys::boot_id(), sys::hostname());
-        HostFacts {
-            machine: format!("{boot_id}\u{1f}{hostname}"),
-            machine_id: rules::Machine { boot_id, hostname },
-        }
-    }
-}
 
 /// Columns of `holds` in the order [`hold_from_row`] reads them.
 pub(crate) const HOLD_COLUMNS: &str = "fence, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
@@ -131,14 +111,6 @@ pub(crate) fn holds_touching(
     Ok(out)
 }
 
-/// Fills in what this host can tell about each hold's bound process.
-pub(crate) fn observe(mut holds: Vec<Hold>, host: &HostFacts) -> Vec<Hold> {
-    for h in &mut holds {
-        h.alive = rules::bound_alive(&h.lock, &host.machine_id, &crate::life::HostProbe);
-    }
-    holds
-}
-
 /// One history line.
 pub(crate) struct NewEvent<'a> {
     pub key: &'a str,
@@ -205,7 +177,7 @@ pub(crate) fn end_hold(
     if reason == ReleaseReason::DeadProcess
         && let Some(b) = &lock.bind
     {
-        crate::life::remove_dead(b);
+        locksmith_host::life::remove_dead(b);
     }
     let mut e = NewEvent::about(lock, reason.event_kind(), Some(reason));
     e.detail = detail;

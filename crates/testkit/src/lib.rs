@@ -13,6 +13,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod pg;
 pub mod walk;
 
 use std::any::Any;

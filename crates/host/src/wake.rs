@@ -27,7 +27,7 @@ pub struct WakeSocket {
 impl WakeSocket {
     /// Binds a fresh address for a waiter of store `store_id`.
     pub fn bind(store_id: &str) -> Result<WakeSocket, StoreError> {
-        let address = format!("locksmith/{store_id}/{}", locksmith_host::random_hex(12));
+        let address = format!("locksmith/{store_id}/{}", crate::random_hex(12));
         let addr = SocketAddr::from_abstract_name(address.as_bytes())
             .map_err(|e| StoreError::backend_from("cannot name a wake socket", e))?;
         let socket = UnixDatagram::bind_addr(&addr)
@@ -134,13 +134,14 @@ fn close_later(fd: rustix::fd::OwnedFd) {
 }
 
 /// The sending end, one per store handle.
-pub(crate) struct Waker {
+pub struct Waker {
     socket: Option<UnixDatagram>,
     /// Connected (never sent on) to test whether an address is bound.
     prober: Option<UnixDatagram>,
 }
 
 impl Waker {
+    /// A waker with its own unbound sending and probing sockets.
     pub fn new() -> Waker {
         Waker {
             socket: UnixDatagram::unbound().ok(),

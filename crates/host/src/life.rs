@@ -12,16 +12,16 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use locksmith_core::rules::{LifeFile, ProcessProbe};
-use locksmith_core::{Binding, StoreError};
-use locksmith_host::sys;
+use locksmith_core::rules::{self, LifeFile, ProcessProbe};
+use locksmith_core::{Binding, Hold, StoreError};
+use crate::sys;
 use rustix::fs::{FlockOperation, flock};
 
 /// Life files this process holds, by folder; kept open until exit.
 static HELD: OnceLock<Mutex<HashMap<PathBuf, (File, Binding)>>> = OnceLock::new();
 
 /// The binding of the calling process, creating its life file in `dir` once.
-pub(crate) fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError> {
+pub fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError> {
     let pid = std::process::id();
     let held = HELD.get_or_init(|| Mutex::new(HashMap::new()));
     let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
@@ -38,7 +38,7 @@ pub(crate) fn bind_self(dir: &Path, boot_id: &str) -> Result<Binding, StoreError
 }
 
 /// The probes of this host: life files and `/proc`.
-pub(crate) struct HostProbe;
+pub struct HostProbe;
 
 impl ProcessProbe for HostProbe {
     fn life_file(&self, path: &str) -> LifeFile {
@@ -57,12 +57,12 @@ impl ProcessProbe for HostProbe {
 }
 
 /// True when the life file at `path` proves its process gone.
-pub(crate) fn proves_death(path: &str) -> bool {
+pub fn proves_death(path: &str) -> bool {
     HostProbe.life_file(path) == LifeFile::Free
 }
 
 /// Removes the life file of a process proven dead.
-pub(crate) fn remove_dead(b: &Binding) {
+pub fn remove_dead(b: &Binding) {
     if let Some(path) = &b.life_file
         && proves_death(path)
     {
@@ -79,7 +79,7 @@ const SETTLED: std::time::Duration = std::time::Duration::from_secs(60);
 /// of processes killed while they waited, which no tenure's end removes. A
 /// tenure bound to a removed file is still judged by pid and start time.
 /// Answers how many went.
-pub(crate) fn tidy(dir: &Path) -> usize {
+pub fn tidy(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir.join("holders")) else {
         return 0;
     };
@@ -104,7 +104,7 @@ pub(crate) fn tidy(dir: &Path) -> usize {
 /// kernel lock, and with it the locks bound to it, lasts until the last
 /// process of the tree has exited, as with flock(1). The caller keeps the
 /// returned file open for as long as it runs and removes the path at the end.
-pub(crate) fn bind_tree(dir: &Path, boot_id: &str) -> Result<(Binding, File), StoreError> {
+pub fn bind_tree(dir: &Path, boot_id: &str) -> Result<(Binding, File), StoreError> {
     make_life_file(dir, boot_id, "-tree", true)
 }
 
@@ -146,4 +146,32 @@ fn make_life_file(
         life_file: Some(path.to_string_lossy().into_owned()),
     };
     Ok((bound, file))
+}
+
+/// Facts about the machine a store runs on.
+#[derive(Clone, Debug)]
+pub struct HostFacts {
+    /// The boot id and host name, as the rules judge bindings.
+    pub machine_id: rules::Machine,
+    /// `boot_id` and `hostname` joined by U+001F, as queue queries return them.
+    pub machine: String,
+}
+
+impl HostFacts {
+    /// The facts of this machine.
+    pub fn current() -> HostFacts {
+        let (boot_id, hostname) = (sys::boot_id(), sys::hostname());
+        HostFacts {
+            machine: format!("{boot_id}\u{1f}{hostname}"),
+            machine_id: rules::Machine { boot_id, hostname },
+        }
+    }
+}
+
+/// Fills in what this host can tell about each hold's bound process.
+pub fn observe(mut holds: Vec<Hold>, host: &HostFacts) -> Vec<Hold> {
+    for h in &mut holds {
+        h.alive = rules::bound_alive(&h.lock, &host.machine_id, &HostProbe);
+    }
+    holds
 }

@@ -1,0 +1,512 @@
+//! Connections: the URL, a small pool, one transaction at a time with its
+//! key locks and the database's clock, typed statement arguments, and what
+//! a PostgreSQL failure means for the user.
+//!
+//! Every statement is sent unnamed with its argument types (`query_typed`):
+//! one round trip, and no prepared statement outlives its transaction, so a
+//! pooler in transaction mode (PgBouncer) can hand the next transaction to
+//! another server connection.
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use locksmith_core::{Key, Mono, Now, Scope, StoreError, Wall};
+use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls, Row};
+
+/// A statement argument with its PostgreSQL type.
+pub(crate) trait Arg {
+    /// The value.
+    fn sql(&self) -> &(dyn ToSql + Sync);
+    /// Its type.
+    fn ty(&self) -> Type;
+}
+
+/// Rust types with one PostgreSQL type.
+pub(crate) trait Typed: ToSql + Sync {
+    fn pg() -> Type;
+}
+
+macro_rules! typed {
+    ($($t:ty => $pg:ident),* $(,)?) => {
+        $(impl Typed for $t {
+            fn pg() -> Type {
+                Type::$pg
+            }
+        })*
+    };
+}
+
+typed!(i64 => INT8, i32 => INT4, bool => BOOL, String => TEXT, &str => TEXT,
+    Vec<i64> => INT8_ARRAY, Vec<i32> => INT4_ARRAY, Vec<bool> => BOOL_ARRAY,
+    Vec<String> => TEXT_ARRAY, Vec<&str> => TEXT_ARRAY);
+
+impl<T: Typed> Typed for Option<T> {
+    fn pg() -> Type {
+        T::pg()
+    }
+}
+
+impl<T: Typed> Arg for T {
+    fn sql(&self) -> &(dyn ToSql + Sync) {
+        self
+    }
+    fn ty(&self) -> Type {
+        T::pg()
+    }
+}
+
+/// The settings taken from a `postgres://` URL, with the password kept out
+/// of anything shown.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub config: postgres::Config,
+    /// The schema that holds the store's tables.
+    pub schema: String,
+    /// Whether this process listens for wake-ups (`listen=off` behind a
+    /// pooler in transaction mode, where LISTEN cannot work).
+    pub listen: bool,
+    /// The URL without its password, for messages and logs.
+    pub shown: String,
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let auth = match auth.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{name}:***@{host}"),
+            None => auth.to_string(),
+        },
+        None => auth.to_string(),
+    };
+    // A password given as a query parameter is hidden as well.
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some(("password", _)) => "password=***".to_string(),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{auth}{tail}")
+}
+
+/// Reads a `postgres://` URL: the connection settings PostgreSQL knows,
+/// plus `schema=` (default `locksmith`) and `listen=on|off`.
+pub(crate) fn parse(url: &str, connect_timeout: Duration) -> Result<Target, StoreError> {
+    let shown = redact(url);
+    let bad = |why: String| StoreError::Invalid(format!("store URL {shown}: {why}"));
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let mut schema = "locksmith".to_string();
+    let mut listen = true;
+    let mut kept = Vec::new();
+    for p in query.split('&').filter(|p| !p.is_empty()) {
+        match p.split_once('=') {
+            Some(("schema", s)) => schema = s.to_string(),
+            Some(("listen", "on" | "true")) => listen = true,
+            Some(("listen", "off" | "false")) => listen = false,
+            Some(("listen", other)) => {
+                return Err(bad(format!("listen={other}: use listen=on or listen=off")));
+            }
+            _ => kept.push(p),
+        }
+    }
+    let valid = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(bad(format!(
+            "schema={schema}: a schema name is 1 to 63 of a-z, 0-9 and _, not starting with a digit"
+        )));
+    }
+    let url = match kept.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", kept.join("&")),
+    };
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| bad(format!("{e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(connect_timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("locksmith");
+    }
+    // A server that vanishes without closing the connection (a cable, a
+    // crashed host) is noticed by the kernel within about 20 seconds.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(10));
+    config.keepalives_interval(Duration::from_secs(2));
+    config.keepalives_retries(5);
+    config.tcp_user_timeout(Duration::from_secs(20));
+    Ok(Target {
+        config,
+        schema,
+        listen,
+        shown,
+    })
+}
+
+/// What a PostgreSQL failure means, and what to do.
+pub(crate) fn map_err(e: postgres::Error, target: &str) -> StoreError {
+    let Some(code) = e.code().cloned() else {
+        return StoreError::Busy(format!(
+            "cannot reach PostgreSQL at {target} ({e}); nothing was changed. Start the server or check the URL, then try again"
+        ));
+    };
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    if code == SqlState::INVALID_PASSWORD || code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    {
+        return StoreError::Unusable(format!(
+            "PostgreSQL at {target} refused the login: {message}. Check the user name and password in the store URL"
+        ));
+    }
+    if code == SqlState::INVALID_CATALOG_NAME {
+        return StoreError::Unusable(format!(
+            "PostgreSQL at {target}: {message}. Create the database first (createdb) or fix the URL"
+        ));
+    }
+    if code == SqlState::INSUFFICIENT_PRIVILEGE {
+        return StoreError::Unusable(format!(
+            "PostgreSQL at {target}: {message}. The store's user needs to create and use its schema"
+        ));
+    }
+    if code == SqlState::DISK_FULL || code == SqlState::OUT_OF_MEMORY {
+        return StoreError::backend_from(
+            format!(
+                "PostgreSQL at {target} is out of space ({message}); nothing was changed. Free space on the database server and try again"
+            ),
+            e,
+        );
+    }
+    if code == SqlState::ADMIN_SHUTDOWN
+        || code == SqlState::CRASH_SHUTDOWN
+        || code == SqlState::CANNOT_CONNECT_NOW
+        || code == SqlState::TOO_MANY_CONNECTIONS
+        || code == SqlState::READ_ONLY_SQL_TRANSACTION
+    {
+        return StoreError::Busy(format!(
+            "PostgreSQL at {target} is not available ({message}); try again shortly"
+        ));
+    }
+    StoreError::backend_from(format!("PostgreSQL error at {target}: {message}"), e)
+}
+
+/// True for the failures after which the transaction certainly rolled back
+/// and may simply run again.
+fn retryable(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+/// A failure inside a transaction: a store answer, or a database error that
+/// decides whether to run the transaction again.
+pub(crate) enum Fail {
+    Store(StoreError),
+    Db(postgres::Error),
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+impl From<postgres::Error> for Fail {
+    fn from(e: postgres::Error) -> Fail {
+        Fail::Db(e)
+    }
+}
+
+/// A small pool of connections; a connection that failed is dropped.
+pub(crate) struct Pool {
+    target: Target,
+    state: Mutex<(Vec<Client>, usize)>,
+    freed: Condvar,
+    max: usize,
+    wait: Duration,
+}
+
+impl Pool {
+    pub fn new(target: Target, max: usize, wait: Duration) -> Pool {
+        Pool {
+            target,
+            state: Mutex::new((Vec::new(), 0)),
+            freed: Condvar::new(),
+            max: max.max(1),
+            wait,
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// A new connection, outside the pool.
+    pub fn connect(&self) -> Result<Client, StoreError> {
+        self.target
+            .config
+            .connect(NoTls)
+            .map_err(|e| map_err(e, &self.target.shown))
+    }
+
+    fn take(&self) -> Result<Client, StoreError> {
+        let deadline = Instant::now() + self.wait;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(c) = st.0.pop() {
+                return Ok(c);
+            }
+            if st.1 < self.max {
+                st.1 += 1;
+                drop(st);
+                return self.connect().inspect_err(|_| self.give_back(None));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Busy(format!(
+                    "all {} connections to PostgreSQL at {} stayed busy for {:?}; try again",
+                    self.max, self.target.shown, self.wait
+                )));
+            }
+            st = self
+                .freed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn give_back(&self, c: Option<Client>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match c {
+            Some(c) if !c.is_closed() => st.0.push(c),
+            _ => st.1 -= 1,
+        }
+        drop(st);
+        self.freed.notify_one();
+    }
+
+    /// Runs `f` in one transaction and commits it; runs it again (up to 20
+    /// times) when PostgreSQL rolled it back for a serialization failure
+    /// or a deadlock. `read` runs a read-only snapshot.
+    pub fn run<T>(
+        &self,
+        read: bool,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        let mut client = self.take()?;
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            let begin = match read {
+                true => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                false => "BEGIN",
+            };
+            let begun = client.batch_execute(&format!(
+                "{begin}; SET LOCAL search_path TO {}",
+                self.target.schema
+            ));
+            if let Err(e) = begun {
+                break Err(Fail::Db(e));
+            }
+            let mut tx = Tx {
+                c: &mut client,
+                shown: &self.target.shown,
+            };
+            let result = f(&mut tx);
+            let result = match result {
+                Ok(v) => match client.batch_execute("COMMIT") {
+                    Ok(()) => Ok(v),
+                    Err(e) => Err(Fail::Db(e)),
+                },
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK");
+                    Err(e)
+                }
+            };
+            match result {
+                Err(Fail::Db(e)) if retryable(&e) && tries < 20 => {
+                    let _ = client.batch_execute("ROLLBACK");
+                    std::thread::sleep(Duration::from_micros(200 * tries));
+                }
+                other => break other,
+            }
+        };
+        self.give_back(Some(client));
+        out.map_err(|e| match e {
+            Fail::Store(e) => e,
+            Fail::Db(e) => map_err(e, &self.target.shown),
+        })
+    }
+}
+
+/// One open transaction.
+pub(crate) struct Tx<'c> {
+    c: &'c mut Client,
+    shown: &'c str,
+}
+
+fn params<'a>(args: &'a [&'a dyn Arg]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    args.iter().map(|a| (a.sql(), a.ty())).collect()
+}
+
+impl Tx<'_> {
+    /// The rows of one statement.
+    pub fn rows(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<Row>, Fail> {
+        Ok(self.c.query_typed(sql, &params(args))?)
+    }
+    /// The first row of one statement, if any.
+    pub fn opt(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Option<Row>, Fail> {
+        Ok(self.c.query_typed_opt(sql, &params(args))?)
+    }
+    /// The one row of one statement.
+    pub fn one(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Row, Fail> {
+        Ok(self.c.query_typed_one(sql, &params(args))?)
+    }
+    /// Runs one statement.
+    pub fn exec(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<(), Fail> {
+        self.c.query_typed(sql, &params(args))?;
+        Ok(())
+    }
+    /// Runs statements without arguments.
+    pub fn batch(&mut self, sql: &str) -> Result<(), Fail> {
+        Ok(self.c.batch_execute(sql)?)
+    }
+    /// Where the store is, for messages.
+    pub fn shown(&self) -> &str {
+        self.shown
+    }
+
+    /// Takes the transaction's key locks for `claims` (exclusive on each
+    /// key, shared on its ancestors), in one order for every transaction so
+    /// that they never wait on each other in a circle, and then reads the
+    /// database's clock: after the locks, so that the instant is later than
+    /// every change this transaction can see.
+    pub fn lock(&mut self, ns: i32, claims: &[(Key, Scope)]) -> Result<Now, Fail> {
+        let mut ids: BTreeMap<i32, bool> = BTreeMap::new();
+        for (key, _) in claims {
+            ids.insert(lock_id(key.as_str()), true);
+        }
+        for (key, _) in claims {
+            for anc in key.ancestors() {
+                ids.entry(lock_id(anc)).or_insert(false);
+            }
+        }
+        let keys: Vec<i32> = ids.keys().copied().collect();
+        let shared: Vec<bool> = ids.values().map(|x| !x).collect();
+        let row = self.one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8
+               FROM (SELECT count(CASE WHEN s THEN pg_advisory_xact_lock_shared($1, k)
+                                       ELSE pg_advisory_xact_lock($1, k) END) AS n
+                       FROM unnest($2::int4[], $3::bool[]) AS u(k, s)) AS l
+              WHERE l.n >= 0",
+            &[&ns, &keys, &shared],
+        )?;
+        Ok(now_from(row.try_get(0)?))
+    }
+
+    /// The lock that orders every wait that checks the waiters' graph for
+    /// a cycle: two requests that would close a cycle together cannot both
+    /// look before the other joins. Taken after the key locks only.
+    pub fn lock_graph(&mut self, ns: i32) -> Result<(), Fail> {
+        self.exec("SELECT pg_advisory_xact_lock($1, 0)", &[&ns.wrapping_add(1)])
+    }
+
+    /// The database's clock, without locks (reads).
+    pub fn now(&mut self) -> Result<Now, Fail> {
+        let row = self.one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
+            &[],
+        )?;
+        Ok(now_from(row.try_get(0)?))
+    }
+}
+
+/// The database's clock: microseconds since the epoch serve as the
+/// deadline clock, and their milliseconds as the wall clock.
+fn now_from(micros: i64) -> Now {
+    let micros = micros.max(0) as u64;
+    Now {
+        mono: Mono(micros),
+        wall: Wall(micros / 1000),
+    }
+}
+
+/// A 32-bit FNV-1a hash of a key: the second half of its advisory lock id.
+/// Two keys that share an id only wait for each other a little more.
+pub(crate) fn lock_id(key: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    // 0 is the graph lock's.
+    match h as i32 {
+        0 => 1,
+        v => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db.example:5432/locks?schema=x"),
+            "postgres://app:***@db.example:5432/locks?schema=x"
+        );
+        assert_eq!(
+            redact("postgres://db/locks?user=a&password=s3cret"),
+            "postgres://db/locks?user=a&password=***"
+        );
+        assert_eq!(redact("postgres://app@db/locks"), "postgres://app@db/locks");
+    }
+
+    #[test]
+    fn our_parameters_are_read_and_checked() {
+        let t = parse(
+            "postgres://u@localhost/db?schema=team_a&listen=off",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(t.schema, "team_a");
+        assert!(!t.listen);
+        assert_eq!(t.config.get_dbname(), Some("db"));
+        let e = parse("postgres://u@localhost/db?schema=Bad-Name", Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("schema name"), "{e}");
+        let e = parse("postgres://u:pw@localhost/db?bogus=1", Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("pw@"), "{e}");
+    }
+}

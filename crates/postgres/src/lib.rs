@@ -1,0 +1,364 @@
+//! The PostgreSQL store of locksmith: many machines, one set of locks.
+//!
+//! Every write is one READ COMMITTED transaction that first takes
+//! transaction-scoped advisory locks on the keys it touches (exclusive on
+//! each key, shared on its ancestors, always in one order), then reads the
+//! database's clock, loads what the pure rules of `locksmith-core` need,
+//! asks them, and writes their answer. Nothing lives in a session: the
+//! locks end with the transaction, so a pooler in transaction mode works,
+//! and a client that dies mid-transaction leaves nothing behind. Fences
+//! come from one sequence drawn under those locks. Waiters are woken by
+//! `NOTIFY` (a hint: a dedicated listening connection reconnects when
+//! dropped, and every waiter looks again at least once a second) and, on
+//! the same machine, by the wake sockets of the embedded store.
+//! `docs/architecture.md` argues each choice.
+
+mod acquire;
+mod conn;
+mod listen;
+mod ops;
+mod queue;
+mod read;
+mod rows;
+mod schema;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use locksmith_core::decide::Policy;
+use locksmith_core::store::{
+    AcquireRequest, Attempt, HistoryFilter, KeyStatus, LeaveReason, ListFilter, LockInfo, Release,
+    Renewal, Stats, Target, Ticket, WaiterInfo,
+};
+use locksmith_core::tenure::Reap;
+use locksmith_core::{
+    Binding, Clock, Event, EventKind, Key, Notifier, Now, ProcessBinder, ReleaseReason, Scope,
+    Store, StoreError, WakeSource, validate,
+};
+use locksmith_host::life::{self, HostFacts};
+use locksmith_host::wake::{WakeSocket, Waker};
+
+pub use conn::redact;
+use conn::{Fail, Pool, Tx};
+
+/// Settings of the PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A lock with no sign of life for this long is stale.
+    pub stale_after: Duration,
+    /// History older than this is dropped.
+    pub history_retention: Duration,
+    /// How long connecting may take before the store is reported unreachable.
+    pub connect_timeout: Duration,
+    /// Connections this process keeps at most.
+    pub pool_size: usize,
+    /// Where this machine's life files of process-bound locks live
+    /// (default: `$XDG_RUNTIME_DIR/locksmith`, else a folder of the user in
+    /// the temporary directory).
+    pub life_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            stale_after: Duration::from_secs(30 * 60),
+            history_retention: Duration::from_secs(30 * 86_400),
+            connect_timeout: Duration::from_secs(5),
+            pool_size: 16,
+            life_dir: None,
+        }
+    }
+}
+
+/// The store over one PostgreSQL database (one schema of it).
+pub struct PgStore {
+    pool: Pool,
+    /// `None`: the database's clock (`clock_timestamp()`), the default.
+    clock: Option<Arc<dyn Clock>>,
+    opts: Options,
+    /// The first half of every advisory lock id of this store.
+    ns: i32,
+    store_id: String,
+    host: HostFacts,
+    waker: Waker,
+}
+
+/// What one transaction knows besides the database.
+pub(crate) struct Ctx<'a> {
+    pub now: Now,
+    pub opts: &'a Options,
+    pub host: &'a HostFacts,
+    pub waker: &'a Waker,
+    pub ns: i32,
+}
+
+impl Ctx<'_> {
+    /// The store settings the rules read.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            stale_after: self.opts.stale_after,
+        }
+    }
+}
+
+/// Wake-ups for the waiters of one PostgreSQL store: a wake socket per
+/// waiting request (woken directly from this machine, and through this
+/// process's listening connection from others), with the inotify watch on
+/// the life files of process-bound holders in its way.
+#[derive(Clone, Debug)]
+pub struct PgNotifier {
+    store_id: String,
+}
+
+impl Notifier for PgNotifier {
+    fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
+        Ok(Box::new(WakeSocket::bind(&self.store_id)?))
+    }
+}
+
+impl PgStore {
+    /// Connects to the store at `url` (`postgres://…`), creating or
+    /// migrating its schema, on the database's clock.
+    pub fn open(url: &str, opts: Options) -> Result<PgStore, StoreError> {
+        PgStore::open_inner(url, opts, None)
+    }
+
+    /// Connects with a given clock instead of the database's (tests drive
+    /// a [`locksmith_core::ManualClock`]).
+    pub fn open_with_clock(
+        url: &str,
+        opts: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PgStore, StoreError> {
+        PgStore::open_inner(url, opts, Some(clock))
+    }
+
+    fn open_inner(
+        url: &str,
+        opts: Options,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> Result<PgStore, StoreError> {
+        validate::stale_after(opts.stale_after)?;
+        validate::history_retention(opts.history_retention)?;
+        let target = conn::parse(url, opts.connect_timeout)?;
+        let ns = conn::lock_id(&format!("locksmith schema {}", target.schema));
+        let listen = target.listen;
+        let pool = Pool::new(target, opts.pool_size, opts.connect_timeout);
+        let store_id = schema::migrate(&pool, ns, &opts)?;
+        let host = HostFacts::current();
+        if listen {
+            listen::ensure(pool.target(), &host.machine);
+        }
+        Ok(PgStore {
+            pool,
+            clock,
+            opts,
+            ns,
+            store_id,
+            host,
+            waker: Waker::new(),
+        })
+    }
+
+    /// The URL of the store, without its password.
+    pub fn shown(&self) -> &str {
+        &self.pool.target().shown
+    }
+
+    /// Wake-ups for this store's waiters.
+    pub fn notifier(&self) -> PgNotifier {
+        PgNotifier {
+            store_id: self.store_id.clone(),
+        }
+    }
+
+    /// A binding that lasts while this process *or any process it starts*
+    /// lives (see the embedded store's `bind_process_tree`).
+    pub fn bind_process_tree(&self) -> Result<(Binding, std::fs::File), StoreError> {
+        life::bind_tree(&self.life_dir(), &self.host.machine_id.boot_id)
+    }
+
+    fn life_dir(&self) -> PathBuf {
+        self.opts.life_dir.clone().unwrap_or_else(|| {
+            match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+                Some(d) => PathBuf::from(d).join("locksmith"),
+                None => std::env::temp_dir().join(format!(
+                    "locksmith-{}",
+                    locksmith_host::sys::username()
+                )),
+            }
+        })
+    }
+
+    fn ctx(&self, now: Now) -> Ctx<'_> {
+        Ctx {
+            now: self.clock.as_ref().map_or(now, |c| c.now()),
+            opts: &self.opts,
+            host: &self.host,
+            waker: &self.waker,
+            ns: self.ns,
+        }
+    }
+
+    /// Runs `f` in one write transaction holding the key locks of `claims`
+    /// (read by `pre` first when given), commits it, and wakes the waiters
+    /// it named: by NOTIFY inside the transaction (sent on commit), and
+    /// directly on this machine after it.
+    fn write<T>(
+        &self,
+        claims: &dyn Fn(&mut Tx<'_>) -> Result<Vec<(Key, Scope)>, Fail>,
+        mut f: impl FnMut(&mut Tx<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), Fail>,
+    ) -> Result<T, StoreError> {
+        let (out, wakes) = self.pool.run(false, |tx| {
+            let claims = claims(tx)?;
+            let now = tx.lock(self.ns, &claims)?;
+            let ctx = self.ctx(now);
+            let (out, wakes) = f(tx, &ctx)?;
+            if !wakes.is_empty() {
+                listen::notify(tx, &self.host.machine, &wakes)?;
+            }
+            Ok((out, wakes))
+        })?;
+        for address in wakes {
+            self.waker.wake(&address);
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` in a read-only snapshot.
+    fn read<T>(
+        &self,
+        mut f: impl FnMut(&mut Tx<'_>, &Ctx<'_>) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        self.pool.run(true, |tx| {
+            let now = tx.now()?;
+            let ctx = self.ctx(now);
+            f(tx, &ctx)
+        })
+    }
+}
+
+impl ProcessBinder for PgStore {
+    /// A binding of the calling process whose death any other process on
+    /// this machine can prove at once (its life file); on other machines
+    /// the lock ends with its lease.
+    fn bind_current_process(&self) -> Result<Binding, StoreError> {
+        life::bind_self(&self.life_dir(), &self.host.machine_id.boot_id)
+    }
+}
+
+/// The claims of a request: each key with its scope.
+fn claims_of(req: &AcquireRequest) -> Vec<(Key, Scope)> {
+    req.keys.iter().map(|k| (k.clone(), req.scope)).collect()
+}
+
+impl Store for PgStore {
+    fn acquire(
+        &self,
+        req: &AcquireRequest,
+        queue: Option<&mut Ticket>,
+    ) -> Result<Attempt, StoreError> {
+        validate::request(req)?;
+        let claims = claims_of(req);
+        let start = queue.as_ref().map(|t| (**t).clone());
+        let mut kept: Option<Ticket> = None;
+        let result = self.write(
+            &|_| Ok(claims.clone()),
+            |tx, ctx| {
+                // A transaction run again starts from the ticket as given.
+                let mut ticket = start.clone();
+                let out = acquire::run(tx, ctx, req, ticket.as_mut())?;
+                kept = ticket;
+                Ok((out, Vec::new()))
+            },
+        )?;
+        if let (Some(t), Some(k)) = (queue, kept) {
+            *t = k;
+        }
+        result
+    }
+
+    fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
+        let Some(seq) = ticket.seq else { return Ok(()) };
+        let kind = match why {
+            LeaveReason::TimedOut => EventKind::WaitTimedOut,
+            LeaveReason::Cancelled => EventKind::WaitCancelled,
+        };
+        self.write(
+            &|tx| queue::keys_of(tx, seq),
+            |tx, ctx| {
+                let keys = queue::leave(tx, ctx, seq, kind)?;
+                Ok(((), acquire::wake_list(tx, ctx, keys)?))
+            },
+        )
+    }
+
+    fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
+        self.write(
+            &|tx| Ok(ops::claims_of(&ops::named(tx, target)?, &target.key)),
+            |tx, ctx| Ok((ops::renew(tx, ctx, target, ttl)?, Vec::new())),
+        )
+    }
+
+    fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
+        self.write(
+            &|tx| Ok(ops::claims_of(&ops::named(tx, target)?, &target.key)),
+            |tx, ctx| ops::release(tx, ctx, target, reason, false),
+        )
+    }
+
+    fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
+        self.write(
+            &|tx| Ok(ops::claims_of(&ops::named(tx, target)?, &target.key)),
+            |tx, ctx| ops::release(tx, ctx, target, reason, true),
+        )
+    }
+
+    fn force_release_seen(
+        &self,
+        key: &Key,
+        why: &str,
+        by: Option<&str>,
+        seen: Option<locksmith_core::Fence>,
+    ) -> Result<Vec<LockInfo>, StoreError> {
+        self.write(
+            &|_| Ok(vec![(key.clone(), Scope::Key)]),
+            |tx, ctx| ops::force_release(tx, ctx, key, why, by, seen),
+        )
+    }
+
+    fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {
+        self.read(|tx, ctx| read::status(tx, ctx, key))
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<LockInfo>, StoreError> {
+        self.read(|tx, ctx| read::list(tx, ctx, filter))
+    }
+
+    fn waiters(&self, filter: &ListFilter) -> Result<Vec<WaiterInfo>, StoreError> {
+        self.read(|tx, ctx| read::waiters(tx, ctx, filter))
+    }
+
+    fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
+        self.read(|tx, _| read::history(tx, filter))
+    }
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        self.read(read::stats)
+    }
+
+    fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError> {
+        let claims: Vec<(Key, Scope)> = batch.iter().map(|r| (r.key.clone(), Scope::Key)).collect();
+        self.write(&|_| Ok(claims.clone()), |tx, ctx| ops::reap(tx, ctx, batch))
+    }
+
+    /// Also removes this machine's life files of processes proven dead.
+    fn prune_history(&self) -> Result<usize, StoreError> {
+        let pruned = self.write(&|_| Ok(Vec::new()), |tx, ctx| {
+            Ok((read::prune_history(tx, ctx)?, Vec::new()))
+        })?;
+        life::tidy(&self.life_dir());
+        Ok(pruned)
+    }
+}

@@ -1,0 +1,227 @@
+//! The queue tables: one decoder for queue rows, the loaders the rules ask
+//! for, and the writes that join, refresh and leave the queue.
+
+use locksmith_core::decide::Queued;
+use locksmith_core::{EventKind, Key, Mode, Mono, Scope, StoreError};
+use locksmith_host::sys;
+use postgres::Row;
+use serde_json::json;
+
+use crate::Ctx;
+use crate::conn::{Fail, Tx};
+use crate::rows::{NewEvent, record};
+
+/// Columns every queue query selects first, in the order [`decode`] reads
+/// them (from `queue q` joined to `queue_keys k`); a query may select more
+/// after them.
+pub(crate) const COLUMNS: &str = "q.seq, q.priority, q.mode, q.slots, q.owner, q.wake, k.key, \
+     k.scope, q.boot_id || chr(31) || q.hostname, q.pid, q.pid_start, q.alive_until";
+
+/// The number of columns in [`COLUMNS`].
+pub(crate) const NEXT_COLUMN: usize = 12;
+
+/// Decodes one queue row (one key of a queued request) with the facts this
+/// host has about its process. A malformed row is reported as corrupt.
+pub(crate) fn decode(r: &Row, ctx: &Ctx<'_>) -> Result<Queued, Fail> {
+    let seq: i64 = r.try_get(0)?;
+    let mode: String = r.try_get(2)?;
+    let slots: Option<i64> = r.try_get(3)?;
+    let key: String = r.try_get(6)?;
+    let scope: String = r.try_get(7)?;
+    let (Some(mode), Some(scope), Ok(key)) = (
+        Mode::from_parts(&mode, slots.map(|s| s as u32)),
+        Scope::from_name(&scope),
+        Key::new(key),
+    ) else {
+        return Err(Fail::Store(StoreError::corrupt(format!(
+            "queue entry {seq} of the lock tables is malformed; nothing was changed. Were they edited by hand? Delete that row from the queue table"
+        ))));
+    };
+    let machine: String = r.try_get(8)?;
+    let pid: i64 = r.try_get(9)?;
+    let pid_start: Option<i64> = r.try_get(10)?;
+    let alive_until = Mono(r.try_get::<_, i64>(11)?.max(0) as u64);
+    let wake: String = r.try_get(5)?;
+    // As in the embedded store: a waiter on this machine whose wake socket
+    // is gone and whose process is dead holds nobody back.
+    let gone = alive_until > ctx.now.mono
+        && machine == ctx.host.machine
+        && !ctx.waker.bound(&wake)
+        && sys::process_alive(pid as u32, pid_start.map(|s| s as u64)) == Some(false);
+    Ok(Queued {
+        seq,
+        priority: r.try_get(1)?,
+        mode,
+        owner: r.try_get(4)?,
+        wake,
+        key,
+        scope,
+        alive_until,
+        gone,
+    })
+}
+
+/// Queue entries that bear on `key` with `scope`: on the key itself, tree
+/// entries on its ancestors, and (for a tree) entries below it. Appended to
+/// `out`; lapsed and gone entries are included, for the rules to drop.
+pub(crate) fn touching(
+    tx: &mut Tx<'_>,
+    ctx: &Ctx<'_>,
+    key: &Key,
+    scope: Scope,
+    out: &mut Vec<Queued>,
+) -> Result<(), Fail> {
+    let ancestors: Vec<&str> = key.ancestors();
+    let (lo, hi) = match scope {
+        Scope::Tree => key.descendant_range(),
+        Scope::Key => (String::new(), String::new()),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM queue_keys k JOIN queue q ON q.seq = k.seq
+          WHERE k.key = $1 OR (k.key = ANY($2) AND k.scope = 'tree') OR (k.key >= $3 AND k.key < $4)
+          ORDER BY k.key <> $1, array_position($2, k.key), k.key, k.seq"
+    );
+    for r in tx.rows(&sql, &[&key.as_str(), &ancestors, &lo, &hi])? {
+        out.push(decode(&r, ctx)?);
+    }
+    Ok(())
+}
+
+/// Every queue entry, one per key of each request.
+pub(crate) fn all(tx: &mut Tx<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, Fail> {
+    let sql = format!("SELECT {COLUMNS} FROM queue_keys k JOIN queue q ON q.seq = k.seq");
+    tx.rows(&sql, &[])?
+        .iter()
+        .map(|r| decode(r, ctx))
+        .collect()
+}
+
+/// The caller's own entry `seq`: the instant its place lapses, and when it
+/// joined the queue.
+pub(crate) fn own(tx: &mut Tx<'_>, seq: i64) -> Result<Option<(Mono, Mono)>, Fail> {
+    let row = tx.opt(
+        "SELECT alive_until, since_mono FROM queue WHERE seq = $1",
+        &[&seq],
+    )?;
+    Ok(match row {
+        Some(r) => Some((
+            Mono(r.try_get::<_, i64>(0)?.max(0) as u64),
+            Mono(r.try_get::<_, i64>(1)?.max(0) as u64),
+        )),
+        None => None,
+    })
+}
+
+/// Removes queue entry `seq` (its keys go with it).
+pub(crate) fn drop_entry(tx: &mut Tx<'_>, seq: i64) -> Result<(), Fail> {
+    tx.exec("DELETE FROM queue WHERE seq = $1", &[&seq])
+}
+
+/// Keeps entry `seq` alive until `alive_until`.
+pub(crate) fn refresh(tx: &mut Tx<'_>, seq: i64, alive_until: Mono) -> Result<(), Fail> {
+    tx.exec(
+        "UPDATE queue SET alive_until = $2 WHERE seq = $1",
+        &[&seq, &(alive_until.0 as i64)],
+    )
+}
+
+/// Adds a request at the back of the queue and records it; returns its seq.
+pub(crate) fn enqueue(
+    tx: &mut Tx<'_>,
+    ctx: &Ctx<'_>,
+    req: &locksmith_core::AcquireRequest,
+    wake: &str,
+    alive_until: Mono,
+) -> Result<i64, Fail> {
+    let h = &req.holder;
+    let keys: Vec<&str> = req.keys.iter().map(|k| k.as_str()).collect();
+    let row = tx.one(
+        "WITH q AS (
+           INSERT INTO queue (priority, mode, slots, scope, owner, task, hostname, boot_id, pid,
+               pid_start, since_mono, since_wall, alive_until, wake)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+           RETURNING seq),
+         k AS (INSERT INTO queue_keys (key, seq, scope)
+           SELECT key, (SELECT seq FROM q), $4 FROM unnest($15::text[]) AS key)
+         SELECT seq FROM q",
+        &[
+            &req.priority,
+            &req.mode.name(),
+            &req.mode.limit().map(i64::from),
+            &req.scope.name(),
+            &h.owner,
+            &h.task,
+            &h.hostname,
+            &h.boot_id,
+            &(h.pid as i64),
+            &h.pid_start.map(|s| s as i64),
+            &(ctx.now.mono.0 as i64),
+            &(ctx.now.wall.0 as i64),
+            &(alive_until.0 as i64),
+            &wake,
+            &keys,
+        ],
+    )?;
+    let seq: i64 = row.try_get(0)?;
+    record(
+        tx,
+        ctx.now,
+        NewEvent {
+            key: req.keys[0].as_str(),
+            kind: EventKind::Waiting,
+            owner: &h.owner,
+            task: h.task.as_deref(),
+            fence: None,
+            grant: None,
+            reason: None,
+            detail: (req.keys.len() > 1).then(|| json!({ "keys": req.keys })),
+        },
+    )?;
+    Ok(seq)
+}
+
+/// The key and scope of each key of queue entry `seq` (none when it is gone).
+pub(crate) fn keys_of(tx: &mut Tx<'_>, seq: i64) -> Result<Vec<(Key, Scope)>, Fail> {
+    let rows = tx.rows("SELECT key, scope FROM queue_keys WHERE seq = $1", &[&seq])?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (k, s): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        if let (Ok(k), Some(s)) = (Key::new(k), Scope::from_name(&s)) {
+            out.push((k, s));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes a queued request that gave up and records why; returns the key
+/// and scope of each of its keys, whose waiters may now move up.
+pub(crate) fn leave(
+    tx: &mut Tx<'_>,
+    ctx: &Ctx<'_>,
+    seq: i64,
+    kind: EventKind,
+) -> Result<Vec<(Key, Scope)>, Fail> {
+    let Some(r) = tx.opt("SELECT owner, task FROM queue WHERE seq = $1", &[&seq])? else {
+        return Ok(Vec::new());
+    };
+    let (owner, task): (String, Option<String>) = (r.try_get(0)?, r.try_get(1)?);
+    let keys = keys_of(tx, seq)?;
+    drop_entry(tx, seq)?;
+    if let Some((key, _)) = keys.first() {
+        record(
+            tx,
+            ctx.now,
+            NewEvent {
+                key: key.as_str(),
+                kind,
+                owner: &owner,
+                task: task.as_deref(),
+                fence: None,
+                grant: None,
+                reason: None,
+                detail: None,
+            },
+        )?;
+    }
+    Ok(keys)
+}
