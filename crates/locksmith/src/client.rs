@@ -10,6 +10,7 @@ use locksmith_core::{
     WaitPolicy,
 };
 use locksmith_host::{default_owner, this_process};
+use locksmith_postgres::PgStore;
 use locksmith_sqlite::{Options, SqliteStore};
 
 use crate::Error;
@@ -46,7 +47,9 @@ pub struct Client {
 
 impl Client {
     /// Opens a store by URL: `sqlite:///path/to/locksmith.db`, `sqlite:`
-    /// for the default file (`$LOCKSMITH_HOME/locksmith.db`), or
+    /// for the default file (`$LOCKSMITH_HOME/locksmith.db`),
+    /// `postgres://USER:PASSWORD@HOST/DATABASE` (options: `schema=`,
+    /// `listen=off`, and PostgreSQL's own), or
     /// `http://HOST:PORT` for a locksmith server (token from `$LOCKSMITH_TOKEN`).
     pub fn open(url: &str) -> Result<Client, Error> {
         Client::open_with(url, Options::default())
@@ -67,14 +70,18 @@ impl Client {
                 let token = std::env::var("LOCKSMITH_TOKEN").ok();
                 return Client::remote(url, token);
             }
-            Some((scheme @ ("postgres" | "postgresql"), _)) => {
-                return Err(Error::Url(format!(
-                    "{scheme}:// stores are not available in this build yet; use sqlite:///path/to/locksmith.db"
-                )));
+            Some(("postgres" | "postgresql", _)) => {
+                let pg = locksmith_postgres::Options {
+                    stale_after: opts.stale_after,
+                    history_retention: opts.history_retention,
+                    ..Default::default()
+                };
+                return Ok(Client::postgres(Arc::new(PgStore::open(url, pg)?)));
             }
             _ => {
                 return Err(Error::Url(format!(
-                    "cannot open {url:?}: the accepted forms are sqlite:///path/to/locksmith.db (sqlite: for the default file) and http://HOST:PORT for a locksmith server"
+                    "cannot open {:?}: the accepted stores are sqlite:///path/to/locksmith.db (sqlite: for the default file), postgres://USER@HOST/DATABASE and http://HOST:PORT for a locksmith server",
+                    locksmith_postgres::redact(url)
                 )));
             }
         };
@@ -96,6 +103,13 @@ impl Client {
 
     /// Wraps an opened embedded store, with its wake-ups and process binding.
     pub fn sqlite(store: Arc<SqliteStore>) -> Client {
+        let notifier = Arc::new(store.notifier());
+        Client::from_parts(store.clone(), notifier, Some(store))
+    }
+
+    /// Wraps an opened PostgreSQL store, with its wake-ups and the binding
+    /// of this process (proven dead on this machine; elsewhere its lease ends).
+    pub fn postgres(store: Arc<PgStore>) -> Client {
         let notifier = Arc::new(store.notifier());
         Client::from_parts(store.clone(), notifier, Some(store))
     }

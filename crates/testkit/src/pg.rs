@@ -168,12 +168,21 @@ impl PgServer {
         for o in opts {
             cmd.push_str(&format!(" -c {}", quote(o)));
         }
-        let run = match self.as_postgres {
-            true => format!("runuser -u postgres -- {cmd}"),
-            false => cmd,
+        let stop = format!(
+            "{} stop -m fast -w -D {}",
+            quote(&self.bin.join("pg_ctl").to_string_lossy()),
+            quote(&self.data.to_string_lossy())
+        );
+        let (run, stop) = match self.as_postgres {
+            true => (
+                format!("runuser -u postgres -- {cmd}"),
+                format!("runuser -u postgres -- {stop}"),
+            ),
+            false => (cmd, stop),
         };
+        // pg_ctl, not a signal: runuser does not pass signals on.
         let script = format!(
-            "{run} >{log} 2>&1 & pid=$!\nread _ignored\nkill -INT $pid 2>/dev/null\nwait $pid\nrm -rf {dir}\n",
+            "{run} >{log} 2>&1 & pid=$!\nread _ignored\n{stop} >/dev/null 2>&1\nwait $pid\nrm -rf {dir}\n",
             log = quote(&dir.join("log").to_string_lossy()),
             dir = quote(&dir.to_string_lossy()),
         );
@@ -260,6 +269,114 @@ impl PgServer {
 }
 
 impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(b"stop\n");
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// PgBouncer in transaction pooling mode in front of a [`PgServer`], on a
+/// free port of 127.0.0.1, stopped when this process exits.
+pub struct Bouncer {
+    /// `postgres://…` of the `postgres` database through the pooler.
+    pub url: String,
+    keeper: Mutex<Option<Child>>,
+}
+
+impl Bouncer {
+    /// Starts one (Debian's `pgbouncer` package).
+    pub fn start(server: &PgServer) -> Result<Bouncer, String> {
+        let program = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or("PgBouncer is not installed: apt-get install pgbouncer")?;
+        let (host, port) = match server.port {
+            0 => {
+                return Err(
+                    "PgBouncer tests need the server the tests start (unset LOCKSMITH_TEST_PG_URL)"
+                        .into(),
+                );
+            }
+            p => ("127.0.0.1", p),
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "locksmith-bouncer-{}-{}",
+            std::process::id(),
+            locksmith_host::random_hex(4)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let listen = free_port();
+        let pidfile = dir.join("pgbouncer.pid");
+        let ini = format!(
+            "[databases]\npostgres = host={host} port={port} dbname=postgres\n\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\n\
+             unix_socket_dir =\nauth_type = trust\nauth_file = {users}\n\
+             pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 10\n\
+             ignore_startup_parameters = extra_float_digits,options\n\
+             logfile = {log}\npidfile = {pid}\n",
+            users = dir.join("users.txt").display(),
+            log = dir.join("pgbouncer.log").display(),
+            pid = pidfile.display(),
+        );
+        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("pgbouncer.ini"), ini).map_err(|e| e.to_string())?;
+        let run = format!("{program} -d {}", quote(&dir.join("pgbouncer.ini").to_string_lossy()));
+        let run = match server.as_postgres {
+            true => {
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres", &dir.to_string_lossy()])
+                    .status()
+                    .map_err(|e| e.to_string())?;
+                format!("runuser -u postgres -- {run}")
+            }
+            false => run,
+        };
+        let script = format!(
+            "{run} || exit 1\nread _ignored\nkill -INT $(cat {pid}) 2>/dev/null\nsleep 0.2\nrm -rf {dir}\n",
+            pid = quote(&pidfile.to_string_lossy()),
+            dir = quote(&dir.to_string_lossy()),
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("sh: {e}"))?;
+        let bouncer = Bouncer {
+            url: format!("postgres://postgres@127.0.0.1:{listen}/postgres"),
+            keeper: Mutex::new(Some(child)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
+                return Ok(bouncer);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "PgBouncer did not start: {}",
+            std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+        ))
+    }
+
+    /// The URL of a fresh schema through the pooler. LISTEN cannot work
+    /// through a pooler in transaction mode, so it is off: waiters on this
+    /// machine are woken directly, others look again every second.
+    pub fn fresh_schema_url(&self) -> String {
+        format!(
+            "{}?schema=t_{}&listen=off",
+            self.url,
+            locksmith_host::random_hex(6)
+        )
+    }
+}
+
+impl Drop for Bouncer {
     fn drop(&mut self) {
         if let Some(mut child) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
             if let Some(mut stdin) = child.stdin.take() {

@@ -1,6 +1,7 @@
-//! Many real processes on one store file: a stress run in mixed modes with
-//! a witness that proves no two conflicting holders overlapped, and a crash
-//! run that SIGKILLs processes while they acquire and release.
+//! Many real processes on one store (the embedded file, and PostgreSQL: a
+//! server the tests start, also behind PgBouncer): a stress run in mixed
+//! modes with a witness that proves no two conflicting holders overlapped,
+//! and a crash run that SIGKILLs processes while they acquire and release.
 //!
 //! Workers are this test binary started again on the ignored `worker` test,
 //! told what to do through the environment.
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use locksmith::Client;
 
 const LOG: &str = "LOCKSMITH_TEST_LOG";
-const DB: &str = "LOCKSMITH_TEST_DB";
+const STORE: &str = "LOCKSMITH_TEST_STORE";
 const CYCLES: &str = "LOCKSMITH_TEST_CYCLES";
 const SEED: &str = "LOCKSMITH_TEST_SEED";
 const TTL_MS: &str = "LOCKSMITH_TEST_TTL_MS";
@@ -115,12 +116,12 @@ fn witness_exit(path: &Path, me: &str) {
 fn worker() {
     let Ok(log) = std::env::var(LOG) else { return };
     let log = PathBuf::from(log);
-    let db = std::env::var(DB).unwrap();
+    let store = std::env::var(STORE).unwrap();
     let cycles: u64 = std::env::var(CYCLES).unwrap().parse().unwrap();
     let mut rng = Rng(std::env::var(SEED).unwrap().parse().unwrap());
     let ttl = Duration::from_millis(std::env::var(TTL_MS).unwrap().parse().unwrap());
     let plan = std::env::var(PLAN).unwrap();
-    let client = Client::open(&format!("sqlite://{db}")).unwrap();
+    let client = Client::open(&store).unwrap();
     let pid = std::process::id();
     if plan == "hold" {
         // Hold one lock (process-bound by default, long lease) until killed.
@@ -185,7 +186,7 @@ fn worker() {
     }
 }
 
-fn spawn_worker(log: &Path, db: &Path, cycles: u64, seed: u64, ttl_ms: u64, plan: &str) -> Child {
+fn spawn_worker(log: &Path, store: &str, cycles: u64, seed: u64, ttl_ms: u64, plan: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -196,7 +197,7 @@ fn spawn_worker(log: &Path, db: &Path, cycles: u64, seed: u64, ttl_ms: u64, plan
             "1",
         ])
         .env(LOG, log)
-        .env(DB, db)
+        .env(STORE, store)
         .env(CYCLES, cycles.to_string())
         .env(SEED, seed.to_string())
         .env(TTL_MS, ttl_ms.to_string())
@@ -248,15 +249,44 @@ fn compatible(new: &Line, old: &Line) -> bool {
         || (new.mode == "semaphore" && old.mode == "semaphore" && new.key == old.key)
 }
 
+/// The embedded store in `dir`, created once so that the workers do not
+/// all race to make it.
+fn sqlite_store(dir: &Path) -> String {
+    let url = format!("sqlite://{}", dir.join("locksmith.db").display());
+    drop(Client::open(&url).unwrap());
+    url
+}
+
+/// A fresh schema on the test server. The workers race to create it: that
+/// first connection of many processes at once is part of the test.
+fn postgres_store() -> String {
+    locksmith_testkit::pg::PgServer::shared().fresh_schema_url()
+}
+
 #[test]
 fn eight_processes_never_overlap_and_fences_rise() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    let db = dir.path().join("locksmith.db");
-    // Create the store once so the workers do not all race to migrate.
-    drop(Client::open(&format!("sqlite://{}", db.display())).unwrap());
+    stress(dir.path(), &sqlite_store(dir.path()));
+}
+
+#[test]
+fn eight_processes_never_overlap_and_fences_rise_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    stress(dir.path(), &postgres_store());
+}
+
+#[test]
+fn eight_processes_never_overlap_and_fences_rise_through_pgbouncer() {
+    let dir = tempfile::tempdir().unwrap();
+    let bouncer = locksmith_testkit::pg::Bouncer::start(locksmith_testkit::pg::PgServer::shared())
+        .expect("start PgBouncer in transaction mode");
+    stress(dir.path(), &bouncer.fresh_schema_url());
+}
+
+fn stress(dir: &Path, store: &str) {
+    let log = dir.join("log");
     let workers: Vec<Child> = (0..8)
-        .map(|i| spawn_worker(&log, &db, 250, 0x9E37_79B9 + i * 7919, 30_000, "stress"))
+        .map(|i| spawn_worker(&log, store, 250, 0x9E37_79B9 + i * 7919, 30_000, "stress"))
         .collect();
     for w in workers {
         let out = w.wait_with_output().unwrap();
@@ -308,13 +338,21 @@ fn eight_processes_never_overlap_and_fences_rise() {
 #[test]
 fn sigkill_during_acquire_and_release_never_grants_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    let db = dir.path().join("locksmith.db");
-    drop(Client::open(&format!("sqlite://{}", db.display())).unwrap());
+    crash(dir.path(), &sqlite_store(dir.path()));
+}
+
+#[test]
+fn sigkill_during_acquire_and_release_never_grants_twice_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    crash(dir.path(), &postgres_store());
+}
+
+fn crash(dir: &Path, store: &str) {
+    let log = dir.join("log");
     let ttl_ms = 400;
     let mut rng = Rng(0xDEAD_BEEF);
     let mut workers: Vec<Child> = (0..8)
-        .map(|i| spawn_worker(&log, &db, 100_000, 11 + i, ttl_ms, "crash"))
+        .map(|i| spawn_worker(&log, store, 100_000, 11 + i, ttl_ms, "crash"))
         .collect();
     // pid -> when it was killed, on the system-wide monotonic clock.
     let mut killed: HashMap<u32, u128> = HashMap::new();
@@ -341,7 +379,7 @@ fn sigkill_during_acquire_and_release_never_grants_twice() {
         victim.wait().unwrap();
         workers.push(spawn_worker(
             &log,
-            &db,
+            store,
             100_000,
             1000 + round,
             ttl_ms,
@@ -353,8 +391,8 @@ fn sigkill_during_acquire_and_release_never_grants_twice() {
         let _ = w.kill();
         let _ = w.wait();
     }
-    // The file reopens cleanly and the lock comes back once the dead leases end.
-    let client = Client::open(&format!("sqlite://{}", db.display())).unwrap();
+    // The store opens cleanly and the lock comes back once the dead leases end.
+    let client = Client::open(store).unwrap();
     let guard = client
         .lock("crash/k")
         .wait(Duration::from_secs(10))
@@ -403,17 +441,27 @@ fn sigkill_during_acquire_and_release_never_grants_twice() {
 #[test]
 fn a_killed_library_holder_frees_its_lock_for_a_waiter_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    let db = dir.path().join("locksmith.db");
-    drop(Client::open(&format!("sqlite://{}", db.display())).unwrap());
-    let mut holder = spawn_worker(&log, &db, 1, 1, 120_000, "hold");
+    killed_holder(dir.path(), &sqlite_store(dir.path()));
+}
+
+#[test]
+fn a_killed_library_holder_frees_its_lock_for_a_waiter_at_once_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = postgres_store();
+    drop(Client::open(&store).unwrap());
+    killed_holder(dir.path(), &store);
+}
+
+fn killed_holder(dir: &Path, store: &str) {
+    let log = dir.join("log");
+    let mut holder = spawn_worker(&log, store, 1, 1, 120_000, "hold");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&log).unwrap_or_default().trim() != "held" {
         assert!(Instant::now() < deadline, "the holder never got the lock");
         std::thread::sleep(Duration::from_millis(10));
     }
     let waiter = {
-        let url = format!("sqlite://{}", db.display());
+        let url = store.to_string();
         std::thread::spawn(move || {
             let client = Client::open(&url).unwrap();
             let g = client
@@ -441,7 +489,7 @@ fn a_killed_library_holder_frees_its_lock_for_a_waiter_at_once() {
         took < Duration::from_millis(500),
         "the waiter got the lock {took:?} after the kill"
     );
-    let client = Client::open(&format!("sqlite://{}", db.display())).unwrap();
+    let client = Client::open(store).unwrap();
     let f = locksmith::core::store::HistoryFilter {
         key: Some("held/k".into()),
         kind: Some(locksmith::core::EventKind::Reaped),
