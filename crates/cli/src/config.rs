@@ -76,6 +76,11 @@ const SETTINGS: &[Setting] = &[
         help: "sweeper: command run as `HOOK TASK_ID`; exit 0 means the task is done and its lock ends (task_completed)",
     },
     Setting {
+        name: "store",
+        default: "sqlite:",
+        help: "the store: sqlite: (the embedded file in home), sqlite:///path/to/locksmith.db, or postgres://USER:PASSWORD@HOST/DATABASE (?schema=NAME, ?listen=off behind PgBouncer); --store overrides it; printed without its password",
+    },
+    Setting {
         name: "server",
         default: "",
         help: "a locksmith server (http://HOST:PORT) that every command uses instead of the embedded store; --server overrides it",
@@ -195,6 +200,14 @@ impl Config {
         (!matches!(src, Source::Default)).then(|| v.clone())
     }
 
+    /// The store URL.
+    pub fn store(&self) -> String {
+        match self.get("store").0.trim() {
+            "" => "sqlite:".to_string(),
+            s => s.to_string(),
+        }
+    }
+
     /// The server to use instead of the embedded store, if set.
     pub fn server(&self) -> Option<String> {
         Some(self.get("server").0.clone()).filter(|s| !s.trim().is_empty())
@@ -256,6 +269,7 @@ impl Config {
                 let (v, src) = self.get(s.name);
                 let shown = match s.name {
                     "token" if !v.is_empty() => "<redacted>".to_string(),
+                    "store" => locksmith::postgres::redact(v),
                     _ => v.clone(),
                 };
                 (s.name, shown, src.clone(), s.help)
@@ -281,6 +295,7 @@ pub fn example() -> String {
             "owner" => "\"agent-1\"".to_string(),
             "task_hook" => "\"/usr/local/bin/task-state\"".to_string(),
             "server" => "\"http://127.0.0.1:7420\"".to_string(),
+            "store" => "\"postgres://locksmith:PASSWORD@db.internal/locks\"".to_string(),
             "token" => "\"lst_...\"".to_string(),
             _ => format!("{:?}", s.default),
         };

@@ -67,6 +67,13 @@ pub struct Cli {
     /// config file's `token`.
     #[arg(long, global = true, value_name = "URL", env = "LOCKSMITH_SERVER")]
     server: Option<String>,
+    /// The store: `sqlite:` (the embedded file of $LOCKSMITH_HOME, the
+    /// default), `sqlite:///path/to/locksmith.db`, or
+    /// `postgres://USER:PASSWORD@HOST/DATABASE` (add `?schema=NAME`, and
+    /// `listen=off` behind PgBouncer). Also $LOCKSMITH_STORE or `store` in
+    /// locksmith.toml.
+    #[arg(long, global = true, value_name = "URL")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,12 +166,16 @@ pub struct Ctx {
     pub config: config::Config,
     /// `--server` / `$LOCKSMITH_SERVER`.
     pub server: Option<String>,
+    /// `--store`, which overrides the configuration's `store`.
+    pub store: Option<String>,
 }
 
-/// The store of a command: the embedded file, or a server.
+/// The store of a command: the embedded file, PostgreSQL, or a server.
 pub enum Opened {
     /// The embedded SQLite store.
     Local(Box<locksmith::SqliteStore>),
+    /// A PostgreSQL store.
+    Postgres(Box<locksmith::PgStore>),
     /// A locksmith server.
     Remote(locksmith::remote::HttpStore),
 }
@@ -174,6 +185,7 @@ impl std::ops::Deref for Opened {
     fn deref(&self) -> &Self::Target {
         match self {
             Opened::Local(s) => &**s,
+            Opened::Postgres(s) => &**s,
             Opened::Remote(r) => r,
         }
     }
@@ -184,14 +196,16 @@ impl Opened {
     pub fn notifier(&self) -> std::sync::Arc<dyn locksmith_core::Notifier> {
         match self {
             Opened::Local(s) => std::sync::Arc::new(s.notifier()),
+            Opened::Postgres(s) => std::sync::Arc::new(s.notifier()),
             Opened::Remote(_) => std::sync::Arc::new(locksmith::remote::RemoteNotifier),
         }
     }
     /// A library client over the store: with its wake-ups, and on the
-    /// embedded store the binding of this process.
+    /// embedded store and PostgreSQL the binding of this process.
     pub fn client(self) -> locksmith::Client {
         match self {
             Opened::Local(s) => locksmith::Client::sqlite(std::sync::Arc::from(s)),
+            Opened::Postgres(s) => locksmith::Client::postgres(std::sync::Arc::from(s)),
             Opened::Remote(r) => locksmith::Client::from_parts(
                 std::sync::Arc::new(r),
                 std::sync::Arc::new(locksmith::remote::RemoteNotifier),
@@ -203,13 +217,15 @@ impl Opened {
     pub fn shared(self) -> std::sync::Arc<dyn locksmith_core::Store> {
         match self {
             Opened::Local(s) => std::sync::Arc::from(s as Box<dyn locksmith_core::Store>),
+            Opened::Postgres(s) => std::sync::Arc::from(s as Box<dyn locksmith_core::Store>),
             Opened::Remote(r) => std::sync::Arc::new(r),
         }
     }
 }
 
 impl Ctx {
-    /// Opens the store: the server of `--server`, else the embedded file.
+    /// Opens the store: the server of `--server`, else the store of
+    /// `--store` or the configuration.
     pub fn store(&self) -> Result<Opened, Failure> {
         if let Some(url) = &self.server {
             // `token`: $LOCKSMITH_TOKEN, else the config file's.
@@ -218,12 +234,54 @@ impl Ctx {
                 self.config.token(),
             )?));
         }
-        Ok(Opened::Local(Box::new(self.local()?)))
+        self.local()
     }
-    /// Opens the embedded store, whatever `--server` says.
-    pub fn local(&self) -> Result<locksmith::SqliteStore, Failure> {
+    /// The store URL: `--store`, else the configuration's `store`.
+    pub fn store_url(&self) -> String {
+        self.store.clone().unwrap_or_else(|| self.config.store())
+    }
+    /// The store URL without its password, for messages and logs.
+    pub fn store_shown(&self) -> String {
+        locksmith::postgres::redact(&self.store_url())
+    }
+    /// Opens the store of `--store` or the configuration, whatever
+    /// `--server` says.
+    pub fn local(&self) -> Result<Opened, Failure> {
+        let url = self.store_url();
         let opts = self.config.options()?;
-        Ok(locksmith::SqliteStore::open(&self.config.db_path(), opts)?)
+        let scheme = url.split_once(':').map(|(s, _)| s);
+        match scheme {
+            Some("sqlite") => {
+                let rest = url["sqlite:".len()..].trim_start_matches("//");
+                let path = match rest {
+                    "" => self.config.db_path(),
+                    p => PathBuf::from(p),
+                };
+                Ok(Opened::Local(Box::new(locksmith::SqliteStore::open(
+                    &path, opts,
+                )?)))
+            }
+            Some("postgres" | "postgresql") => {
+                let pg = locksmith::postgres::Options {
+                    stale_after: opts.stale_after,
+                    history_retention: opts.history_retention,
+                    // Life files of process-bound locks sit where the
+                    // embedded store keeps them.
+                    life_dir: Some(self.config.home()),
+                    ..Default::default()
+                };
+                Ok(Opened::Postgres(Box::new(locksmith::PgStore::open(
+                    &url, pg,
+                )?)))
+            }
+            _ => Err(Failure::new(
+                Code::Invalid,
+                format!(
+                    "store {:?}: the accepted stores are sqlite: (the embedded file), sqlite:///path/to/locksmith.db and postgres://USER:PASSWORD@HOST/DATABASE; a server is given with --server http://HOST:PORT",
+                    self.store_shown()
+                ),
+            )),
+        }
     }
 }
 
@@ -253,6 +311,7 @@ fn main() -> ExitCode {
     };
     let json = cli.json;
     let server = cli.server.filter(|s| !s.is_empty());
+    let store = cli.store.filter(|s| !s.is_empty());
     let result = config::Config::load(cli.config.as_deref())
         .map_err(|e| Failure::new(Code::Invalid, format!("{e:#}")))
         .and_then(|config| {
@@ -261,6 +320,7 @@ fn main() -> ExitCode {
                 json,
                 config,
                 server,
+                store,
             };
             match cli.command {
                 Command::Acquire(a) => cmd::acquire::run(&ctx, a),

@@ -5,5 +5,6 @@ mod common;
 
 mod cli;
 mod mcp;
+mod postgres;
 mod run;
 mod server;

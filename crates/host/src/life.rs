@@ -12,9 +12,9 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use crate::sys;
 use locksmith_core::rules::{self, LifeFile, ProcessProbe};
 use locksmith_core::{Binding, Hold, StoreError};
-use crate::sys;
 use rustix::fs::{FlockOperation, flock};
 
 /// Life files this process holds, by folder; kept open until exit.

@@ -140,6 +140,12 @@ pub struct Waker {
     prober: Option<UnixDatagram>,
 }
 
+impl Default for Waker {
+    fn default() -> Self {
+        Waker::new()
+    }
+}
+
 impl Waker {
     /// A waker with its own unbound sending and probing sockets.
     pub fn new() -> Waker {

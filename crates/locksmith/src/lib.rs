@@ -32,8 +32,9 @@ pub use guard::Guard;
 pub use locksmith_core as core;
 pub use locksmith_core::{Fence, Key, LeaseHandle, ReleaseReason};
 pub use locksmith_host as host;
-pub use locksmith_remote as remote;
+pub use locksmith_postgres as postgres;
 pub use locksmith_postgres::PgStore;
+pub use locksmith_remote as remote;
 pub use locksmith_sqlite::{Durability, Options, SqliteStore};
 
 use locksmith_core::store::Blocked;

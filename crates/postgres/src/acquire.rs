@@ -260,10 +260,7 @@ pub(crate) fn wake_list(
             continue;
         }
         let claims: Vec<_> = entries.iter().map(|e| (e.key.clone(), e.scope)).collect();
-        let holds: Vec<HeldLock> = holds_of(tx, claims)?
-            .into_iter()
-            .map(|h| h.lock)
-            .collect();
+        let holds: Vec<HeldLock> = holds_of(tx, claims)?.into_iter().map(|h| h.lock).collect();
         let (found, drop) = decide::grantable(&entries, &holds, ctx.now.mono);
         for seq in drop {
             queue::drop_entry(tx, seq)?;

@@ -167,6 +167,32 @@ pub(crate) fn parse(url: &str, connect_timeout: Duration) -> Result<Target, Stor
     })
 }
 
+/// Connects within `limit`, the whole start-up included: the driver bounds
+/// only the socket's connect, and a server that accepts the connection but
+/// never answers (stopped, overloaded, not PostgreSQL) must not hang the
+/// caller. The attempt runs on a thread of its own, left to finish by
+/// itself when it overruns.
+pub(crate) fn connect(target: &Target, limit: Duration) -> Result<Client, StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let config = target.config.clone();
+    let spawned = std::thread::Builder::new()
+        .name("locksmith-connect".into())
+        .spawn(move || {
+            let _ = tx.send(config.connect(NoTls));
+        });
+    if let Err(e) = spawned {
+        return Err(StoreError::backend_from("cannot start a thread", e));
+    }
+    match rx.recv_timeout(limit) {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(map_err(e, &target.shown)),
+        Err(_) => Err(StoreError::Busy(format!(
+            "PostgreSQL at {} did not answer within {limit:?}; nothing was changed. Check that the server is up and not overloaded, then try again",
+            target.shown
+        ))),
+    }
+}
+
 /// What a PostgreSQL failure means, and what to do.
 pub(crate) fn map_err(e: postgres::Error, target: &str) -> StoreError {
     let Some(code) = e.code().cloned() else {
@@ -178,8 +204,7 @@ pub(crate) fn map_err(e: postgres::Error, target: &str) -> StoreError {
         .as_db_error()
         .map(|d| d.message().to_string())
         .unwrap_or_else(|| e.to_string());
-    if code == SqlState::INVALID_PASSWORD || code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-    {
+    if code == SqlState::INVALID_PASSWORD || code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
         return StoreError::Unusable(format!(
             "PostgreSQL at {target} refused the login: {message}. Check the user name and password in the store URL"
         ));
@@ -269,10 +294,7 @@ impl Pool {
 
     /// A new connection, outside the pool.
     pub fn connect(&self) -> Result<Client, StoreError> {
-        self.target
-            .config
-            .connect(NoTls)
-            .map_err(|e| map_err(e, &self.target.shown))
+        connect(&self.target, self.wait)
     }
 
     fn take(&self) -> Result<Client, StoreError> {
@@ -435,7 +457,10 @@ impl Tx<'_> {
     /// a cycle: two requests that would close a cycle together cannot both
     /// look before the other joins. Taken after the key locks only.
     pub fn lock_graph(&mut self, ns: i32) -> Result<(), Fail> {
-        self.exec("SELECT pg_advisory_xact_lock($1, 0)", &[&ns.wrapping_add(1)])
+        self.exec(
+            "SELECT pg_advisory_xact_lock($1, 0)",
+            &[&ns.wrapping_add(1)],
+        )
     }
 
     /// The database's clock, without locks (reads).
@@ -500,13 +525,19 @@ mod tests {
         assert_eq!(t.schema, "team_a");
         assert!(!t.listen);
         assert_eq!(t.config.get_dbname(), Some("db"));
-        let e = parse("postgres://u@localhost/db?schema=Bad-Name", Duration::from_secs(5))
-            .err()
-            .unwrap();
+        let e = parse(
+            "postgres://u@localhost/db?schema=Bad-Name",
+            Duration::from_secs(5),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("schema name"), "{e}");
-        let e = parse("postgres://u:pw@localhost/db?bogus=1", Duration::from_secs(5))
-            .err()
-            .unwrap();
+        let e = parse(
+            "postgres://u:pw@localhost/db?bogus=1",
+            Duration::from_secs(5),
+        )
+        .err()
+        .unwrap();
         assert!(!e.to_string().contains("pw@"), "{e}");
     }
 }

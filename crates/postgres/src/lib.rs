@@ -183,10 +183,8 @@ impl PgStore {
         self.opts.life_dir.clone().unwrap_or_else(|| {
             match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
                 Some(d) => PathBuf::from(d).join("locksmith"),
-                None => std::env::temp_dir().join(format!(
-                    "locksmith-{}",
-                    locksmith_host::sys::username()
-                )),
+                None => std::env::temp_dir()
+                    .join(format!("locksmith-{}", locksmith_host::sys::username())),
             }
         })
     }
@@ -207,7 +205,7 @@ impl PgStore {
     /// directly on this machine after it.
     fn write<T>(
         &self,
-        claims: &dyn Fn(&mut Tx<'_>) -> Result<Vec<(Key, Scope)>, Fail>,
+        claims: &Claims<'_>,
         mut f: impl FnMut(&mut Tx<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), Fail>,
     ) -> Result<T, StoreError> {
         let (out, wakes) = self.pool.run(false, |tx| {
@@ -248,6 +246,9 @@ impl ProcessBinder for PgStore {
     }
 }
 
+/// Reads which keys a write must lock, before it locks them.
+type Claims<'a> = dyn Fn(&mut Tx<'_>) -> Result<Vec<(Key, Scope)>, Fail> + 'a;
+
 /// The claims of a request: each key with its scope.
 fn claims_of(req: &AcquireRequest) -> Vec<(Key, Scope)> {
     req.keys.iter().map(|k| (k.clone(), req.scope)).collect()
@@ -263,16 +264,13 @@ impl Store for PgStore {
         let claims = claims_of(req);
         let start = queue.as_ref().map(|t| (**t).clone());
         let mut kept: Option<Ticket> = None;
-        let result = self.write(
-            &|_| Ok(claims.clone()),
-            |tx, ctx| {
-                // A transaction run again starts from the ticket as given.
-                let mut ticket = start.clone();
-                let out = acquire::run(tx, ctx, req, ticket.as_mut())?;
-                kept = ticket;
-                Ok((out, Vec::new()))
-            },
-        )?;
+        let result = self.write(&|_| Ok(claims.clone()), |tx, ctx| {
+            // A transaction run again starts from the ticket as given.
+            let mut ticket = start.clone();
+            let out = acquire::run(tx, ctx, req, ticket.as_mut())?;
+            kept = ticket;
+            Ok((out, Vec::new()))
+        })?;
         if let (Some(t), Some(k)) = (queue, kept) {
             *t = k;
         }
@@ -285,13 +283,10 @@ impl Store for PgStore {
             LeaveReason::TimedOut => EventKind::WaitTimedOut,
             LeaveReason::Cancelled => EventKind::WaitCancelled,
         };
-        self.write(
-            &|tx| queue::keys_of(tx, seq),
-            |tx, ctx| {
-                let keys = queue::leave(tx, ctx, seq, kind)?;
-                Ok(((), acquire::wake_list(tx, ctx, keys)?))
-            },
-        )
+        self.write(&|tx| queue::keys_of(tx, seq), |tx, ctx| {
+            let keys = queue::leave(tx, ctx, seq, kind)?;
+            Ok(((), acquire::wake_list(tx, ctx, keys)?))
+        })
     }
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
@@ -322,10 +317,9 @@ impl Store for PgStore {
         by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
-        self.write(
-            &|_| Ok(vec![(key.clone(), Scope::Key)]),
-            |tx, ctx| ops::force_release(tx, ctx, key, why, by, seen),
-        )
+        self.write(&|_| Ok(vec![(key.clone(), Scope::Key)]), |tx, ctx| {
+            ops::force_release(tx, ctx, key, why, by, seen)
+        })
     }
 
     fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {

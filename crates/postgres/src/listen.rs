@@ -64,7 +64,7 @@ pub(crate) fn ensure(target: &Target, machine: &str) {
 fn listen(target: &Target, own: &str) {
     let waker = Waker::new();
     loop {
-        if let Ok(mut client) = target.config.connect(postgres::NoTls)
+        if let Ok(mut client) = crate::conn::connect(target, Duration::from_secs(10))
             && client.batch_execute(&format!("LISTEN {CHANNEL}")).is_ok()
         {
             loop {

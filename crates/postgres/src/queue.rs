@@ -90,10 +90,7 @@ pub(crate) fn touching(
 /// Every queue entry, one per key of each request.
 pub(crate) fn all(tx: &mut Tx<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, Fail> {
     let sql = format!("SELECT {COLUMNS} FROM queue_keys k JOIN queue q ON q.seq = k.seq");
-    tx.rows(&sql, &[])?
-        .iter()
-        .map(|r| decode(r, ctx))
-        .collect()
+    tx.rows(&sql, &[])?.iter().map(|r| decode(r, ctx)).collect()
 }
 
 /// The caller's own entry `seq`: the instant its place lapses, and when it

@@ -57,11 +57,7 @@ pub(crate) fn status(tx: &mut Tx<'_>, ctx: &Ctx<'_>, key: &Key) -> Result<KeySta
     Ok(locksmith_core::view::key_status(key, holders, waiters))
 }
 
-pub(crate) fn list(
-    tx: &mut Tx<'_>,
-    ctx: &Ctx<'_>,
-    f: &ListFilter,
-) -> Result<Vec<LockInfo>, Fail> {
+pub(crate) fn list(tx: &mut Tx<'_>, ctx: &Ctx<'_>, f: &ListFilter) -> Result<Vec<LockInfo>, Fail> {
     let mut w = Filter::default();
     if let Some(o) = &f.owner {
         w.add("owner = $", o.clone());

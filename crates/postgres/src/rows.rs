@@ -95,11 +95,7 @@ pub(crate) fn load_holds(
 /// Every hold that could bear on `key` with `scope`: the key itself, tree
 /// holds on its ancestors, and (for a tree claim) every hold below it; in
 /// one statement.
-pub(crate) fn holds_touching(
-    tx: &mut Tx<'_>,
-    key: &Key,
-    scope: Scope,
-) -> Result<Vec<Hold>, Fail> {
+pub(crate) fn holds_touching(tx: &mut Tx<'_>, key: &Key, scope: Scope) -> Result<Vec<Hold>, Fail> {
     let ancestors: Vec<&str> = key.ancestors();
     let (lo, hi) = match scope {
         Scope::Tree => key.descendant_range(),

@@ -98,7 +98,9 @@ pub struct SqliteNotifier {
 
 impl Notifier for SqliteNotifier {
     fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
-        Ok(Box::new(locksmith_host::wake::WakeSocket::bind(&self.store_id)?))
+        Ok(Box::new(locksmith_host::wake::WakeSocket::bind(
+            &self.store_id,
+        )?))
     }
 }
 

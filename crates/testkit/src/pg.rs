@@ -218,7 +218,17 @@ impl PgServer {
     /// Runs `psql -c sql` against the server's `postgres` database.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.url, "-c", sql])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url,
+                "-c",
+                sql,
+            ])
             .output()
             .map_err(|e| format!("psql: {e}"))?;
         match out.status.success() {
@@ -239,7 +249,11 @@ impl PgServer {
 
     /// Starts a server stopped by [`PgServer::crash`] again (recovery runs).
     pub fn restart(&self) -> Result<(), String> {
-        let dir = self.data.parent().unwrap_or(Path::new("/tmp")).to_path_buf();
+        let dir = self
+            .data
+            .parent()
+            .unwrap_or(Path::new("/tmp"))
+            .to_path_buf();
         let opts = vec![
             "listen_addresses=127.0.0.1".to_string(),
             format!("unix_socket_directories={}", dir.display()),
@@ -324,7 +338,10 @@ impl Bouncer {
         );
         std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").map_err(|e| e.to_string())?;
         std::fs::write(dir.join("pgbouncer.ini"), ini).map_err(|e| e.to_string())?;
-        let run = format!("{program} -d {}", quote(&dir.join("pgbouncer.ini").to_string_lossy()));
+        let run = format!(
+            "{program} -d {}",
+            quote(&dir.join("pgbouncer.ini").to_string_lossy())
+        );
         let run = match server.as_postgres {
             true => {
                 Command::new("chown")

@@ -11,16 +11,14 @@ use crate::{Ctx, Failure};
 /// Configure it in the agent as {"command": "locksmith", "args": ["mcp"]}.
 /// Tools: acquire, release, renew, status, list, history; resources:
 /// locksmith://locks and locksmith://locks/KEY. The session's locks are
-/// renewed while it lives and end with it: on the embedded store at once
-/// when this process dies, on a server when their lease runs out. Owner:
+/// renewed while it lives and end with it: on the embedded store (and on
+/// PostgreSQL, for holders on this machine) at once when this process dies,
+/// on a server when their lease runs out. The store is --store or
+/// $LOCKSMITH_STORE, a server --server. Owner:
 /// $LOCKSMITH_OWNER, else the agent's name plus a session id. See
 /// docs/agents.md.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The store: `sqlite:` (the embedded file of $LOCKSMITH_HOME) or
-    /// `sqlite:///path/to/locksmith.db`. Use --server URL for a server.
-    #[arg(long, value_name = "URL", env = "LOCKSMITH_STORE")]
-    store: Option<String>,
     /// Lease of the session's locks, renewed while the session lives; on
     /// a server, how long the locks of a killed session stay.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
@@ -51,15 +49,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         keep_place: positive("keep-place", &a.keep_place)?,
     };
     locksmith_core::validate::check_ttl(Some(settings.ttl))?;
-    let opened = match (&ctx.server, &a.store) {
+    let opened = match (&ctx.server, &ctx.store) {
         (Some(_), Some(_)) => {
             return Err(Failure::new(
                 Code::Invalid,
                 "give --server or --store, not both",
             ));
-        }
-        (None, Some(url)) => {
-            crate::Opened::Local(Box::new(super::serve::open_store(ctx, Some(url))?))
         }
         _ => ctx.store()?,
     };

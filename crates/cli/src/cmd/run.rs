@@ -123,8 +123,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     // the life file, as with flock(1)). A server cannot watch a process on
     // this machine: there the lease alone ends a lock whose run was killed.
     let (bind, _life) = match &opened {
-        crate::Opened::Local(sqlite) => {
-            let (bind, file) = sqlite.bind_process_tree()?;
+        crate::Opened::Local(_) | crate::Opened::Postgres(_) => {
+            let (bind, file) = match &opened {
+                crate::Opened::Local(s) => s.bind_process_tree()?,
+                crate::Opened::Postgres(s) => s.bind_process_tree()?,
+                crate::Opened::Remote(_) => unreachable!("matched above"),
+            };
             let life = LifeFile {
                 path: bind.life_file.clone().map(PathBuf::from),
                 _file: file,

@@ -3,9 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use locksmith::SqliteStore;
 use locksmith_core::Code;
 use locksmith_core::time::parse_duration;
 use locksmith_server::{DEFAULT_PORT, Settings, State};
@@ -23,10 +21,6 @@ pub struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
     listen: String,
-    /// The store: `sqlite:` (the embedded file of $LOCKSMITH_HOME) or
-    /// `sqlite:///path/to/locksmith.db`.
-    #[arg(long, value_name = "URL", env = "LOCKSMITH_STORE")]
-    store: Option<String>,
     /// Listen on an address other than loopback without tokens: anyone who
     /// can reach it may take, release and force-release every lock.
     #[arg(long)]
@@ -84,7 +78,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     let sweep_every =
         parse_duration(&a.sweep_interval).map_err(|e| invalid("sweep-interval", e))?;
-    let store = open_store(ctx, a.store.as_deref())?;
+    // The server keeps its locks in the store; --server is for its clients.
+    let store = ctx.local()?;
+    let shown = ctx.store_shown();
     init_logs(&a.log_format, &a.log_level);
     let settings = Settings {
         poll_cap,
@@ -93,8 +89,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         tokens: Some(token_file),
         ..Settings::default()
     };
-    let notifier = Arc::new(store.notifier());
-    let state = State::new(Arc::new(store), notifier, settings).map_err(Failure::error)?;
+    let notifier = store.notifier();
+    let state = State::new(store.shared(), notifier, settings).map_err(Failure::error)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,6 +110,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         tracing::info!(
             event = "listening",
             address = %bound,
+            store = %shown,
             tokens = state.has_tokens(),
             insecure = a.insecure,
             "serving"
@@ -131,28 +128,6 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::error(format!("the server failed: {e}")))
     })
-}
-
-/// The embedded store of `--store`, else of the configuration.
-pub(crate) fn open_store(ctx: &Ctx, url: Option<&str>) -> Result<SqliteStore, Failure> {
-    let path = match url {
-        None | Some("sqlite:") | Some("sqlite://") => ctx.config.db_path(),
-        Some(u) => match u
-            .strip_prefix("sqlite://")
-            .or_else(|| u.strip_prefix("sqlite:"))
-        {
-            Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => {
-                return Err(Failure::new(
-                    Code::Invalid,
-                    format!(
-                        "--store {u:?}: the accepted stores are sqlite: (the embedded file) or sqlite:///path/to/locksmith.db"
-                    ),
-                ));
-            }
-        },
-    };
-    Ok(SqliteStore::open(&path, ctx.config.options()?)?)
 }
 
 fn init_logs(format: &str, level: &str) {

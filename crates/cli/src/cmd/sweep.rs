@@ -179,7 +179,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     log(
         "info",
-        json!({ "event": "started", "interval_ms": every.as_millis() as u64, "dry_run": a.dry_run, "store": ctx.config.db_path() }),
+        json!({ "event": "started", "interval_ms": every.as_millis() as u64, "dry_run": a.dry_run, "store": ctx.store_shown() }),
     );
     while !stop.load(Ordering::SeqCst) {
         match pass(ctx, &*store, a.dry_run) {

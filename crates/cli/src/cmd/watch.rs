@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use locksmith::remote::Watched;
+use locksmith_core::Event;
 use locksmith_core::store::HistoryFilter;
-use locksmith_core::{Event, Store};
 use serde_json::json;
 
 use crate::{Ctx, Failure, Opened};
@@ -83,7 +83,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     match ctx.store()? {
         Opened::Remote(http) => Ok(http.watch(a.prefix.as_deref(), a.after, &mut show)?),
-        Opened::Local(store) => {
+        store => {
             let mut last = match a.after {
                 Some(id) => id,
                 None => store
