@@ -175,3 +175,23 @@ pub fn observe(mut holds: Vec<Hold>, host: &HostFacts) -> Vec<Hold> {
     }
     holds
 }
+
+/// Whether a queued request recorded by `machine` for process `pid` no
+/// longer waits. Only on this machine (same kernel *and* host name, not
+/// another container sharing the kernel), where pids and wake sockets are
+/// comparable, and only when its wake socket is gone (a bound socket proves
+/// the waiter alive for one syscall): then its process is dead, or it is
+/// this very process, whose waiters keep their sockets for as long as they
+/// wait (an entry it could not take back while the store was unreachable).
+pub fn waiter_gone(
+    host: &HostFacts,
+    waker: &crate::wake::Waker,
+    machine: &str,
+    wake: &str,
+    pid: u32,
+    start: Option<u64>,
+) -> bool {
+    machine == host.machine
+        && !waker.bound(wake)
+        && (pid == std::process::id() || sys::process_alive(pid, start) == Some(false))
+}

@@ -365,6 +365,15 @@ impl Pool {
             let result = match result {
                 Ok(v) => match client.batch_execute("COMMIT") {
                     Ok(()) => Ok(v),
+                    // The connection broke during the commit: it may or may
+                    // not have happened, and nobody can tell until the
+                    // server answers again.
+                    Err(e) if !read && e.code().is_none() => {
+                        Err(Fail::Store(StoreError::Busy(format!(
+                            "the connection to PostgreSQL at {} broke while committing ({e}): the change may or may not have been made. A lock taken this way ends with its lease; give the request an id (request_id) to make a retry return the same grant",
+                            self.target.shown
+                        ))))
+                    }
                     Err(e) => Err(Fail::Db(e)),
                 },
                 Err(e) => {

@@ -3,7 +3,7 @@
 
 use locksmith_core::decide::Queued;
 use locksmith_core::{EventKind, Key, Mode, Mono, Scope, StoreError};
-use locksmith_host::sys;
+use locksmith_host::life::waiter_gone;
 use postgres::Row;
 use serde_json::json;
 
@@ -42,12 +42,16 @@ pub(crate) fn decode(r: &Row, ctx: &Ctx<'_>) -> Result<Queued, Fail> {
     let pid_start: Option<i64> = r.try_get(10)?;
     let alive_until = Mono(r.try_get::<_, i64>(11)?.max(0) as u64);
     let wake: String = r.try_get(5)?;
-    // As in the embedded store: a waiter on this machine whose wake socket
-    // is gone and whose process is dead holds nobody back.
+    // Only an entry that has not lapsed needs its process looked at.
     let gone = alive_until > ctx.now.mono
-        && machine == ctx.host.machine
-        && !ctx.waker.bound(&wake)
-        && sys::process_alive(pid as u32, pid_start.map(|s| s as u64)) == Some(false);
+        && waiter_gone(
+            ctx.host,
+            ctx.waker,
+            &machine,
+            &wake,
+            pid as u32,
+            pid_start.map(|s| s as u64),
+        );
     Ok(Queued {
         seq,
         priority: r.try_get(1)?,

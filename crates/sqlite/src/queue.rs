@@ -3,7 +3,7 @@
 
 use locksmith_core::decide::Queued;
 use locksmith_core::{EventKind, Key, Mode, Mono, Scope, StoreError};
-use locksmith_host::sys;
+use locksmith_host::life::waiter_gone;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde_json::json;
 
@@ -46,15 +46,16 @@ pub(crate) fn decode(r: &Row<'_>, ctx: &Ctx<'_>) -> Result<Queued, StoreError> {
     let pid_start: Option<i64> = r.get(10).map_err(map_err)?;
     let alive_until = Mono(r.get::<_, i64>(11).map_err(map_err)?.max(0) as u64);
     let wake: String = r.get(5).map_err(map_err)?;
-    // Only an entry that has not lapsed needs its process looked at. A bound
-    // wake socket proves its waiter alive for one syscall; only when it is
-    // not there do we look the process up, and only on the same kernel *and*
-    // host name (not another container sharing the kernel), where its pid
-    // and wake socket are comparable.
+    // Only an entry that has not lapsed needs its process looked at.
     let gone = alive_until > ctx.now.mono
-        && machine == ctx.host.machine
-        && !ctx.waker.bound(&wake)
-        && sys::process_alive(pid, pid_start.map(|s| s as u64)) == Some(false);
+        && waiter_gone(
+            ctx.host,
+            ctx.waker,
+            &machine,
+            &wake,
+            pid,
+            pid_start.map(|s| s as u64),
+        );
     Ok(Queued {
         seq,
         priority: r.get(1).map_err(map_err)?,

@@ -25,6 +25,7 @@ pub struct PgServer {
     bin: PathBuf,
     as_postgres: bool,
     keeper: Mutex<Option<Child>>,
+    retired: Mutex<Vec<Child>>,
 }
 
 /// The folder of PostgreSQL's programs: `pg_config --bindir`, else the
@@ -84,6 +85,7 @@ impl PgServer {
                 bin: bindir().unwrap_or_default(),
                 as_postgres: false,
                 keeper: Mutex::new(None),
+                retired: Mutex::new(Vec::new()),
             },
             _ => PgServer::start(&[]).expect("start a PostgreSQL server for the tests"),
         })
@@ -119,6 +121,7 @@ impl PgServer {
             bin,
             as_postgres,
             keeper: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
         };
         let out = server
             .command("initdb")
@@ -260,10 +263,13 @@ impl PgServer {
             "max_connections=300".into(),
             "fsync=off".into(),
         ];
-        // The old keeper's server is gone; closing its pipe removes nothing
-        // while the new one runs, so it is kept open and replaced.
+        // The old keeper's server is gone; it stays (pipe open) until the
+        // end, when it stops whatever runs in the folder and removes it.
         let old = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
-        std::mem::forget(old);
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(old);
         self.launch(&dir, &opts)
     }
 
@@ -284,7 +290,9 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let current = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        for mut child in current.into_iter().chain(retired) {
             if let Some(mut stdin) = child.stdin.take() {
                 let _ = stdin.write_all(b"stop\n");
             }

@@ -268,3 +268,53 @@ fn wait_until(env: &Env, url: &str, what: &str, cond: impl Fn(&serde_json::Value
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A client whose wall clock is an hour off (Debian's `faketime`) neither
+/// ends a lease early nor keeps one alive: leases run on the database's clock.
+#[test]
+fn a_client_an_hour_off_neither_expires_nor_extends_a_lease() {
+    let faked = Command::new("faketime")
+        .args(["-f", "+1h", "date", "+%s"])
+        .output()
+        .expect("faketime (apt-get install faketime)");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let shifted: u64 = String::from_utf8_lossy(&faked.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(shifted >= now + 3500, "faketime shifts the clock");
+    let (env, url) = pg_env();
+    let skewed = |offset: &str, owner: &str, args: &[&str]| {
+        let mut c = Command::new("faketime");
+        c.args(["-f", offset, env!("CARGO_BIN_EXE_locksmith")])
+            .args(args)
+            .env("LOCKSMITH_HOME", env.home.path())
+            .env("LOCKSMITH_STORE", &url)
+            .env("LOCKSMITH_OWNER", owner)
+            .stdin(std::process::Stdio::null());
+        c.output().unwrap()
+    };
+    let held = on(&env, &url, "steady", &["acquire", "k", "--ttl", "60s"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&held), 0, "{}", stderr(&held));
+    // An hour ahead: the 60 s lease is not over for it.
+    let ahead = skewed("+1h", "ahead", &["acquire", "k"]);
+    assert_eq!(code(&ahead), 3, "{}", stderr(&ahead));
+    let behind = skewed("-1h", "behind", &["acquire", "k"]);
+    assert_eq!(code(&behind), 3, "{}", stderr(&behind));
+    // A 2 s lease taken an hour ahead ends after 2 s, not after an hour.
+    let short = skewed("+1h", "ahead", &["acquire", "brief", "--ttl", "2s"]);
+    assert_eq!(code(&short), 0, "{}", stderr(&short));
+    let lease = json(&env, &url, "steady", &["status", "brief"]);
+    let left = lease["holders"][0]["expires_in"].as_u64().unwrap();
+    assert!(left <= 2_000, "lease left {left} ms");
+    std::thread::sleep(Duration::from_millis(2_300));
+    let next = on(&env, &url, "steady", &["acquire", "brief"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&next), 0, "{}", stderr(&next));
+}
