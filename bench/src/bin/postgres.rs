@@ -7,7 +7,7 @@
 //! ```text
 //! postgres [--secs 3] [--max-pairs 20000] [--clients 1,16]
 //!          [--handovers 1000] [--procs 8] [--hold-us 100]
-//!          [--scale 1000000] [--batch 500] [--sections pairs,handover,scale]
+//!          [--scale 1000000] [--batch 64] [--sections pairs,handover,scale]
 //! ```
 //!
 //! - `pairs`: acquire + release pairs per second and the latency of a pair.
@@ -620,7 +620,7 @@ fn handover(args: &Args, base: &str, dir: &Path) -> Result<(), String> {
 
 fn scale(args: &Args, base: &str) -> Result<(), String> {
     let total = args.num("scale", 1_000_000) as usize;
-    let batch = args.num("batch", 500).max(1) as usize;
+    let batch = args.num("batch", 64).max(1) as usize;
     let clients = 16usize;
     let url = schema_url(base, "bench_scale");
     {
@@ -669,7 +669,7 @@ fn scale(args: &Args, base: &str) -> Result<(), String> {
     let mut c = postgres::Client::connect(base, postgres::NoTls).map_err(|e| e.to_string())?;
     let mut size = |rel: &str| -> Result<i64, String> {
         c.query_one(
-            "SELECT pg_total_relation_size($1::regclass)",
+            "SELECT pg_total_relation_size($1::text::regclass)",
             &[&format!("bench_scale.{rel}")],
         )
         .and_then(|r| r.try_get(0))
@@ -678,15 +678,17 @@ fn scale(args: &Args, base: &str) -> Result<(), String> {
     let holds = size("holds")?;
     let events = size("events")?;
     let store = PgStore::open(&url, Options::default()).map_err(|e| e.to_string())?;
-    let key = Key::new("scale/07/031337").unwrap();
+    let key = Key::new(format!("scale/07/{:06}", per_client / 2)).unwrap();
     let (status_ns, st) = median_of(21, || store.status(&key));
     let st = st.map_err(|e| e.to_string())?;
     if st.holders.len() != 1 {
         return Err("status did not find the held key".into());
     }
+    // 100 keys when each client holds at least 200.
+    let prefix = format!("scale/03/{:04}", per_client / 200);
     let (list_ns, listed) = median_of(21, || {
         store.list(&ListFilter {
-            prefix: Some("scale/03/0001".into()),
+            prefix: Some(prefix.clone()),
             ..ListFilter::default()
         })
     });

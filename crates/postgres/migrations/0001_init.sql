@@ -12,6 +12,7 @@ CREATE TABLE meta (
 -- Fences: unique across the store and never reused. A sequence is not
 -- rolled back and is logged ahead of its use; CACHE 1 keeps every session
 -- drawing from the same counter, so a later draw is always a larger number.
+-- Numbers drawn for a request that is not granted are left unused.
 CREATE SEQUENCE fences AS BIGINT MINVALUE 1 CACHE 1 NO CYCLE;
 
 -- One row per held key. A grant of several keys has several rows sharing
@@ -93,3 +94,6 @@ CREATE TABLE events (
 );
 CREATE INDEX events_by_key ON events (key, id);
 CREATE INDEX events_by_grant ON events (grant_id) WHERE grant_id IS NOT NULL;
+-- The last fence issued (the sequence also counts numbers drawn for
+-- requests that were not granted).
+CREATE INDEX events_fences ON events (fence) WHERE kind = 'acquired';

@@ -149,12 +149,13 @@ pub(crate) fn run(
     }
 }
 
-/// Issues fences, writes the holds and their events, in one statement.
+/// Writes the holds and their events, in one statement.
 ///
-/// The fences come from the store's sequence, drawn while this transaction
-/// holds the locks of every key it conflicts with: a conflicting grant
-/// committed before drew its numbers before ours, and one that comes after
-/// cannot draw until we commit.
+/// The fences come from the store's sequence, drawn (with the key locks, in
+/// [`crate::conn::Tx::lock`]) while this transaction holds the locks of
+/// every key it conflicts with: a conflicting grant committed before drew
+/// its numbers before ours, and one that comes after cannot draw until we
+/// commit.
 fn grant(
     tx: &mut Tx<'_>,
     ctx: &Ctx<'_>,
@@ -164,17 +165,12 @@ fn grant(
     let detail = waited.map(|w| json!({ "waited_ms": w.as_millis() as u64 }).to_string());
     let now = ctx.now;
     let n = req.keys.len() as i64;
-    let fences: Vec<i64> = tx
-        .rows(
-            "SELECT nextval('fences') FROM generate_series(1, $1::int8)",
-            &[&n],
-        )?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    let mut fences = fences;
-    fences.sort_unstable();
-    let first = fences[0];
+    let fences: Vec<i64> = ctx.fences.iter().copied().take(req.keys.len()).collect();
+    let Some(&first) = fences.first().filter(|_| fences.len() == req.keys.len()) else {
+        return Err(Fail::Store(StoreError::backend(
+            "no fences were drawn for this grant",
+        )));
+    };
     let handle = locksmith_host::new_handle(first);
     let secret = handle.secret().to_string();
     let expires = req.ttl.map(|t| now.mono.plus(t));

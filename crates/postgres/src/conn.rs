@@ -22,30 +22,75 @@ pub(crate) trait Arg {
     fn sql(&self) -> &(dyn ToSql + Sync);
     /// Its type.
     fn ty(&self) -> Type;
+    /// The value as an SQL literal of its type.
+    fn literal(&self) -> Result<String, Fail>;
 }
 
 /// Rust types with one PostgreSQL type.
 pub(crate) trait Typed: ToSql + Sync {
     fn pg() -> Type;
+    /// The value as an SQL literal (without its type).
+    fn lit(&self) -> Result<String, Fail>;
+}
+
+/// Text as a standard SQL string literal (`standard_conforming_strings`
+/// is on in every transaction: only the quote is doubled). Text with a NUL
+/// character cannot be stored in PostgreSQL and is refused.
+fn quote(s: &str) -> Result<String, Fail> {
+    if s.contains('\0') {
+        return Err(Fail::Store(StoreError::Invalid(
+            "text with a NUL character cannot be stored".into(),
+        )));
+    }
+    Ok(format!("'{}'", s.replace('\'', "''")))
 }
 
 macro_rules! typed {
-    ($($t:ty => $pg:ident),* $(,)?) => {
+    ($($t:ty => $pg:ident, $v:ident => $lit:expr);* $(;)?) => {
         $(impl Typed for $t {
             fn pg() -> Type {
                 Type::$pg
+            }
+            fn lit(&self) -> Result<String, Fail> {
+                let $v = self;
+                $lit
             }
         })*
     };
 }
 
-typed!(i64 => INT8, i32 => INT4, bool => BOOL, String => TEXT, &str => TEXT,
-    Vec<i64> => INT8_ARRAY, Vec<i32> => INT4_ARRAY, Vec<bool> => BOOL_ARRAY,
-    Vec<String> => TEXT_ARRAY, Vec<&str> => TEXT_ARRAY);
+typed!(
+    i64 => INT8, v => Ok(v.to_string());
+    i32 => INT4, v => Ok(v.to_string());
+    bool => BOOL, v => Ok(v.to_string());
+    String => TEXT, v => quote(v);
+    &str => TEXT, v => quote(v);
+);
+
+impl<T: Typed> Typed for Vec<T> {
+    fn pg() -> Type {
+        match T::pg() {
+            Type::INT8 => Type::INT8_ARRAY,
+            Type::INT4 => Type::INT4_ARRAY,
+            Type::BOOL => Type::BOOL_ARRAY,
+            _ => Type::TEXT_ARRAY,
+        }
+    }
+    fn lit(&self) -> Result<String, Fail> {
+        let items: Vec<String> = self.iter().map(Typed::lit).collect::<Result<_, _>>()?;
+        Ok(format!("ARRAY[{}]::{}[]", items.join(","), T::pg().name()))
+    }
+}
 
 impl<T: Typed> Typed for Option<T> {
     fn pg() -> Type {
         T::pg()
+    }
+    fn lit(&self) -> Result<String, Fail> {
+        match self {
+            Some(v) => v.lit(),
+            None => Ok("NULL".into()),
+        }
     }
 }
 
@@ -55,6 +100,9 @@ impl<T: Typed> Arg for T {
     }
     fn ty(&self) -> Type {
         T::pg()
+    }
+    fn literal(&self) -> Result<String, Fail> {
+        Ok(format!("({})::{}", self.lit()?, Self::pg().name()))
     }
 }
 
@@ -254,6 +302,8 @@ fn retryable(e: &postgres::Error) -> bool {
 pub(crate) enum Fail {
     Store(StoreError),
     Db(postgres::Error),
+    /// The batch that ended with `COMMIT` failed.
+    Commit(postgres::Error),
 }
 
 impl From<StoreError> for Fail {
@@ -344,46 +394,43 @@ impl Pool {
     ) -> Result<T, StoreError> {
         let mut client = self.take()?;
         let mut tries = 0;
-        let out = loop {
-            tries += 1;
-            let begin = match read {
+        let begin = format!(
+            "{}; SET LOCAL search_path TO {}; SET LOCAL standard_conforming_strings TO on;",
+            match read {
                 true => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
                 false => "BEGIN",
-            };
-            let begun = client.batch_execute(&format!(
-                "{begin}; SET LOCAL search_path TO {}",
-                self.target.schema
-            ));
-            if let Err(e) = begun {
-                break Err(Fail::Db(e));
-            }
+            },
+            self.target.schema
+        );
+        let out = loop {
+            tries += 1;
             let mut tx = Tx {
                 c: &mut client,
                 shown: &self.target.shown,
+                begin: &begin,
+                pending: String::new(),
+                sent: false,
             };
-            let result = f(&mut tx);
+            let result = f(&mut tx).and_then(|v| tx.commit().map(|()| v));
+            let sent = tx.sent;
+            if result.is_err() && sent {
+                let _ = client.batch_execute("ROLLBACK");
+            }
             let result = match result {
-                Ok(v) => match client.batch_execute("COMMIT") {
-                    Ok(()) => Ok(v),
-                    // The connection broke during the commit: it may or may
-                    // not have happened, and nobody can tell until the
-                    // server answers again.
-                    Err(e) if !read && e.code().is_none() => {
-                        Err(Fail::Store(StoreError::Busy(format!(
-                            "the connection to PostgreSQL at {} broke while committing ({e}): the change may or may not have been made. A lock taken this way ends with its lease; give the request an id (request_id) to make a retry return the same grant",
-                            self.target.shown
-                        ))))
-                    }
-                    Err(e) => Err(Fail::Db(e)),
-                },
-                Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK");
-                    Err(e)
+                // The connection broke during the commit: it may or may not
+                // have happened, and nobody can tell until the server
+                // answers again.
+                Err(Fail::Commit(e)) if !read && e.code().is_none() => {
+                    Err(Fail::Store(StoreError::Busy(format!(
+                        "the connection to PostgreSQL at {} broke while committing ({e}): the change may or may not have been made. A lock taken this way ends with its lease; give the request an id (request_id) to make a retry return the same grant",
+                        self.target.shown
+                    ))))
                 }
+                Err(Fail::Commit(e)) => Err(Fail::Db(e)),
+                other => other,
             };
             match result {
                 Err(Fail::Db(e)) if retryable(&e) && tries < 20 => {
-                    let _ = client.batch_execute("ROLLBACK");
                     std::thread::sleep(Duration::from_micros(200 * tries));
                 }
                 other => break other,
@@ -392,15 +439,24 @@ impl Pool {
         self.give_back(Some(client));
         out.map_err(|e| match e {
             Fail::Store(e) => e,
-            Fail::Db(e) => map_err(e, &self.target.shown),
+            Fail::Db(e) | Fail::Commit(e) => map_err(e, &self.target.shown),
         })
     }
 }
 
-/// One open transaction.
+/// One transaction. Statements without results are kept and sent with the
+/// next statement that reads, or with `COMMIT`, in one round trip (as
+/// literals, in the simple query protocol); `BEGIN` goes with the key locks
+/// or with the first of them.
 pub(crate) struct Tx<'c> {
     c: &'c mut Client,
     shown: &'c str,
+    /// `BEGIN …; SET LOCAL …;`
+    begin: &'c str,
+    /// Statements kept for the next round trip (`BEGIN` first until sent).
+    pending: String,
+    /// Whether `BEGIN` has gone to the server.
+    sent: bool,
 }
 
 fn params<'a>(args: &'a [&'a dyn Arg]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
@@ -408,26 +464,61 @@ fn params<'a>(args: &'a [&'a dyn Arg]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
 }
 
 impl Tx<'_> {
+    /// Opens the transaction in the kept statements, once.
+    fn open(&mut self) {
+        if !self.sent && !self.pending.starts_with(self.begin) {
+            self.pending.insert_str(0, self.begin);
+        }
+    }
+    /// Sends the kept statements, if any.
+    fn flush(&mut self) -> Result<(), Fail> {
+        if !self.pending.is_empty() {
+            let sql = std::mem::take(&mut self.pending);
+            self.c.batch_execute(&sql)?;
+            self.sent = true;
+        }
+        Ok(())
+    }
+    fn commit(&mut self) -> Result<(), Fail> {
+        if !self.sent && self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut sql = std::mem::take(&mut self.pending);
+        sql.push_str("COMMIT");
+        self.sent = true;
+        self.c.batch_execute(&sql).map_err(Fail::Commit)
+    }
     /// The rows of one statement.
     pub fn rows(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<Row>, Fail> {
+        self.open();
+        self.flush()?;
         Ok(self.c.query_typed(sql, &params(args))?)
     }
     /// The first row of one statement, if any.
     pub fn opt(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Option<Row>, Fail> {
+        self.open();
+        self.flush()?;
         Ok(self.c.query_typed_opt(sql, &params(args))?)
     }
     /// The one row of one statement.
     pub fn one(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Row, Fail> {
+        self.open();
+        self.flush()?;
         Ok(self.c.query_typed_one(sql, &params(args))?)
     }
-    /// Runs one statement.
+    /// Keeps one statement without results for the next round trip.
     pub fn exec(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<(), Fail> {
-        self.c.query_typed(sql, &params(args))?;
+        self.open();
+        self.pending.push_str(&render(sql, args)?);
+        self.pending.push_str(";\n");
         Ok(())
     }
-    /// Runs statements without arguments.
+    /// Keeps statements without arguments for the next round trip.
     pub fn batch(&mut self, sql: &str) -> Result<(), Fail> {
-        Ok(self.c.batch_execute(sql)?)
+        self.open();
+        self.pending.push_str(sql);
+        self.pending.push_str(";\n");
+        Ok(())
     }
     /// Where the store is, for messages.
     pub fn shown(&self) -> &str {
@@ -436,10 +527,17 @@ impl Tx<'_> {
 
     /// Takes the transaction's key locks for `claims` (exclusive on each
     /// key, shared on its ancestors), in one order for every transaction so
-    /// that they never wait on each other in a circle, and then reads the
-    /// database's clock: after the locks, so that the instant is later than
-    /// every change this transaction can see.
-    pub fn lock(&mut self, ns: i32, claims: &[(Key, Scope)]) -> Result<Now, Fail> {
+    /// that they never wait on each other in a circle; then reads the
+    /// database's clock, after the locks, so that the instant is later than
+    /// every change this transaction can see; then draws `fences` fences,
+    /// also under the locks. One round trip, with `BEGIN` and whatever
+    /// statements were kept.
+    pub fn lock(
+        &mut self,
+        ns: i32,
+        claims: &[(Key, Scope)],
+        fences: usize,
+    ) -> Result<Locked, Fail> {
         let mut ids: BTreeMap<i32, bool> = BTreeMap::new();
         for (key, _) in claims {
             ids.insert(lock_id(key.as_str()), true);
@@ -449,17 +547,61 @@ impl Tx<'_> {
                 ids.entry(lock_id(anc)).or_insert(false);
             }
         }
-        let keys: Vec<i32> = ids.keys().copied().collect();
-        let shared: Vec<bool> = ids.values().map(|x| !x).collect();
-        let row = self.one(
-            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8
-               FROM (SELECT count(CASE WHEN s THEN pg_advisory_xact_lock_shared($1, k)
-                                       ELSE pg_advisory_xact_lock($1, k) END) AS n
-                       FROM unnest($2::int4[], $3::bool[]) AS u(k, s)) AS l
-              WHERE l.n >= 0",
-            &[&ns, &keys, &shared],
-        )?;
-        Ok(now_from(row.try_get(0)?))
+        self.open();
+        let mut sql = std::mem::take(&mut self.pending);
+        for (id, exclusive) in &ids {
+            let f = match exclusive {
+                true => "pg_advisory_xact_lock",
+                false => "pg_advisory_xact_lock_shared",
+            };
+            sql.push_str(&format!("SELECT {f}({ns}, {id});\n"));
+        }
+        sql.push_str(
+            "SELECT 'c', (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text;\n",
+        );
+        sql.push_str("SELECT 'q', (EXISTS (SELECT 1 FROM queue))::int::text;\n");
+        if fences > 0 {
+            sql.push_str(&format!(
+                "SELECT 'f', nextval('fences')::text FROM generate_series(1, {fences});\n"
+            ));
+        }
+        let answer = self.c.simple_query(&sql)?;
+        self.sent = true;
+        let mut now = None;
+        let mut queued = true;
+        let mut drawn = Vec::with_capacity(fences);
+        for m in answer {
+            if let postgres::SimpleQueryMessage::Row(r) = m {
+                // The lock statements answer one column, the others two.
+                let value = r.try_get(1).ok().flatten();
+                let value = value.and_then(|v| v.parse::<i64>().ok());
+                match (r.try_get(0).ok().flatten(), value) {
+                    (Some("c"), Some(v)) => now = Some(now_from(v)),
+                    (Some("q"), Some(v)) => queued = v != 0,
+                    (Some("f"), Some(v)) => drawn.push(v),
+                    _ => {}
+                }
+            }
+        }
+        let now = now.ok_or_else(|| {
+            Fail::Store(StoreError::backend(format!(
+                "PostgreSQL at {} did not tell the time",
+                self.shown
+            )))
+        })?;
+        if drawn.len() != fences {
+            return Err(Fail::Store(StoreError::backend(format!(
+                "PostgreSQL at {} drew {} fences of {fences}",
+                self.shown,
+                drawn.len()
+            ))));
+        }
+        drawn.sort_unstable();
+        Ok(Locked {
+            now,
+            fences: drawn,
+            queue_empty: !queued,
+        })
     }
 
     /// The lock that orders every wait that checks the waiters' graph for
@@ -472,14 +614,64 @@ impl Tx<'_> {
         )
     }
 
-    /// The database's clock, without locks (reads).
-    pub fn now(&mut self) -> Result<Now, Fail> {
-        let row = self.one(
-            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
-            &[],
-        )?;
-        Ok(now_from(row.try_get(0)?))
+    /// Takes the key locks of more claims, later in the transaction (the
+    /// other keys of a grant named by one of them). Not in the one order of
+    /// [`Tx::lock`]: PostgreSQL breaks a circle of such waits, and the
+    /// transaction runs again.
+    pub fn lock_more(&mut self, ns: i32, claims: &[(Key, Scope)]) -> Result<(), Fail> {
+        self.lock(ns, claims, 0).map(|_| ())
     }
+
+    /// Opens a read transaction and reads the database's clock, in one
+    /// round trip.
+    pub fn now(&mut self) -> Result<Now, Fail> {
+        Ok(self.lock(0, &[], 0)?.now)
+    }
+}
+
+/// What [`Tx::lock`] learnt.
+pub(crate) struct Locked {
+    /// The database's clock after the locks.
+    pub now: Now,
+    /// The fences drawn, ascending.
+    pub fences: Vec<i64>,
+    /// Nothing was queued, anywhere. Waiters join the queue only under the
+    /// locks of their keys, so none can join on the locked keys until this
+    /// transaction ends.
+    pub queue_empty: bool,
+}
+
+/// `sql` with each `$N` replaced by the literal of `args[N - 1]`.
+fn render(sql: &str, args: &[&dyn Arg]) -> Result<String, Fail> {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut chars = sql.char_indices().peekable();
+    let mut quoted = false;
+    while let Some((_, c)) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c != '$' || quoted {
+            out.push(c);
+            continue;
+        }
+        let mut n = 0usize;
+        let mut digits = 0;
+        while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+            n = n * 10 + (d as usize - '0' as usize);
+            digits += 1;
+            chars.next();
+        }
+        match (digits, args.get(n.wrapping_sub(1))) {
+            (0, _) => out.push('$'),
+            (_, Some(a)) => out.push_str(&a.literal()?),
+            (_, None) => {
+                return Err(Fail::Store(StoreError::backend(format!(
+                    "statement argument ${n} is missing"
+                ))));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The database's clock: microseconds since the epoch serve as the

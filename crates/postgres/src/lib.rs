@@ -91,6 +91,10 @@ pub(crate) struct Ctx<'a> {
     pub host: &'a HostFacts,
     pub waker: &'a Waker,
     pub ns: i32,
+    /// Fences drawn under the key locks, for a grant.
+    pub fences: Vec<i64>,
+    /// Nothing was queued when the key locks were taken.
+    pub queue_empty: bool,
 }
 
 impl Ctx<'_> {
@@ -189,29 +193,33 @@ impl PgStore {
         })
     }
 
-    fn ctx(&self, now: Now) -> Ctx<'_> {
+    fn ctx(&self, locked: conn::Locked) -> Ctx<'_> {
         Ctx {
-            now: self.clock.as_ref().map_or(now, |c| c.now()),
+            now: self.clock.as_ref().map_or(locked.now, |c| c.now()),
             opts: &self.opts,
             host: &self.host,
             waker: &self.waker,
             ns: self.ns,
+            fences: locked.fences,
+            queue_empty: locked.queue_empty,
         }
     }
 
     /// Runs `f` in one write transaction holding the key locks of `claims`
-    /// (read by `pre` first when given), commits it, and wakes the waiters
+    /// (which may read inside the transaction first), and `fences` fences
+    /// drawn under them; commits it, and wakes the waiters
     /// it named: by NOTIFY inside the transaction (sent on commit), and
     /// directly on this machine after it.
     fn write<T>(
         &self,
         claims: &Claims<'_>,
+        fences: usize,
         mut f: impl FnMut(&mut Tx<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), Fail>,
     ) -> Result<T, StoreError> {
         let (out, wakes) = self.pool.run(false, |tx| {
             let claims = claims(tx)?;
-            let now = tx.lock(self.ns, &claims)?;
-            let ctx = self.ctx(now);
+            let locked = tx.lock(self.ns, &claims, fences)?;
+            let ctx = self.ctx(locked);
             let (out, wakes) = f(tx, &ctx)?;
             if !wakes.is_empty() {
                 listen::notify(tx, &self.host.machine, &wakes)?;
@@ -231,7 +239,11 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         self.pool.run(true, |tx| {
             let now = tx.now()?;
-            let ctx = self.ctx(now);
+            let ctx = self.ctx(conn::Locked {
+                now,
+                fences: Vec::new(),
+                queue_empty: false,
+            });
             f(tx, &ctx)
         })
     }
@@ -264,7 +276,9 @@ impl Store for PgStore {
         let claims = claims_of(req);
         let start = queue.as_ref().map(|t| (**t).clone());
         let mut kept: Option<Ticket> = None;
-        let result = self.write(&|_| Ok(claims.clone()), |tx, ctx| {
+        // Fences are drawn with the locks, in the same round trip; a request
+        // that is not granted leaves a gap, never a number used twice.
+        let result = self.write(&|_| Ok(claims.clone()), req.keys.len(), |tx, ctx| {
             // A transaction run again starts from the ticket as given.
             let mut ticket = start.clone();
             let out = acquire::run(tx, ctx, req, ticket.as_mut())?;
@@ -283,7 +297,7 @@ impl Store for PgStore {
             LeaveReason::TimedOut => EventKind::WaitTimedOut,
             LeaveReason::Cancelled => EventKind::WaitCancelled,
         };
-        self.write(&|tx| queue::keys_of(tx, seq), |tx, ctx| {
+        self.write(&|tx| queue::keys_of(tx, seq), 0, |tx, ctx| {
             let keys = queue::leave(tx, ctx, seq, kind)?;
             Ok(((), acquire::wake_list(tx, ctx, keys)?))
         })
@@ -291,21 +305,24 @@ impl Store for PgStore {
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
         self.write(
-            &|tx| Ok(ops::claims_of(&ops::named(tx, target)?, &target.key)),
+            &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
+            0,
             |tx, ctx| Ok((ops::renew(tx, ctx, target, ttl)?, Vec::new())),
         )
     }
 
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
         self.write(
-            &|tx| Ok(ops::claims_of(&ops::named(tx, target)?, &target.key)),
+            &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
+            0,
             |tx, ctx| ops::release(tx, ctx, target, reason, false),
         )
     }
 
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
         self.write(
-            &|tx| Ok(ops::claims_of(&ops::named(tx, target)?, &target.key)),
+            &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
+            0,
             |tx, ctx| ops::release(tx, ctx, target, reason, true),
         )
     }
@@ -317,7 +334,7 @@ impl Store for PgStore {
         by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
-        self.write(&|_| Ok(vec![(key.clone(), Scope::Key)]), |tx, ctx| {
+        self.write(&|_| Ok(vec![(key.clone(), Scope::Key)]), 0, |tx, ctx| {
             ops::force_release(tx, ctx, key, why, by, seen)
         })
     }
@@ -344,12 +361,14 @@ impl Store for PgStore {
 
     fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError> {
         let claims: Vec<(Key, Scope)> = batch.iter().map(|r| (r.key.clone(), Scope::Key)).collect();
-        self.write(&|_| Ok(claims.clone()), |tx, ctx| ops::reap(tx, ctx, batch))
+        self.write(&|_| Ok(claims.clone()), 0, |tx, ctx| {
+            ops::reap(tx, ctx, batch)
+        })
     }
 
     /// Also removes this machine's life files of processes proven dead.
     fn prune_history(&self) -> Result<usize, StoreError> {
-        let pruned = self.write(&|_| Ok(Vec::new()), |tx, ctx| {
+        let pruned = self.write(&|_| Ok(Vec::new()), 0, |tx, ctx| {
             Ok((read::prune_history(tx, ctx)?, Vec::new()))
         })?;
         life::tidy(&self.life_dir());

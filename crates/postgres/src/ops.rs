@@ -23,7 +23,7 @@ impl History<'_, '_> {
     fn store(&self, e: Fail) -> StoreError {
         match e {
             Fail::Store(e) => e,
-            Fail::Db(e) => map_err(e, self.0.shown()),
+            Fail::Db(e) | Fail::Commit(e) => map_err(e, self.0.shown()),
         }
     }
 }
@@ -83,7 +83,7 @@ impl Ledger for History<'_, '_> {
 }
 
 /// The holds a target names.
-pub(crate) fn named(tx: &mut Tx<'_>, target: &Target) -> Result<Vec<Hold>, Fail> {
+fn named(tx: &mut Tx<'_>, target: &Target) -> Result<Vec<Hold>, Fail> {
     match tenure::named(target)? {
         Named::Grant(grant, key) => load_holds(
             tx,
@@ -98,14 +98,22 @@ pub(crate) fn named(tx: &mut Tx<'_>, target: &Target) -> Result<Vec<Hold>, Fail>
     }
 }
 
-/// The key locks a target needs: its own key, and every key of the holds
-/// it names (read before the locks; a grant's keys never change).
-pub(crate) fn claims_of(rows: &[Hold], key: &Key) -> Vec<(Key, Scope)> {
-    let mut claims = vec![(key.clone(), Scope::Key)];
-    for r in rows {
-        claims.push((r.lock.key.clone(), r.lock.scope));
+/// The holds a target names, once the transaction also holds the key
+/// locks of the grant's other keys (it holds the target key's already).
+/// A grant's keys never change; holds of them may only end meanwhile, so
+/// they are read again under the locks.
+fn named_locked(tx: &mut Tx<'_>, ctx: &Ctx<'_>, target: &Target) -> Result<Vec<Hold>, Fail> {
+    let rows = named(tx, target)?;
+    let more: Vec<(Key, Scope)> = rows
+        .iter()
+        .filter(|r| r.lock.key != target.key)
+        .map(|r| (r.lock.key.clone(), r.lock.scope))
+        .collect();
+    if more.is_empty() {
+        return Ok(rows);
     }
-    claims
+    tx.lock_more(ctx.ns, &more)?;
+    named(tx, target)
 }
 
 /// Extends every lock of the caller's grant.
@@ -116,7 +124,7 @@ pub(crate) fn renew(
     ttl: Option<Duration>,
 ) -> Result<Renewal, Fail> {
     let now = ctx.now;
-    let rows = named(tx, target)?;
+    let rows = named_locked(tx, ctx, target)?;
     let plan = tenure::renew(target, rows.clone(), ttl, now, &mut History(&mut *tx))?;
     apply_endings(tx, now, &rows, plan.end)?;
     for ext in &plan.extend {
@@ -156,7 +164,7 @@ pub(crate) fn release(
     reason: ReleaseReason,
     whole_grant: bool,
 ) -> Result<(Release, Vec<String>), Fail> {
-    let rows = named(tx, target)?;
+    let rows = named_locked(tx, ctx, target)?;
     let plan = tenure::release(
         target,
         rows.clone(),

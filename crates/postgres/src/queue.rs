@@ -75,6 +75,9 @@ pub(crate) fn touching(
     scope: Scope,
     out: &mut Vec<Queued>,
 ) -> Result<(), Fail> {
+    if ctx.queue_empty {
+        return Ok(());
+    }
     let ancestors: Vec<&str> = key.ancestors();
     let (lo, hi) = match scope {
         Scope::Tree => key.descendant_range(),

@@ -236,7 +236,9 @@ pub(crate) fn stats(tx: &mut Tx<'_>, ctx: &Ctx<'_>) -> Result<Stats, Fail> {
         .len() as u64;
     let last_fence: i64 = tx
         .one(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM fences",
+            "SELECT coalesce(greatest(
+                 (SELECT max(fence) FROM events WHERE kind = 'acquired'),
+                 (SELECT max(fence) FROM holds)), 0)",
             &[],
         )?
         .try_get(0)?;
