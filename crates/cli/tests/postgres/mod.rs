@@ -318,3 +318,51 @@ fn a_client_an_hour_off_neither_expires_nor_extends_a_lease() {
         .unwrap();
     assert_eq!(code(&next), 0, "{}", stderr(&next));
 }
+
+/// Two `locksmith serve` processes on one PostgreSQL store are one service:
+/// a lock taken through one is busy through the other, and a waiter parked
+/// in one is handed the lock the moment it is released through the other.
+#[test]
+fn two_servers_on_one_postgres_store_are_one_service() {
+    let (env, url) = pg_env();
+    let a = crate::server::Served::start(&env, &["--store", &url]);
+    let b = crate::server::Served::start(&env, &["--store", &url]);
+    let client = Env::new();
+    let run = |s: &crate::server::Served, owner: &str, args: &[&str]| {
+        s.cmd(&client, args)
+            .env("LOCKSMITH_OWNER", owner)
+            .output()
+            .unwrap()
+    };
+    let got = run(&a, "agent-a", &["acquire", "shared/k", "--ttl", "60s"]);
+    assert_eq!(code(&got), 0, "{}", stderr(&got));
+    let busy = run(&b, "agent-b", &["acquire", "shared/k"]);
+    assert_eq!(code(&busy), 3, "{}", stderr(&busy));
+    assert!(stderr(&busy).contains("agent-a"), "{}", stderr(&busy));
+    let waiter = b
+        .cmd(&client, &["acquire", "shared/k", "--wait", "20s", "--json"])
+        .env("LOCKSMITH_OWNER", "agent-c")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(&a, "watcher", &["list", "--waiting", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v.as_array().is_some_and(|w| !w.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let released = Instant::now();
+    let out = run(&a, "agent-a", &["release", "shared/k"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = waiter.wait_with_output().unwrap();
+    let took = released.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(took < Duration::from_secs(2), "handed over after {took:?}");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["owner"], "agent-c");
+}

@@ -53,7 +53,7 @@ impl Served {
 
     /// `locksmith ARGS` against this server, from a folder of its own (so
     /// that nothing can reach the server's file but the server).
-    fn cmd(&self, client: &Env, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, client: &Env, args: &[&str]) -> Command {
         let mut c = client.cmd(args);
         c.env("LOCKSMITH_SERVER", &self.url);
         c

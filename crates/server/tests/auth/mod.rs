@@ -168,7 +168,7 @@ fn every_route_by_every_role() {
     );
     assert_eq!(status, 200, "{body}");
     let forced = locksmith_core::Store::history(
-        &*server.sqlite,
+        &*server.store,
         &locksmith_core::store::HistoryFilter {
             kind: Some(locksmith_core::EventKind::Forced),
             ..Default::default()

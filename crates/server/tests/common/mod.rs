@@ -1,11 +1,13 @@
-//! A real server on a loopback port, over a fresh embedded store, on its
-//! own runtime thread; stopped (as by SIGTERM) when dropped.
+//! A real server on a loopback port, over a fresh embedded store (or a
+//! fresh PostgreSQL schema), on its own runtime thread; stopped (as by
+//! SIGTERM) when dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use locksmith_core::{Clock, ManualClock, Notifier};
+use locksmith_core::{Clock, ManualClock, Notifier, Store};
+use locksmith_postgres::{Options as PgOptions, PgStore};
 use locksmith_remote::HttpStore;
 use locksmith_server::{Settings, State};
 use locksmith_sqlite::{Options, SqliteStore};
@@ -17,7 +19,9 @@ pub struct Server {
     pub addr: SocketAddr,
     pub url: String,
     pub state: Arc<State>,
-    pub sqlite: Arc<SqliteStore>,
+    /// The store behind the server, and its wake-ups.
+    pub store: Arc<dyn Store>,
+    pub notifier: Arc<dyn Notifier>,
     pub clock: Option<ManualClock>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -37,6 +41,21 @@ impl Server {
         Server::start(None, settings)
     }
 
+    /// A server over a fresh schema of the tests' PostgreSQL, on a
+    /// hand-driven clock.
+    #[allow(dead_code)]
+    pub fn start_postgres_manual() -> Server {
+        let clock = ManualClock::new();
+        let url = locksmith_testkit::pg::PgServer::shared().fresh_schema_url();
+        let c: Arc<dyn Clock> = Arc::new(clock.clone());
+        let pg = PgStore::open_with_clock(&url, PgOptions::default(), c)
+            .expect("open a fresh PostgreSQL store");
+        let pg = Arc::new(pg);
+        let notifier: Arc<dyn Notifier> = Arc::new(pg.notifier());
+        let dir = tempfile::tempdir().expect("temp dir");
+        Server::serve(pg, notifier, Some(clock), Settings::default(), dir)
+    }
+
     fn start(clock: Option<ManualClock>, settings: Settings) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("locksmith.db");
@@ -50,7 +69,17 @@ impl Server {
         .expect("open a fresh store");
         let sqlite = Arc::new(sqlite);
         let notifier: Arc<dyn Notifier> = Arc::new(sqlite.notifier());
-        let state = State::new(sqlite.clone(), notifier, settings).expect("server state");
+        Server::serve(sqlite, notifier, clock, settings, dir)
+    }
+
+    fn serve(
+        store: Arc<dyn Store>,
+        notifier: Arc<dyn Notifier>,
+        clock: Option<ManualClock>,
+        settings: Settings,
+        dir: TempDir,
+    ) -> Server {
+        let state = State::new(store.clone(), notifier.clone(), settings).expect("server state");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -71,7 +100,8 @@ impl Server {
             addr,
             url: format!("http://{addr}"),
             state,
-            sqlite,
+            store,
+            notifier,
             clock,
             stop: Some(stop),
             thread: Some(thread),
@@ -88,7 +118,7 @@ impl Server {
     /// wake-ups (waiters in the suite keep theirs alive), the clock.
     pub fn harness(self) -> Harness {
         let store = Arc::new(self.client());
-        let notifier: Arc<dyn Notifier> = Arc::new(self.sqlite.notifier());
+        let notifier = self.notifier.clone();
         let clock = self.clock.clone().expect("a server on a manual clock");
         Harness::new(store, notifier, clock).keeping(self)
     }

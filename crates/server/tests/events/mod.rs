@@ -165,7 +165,7 @@ fn a_pruned_id_gets_a_reset() {
         .unwrap()
         .advance(Duration::from_secs(31 * 24 * 3600));
     store.acquire(&request("A", &["new"]), None).unwrap();
-    assert!(server.sqlite.prune_history().unwrap() >= 1);
+    assert!(server.store.prune_history().unwrap() >= 1);
     let mut sub = Subscriber::open(server.addr, "/v1/events", Some(first));
     let (_, name, data) = sub.event();
     assert_eq!(

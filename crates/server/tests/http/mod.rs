@@ -487,7 +487,7 @@ fn stopping_answers_every_waiter_and_finishes() {
     );
     assert!(
         server
-            .sqlite
+            .store
             .waiters(&ListFilter::default())
             .unwrap()
             .is_empty(),
