@@ -63,8 +63,11 @@ pub(crate) fn ensure(target: &Target, machine: &str) {
 /// Listens forever, reconnecting after a second when the connection drops.
 fn listen(target: &Target, own: &str) {
     let waker = Waker::new();
+    // Named, so that an administrator (and a test) can tell it apart.
+    let mut target = target.clone();
+    target.config.application_name("locksmith-listen");
     loop {
-        if let Ok(mut client) = crate::conn::connect(target, Duration::from_secs(10))
+        if let Ok(mut client) = crate::conn::connect(&target, Duration::from_secs(10))
             && client.batch_execute(&format!("LISTEN {CHANNEL}")).is_ok()
         {
             loop {

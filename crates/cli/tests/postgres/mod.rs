@@ -160,6 +160,14 @@ fn a_dead_or_hung_server_and_a_wrong_database_fail_clearly_and_soon() {
     let out = env.run(&["--store", &format!("{base}/no_such_db"), "list"]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("createdb"), "{}", stderr(&out));
+    let nobody = base.replacen("postgres@", "nobody@", 1);
+    let out = env.run(&["--store", &format!("{nobody}/postgres"), "list"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("refused the login"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A name no other test uses.
