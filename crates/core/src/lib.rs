@@ -6,6 +6,7 @@
 //! environment or a random source: time is always an argument.
 
 pub mod decide;
+pub mod flow;
 pub mod key;
 pub mod local;
 pub mod model;

@@ -1,153 +1,13 @@
-//! The acquire transaction: load the snapshot the rules ask for, call
-//! [`locksmith_core::decide`], write the decision. Also whom to wake after a
-//! change. No lock rule lives here. The caller holds the key locks of the
-//! request (see [`crate::conn::Tx::lock`]).
+//! The write of a grant: the holds and their `acquired` events, with the
+//! fences drawn under the key locks. The steps of an acquire are
+//! [`locksmith_core::flow::acquire`].
 
-use std::collections::HashSet;
-
-use locksmith_core::decide::{self, Decision, Need, Outcome, Queued, Snapshot, Step};
-use locksmith_core::store::{GrantedLock, Ticket};
-use locksmith_core::{
-    AcquireRequest, Attempt, EventKind, Fence, Grant, HeldLock, Hold, Key, Scope, StoreError,
-};
+use locksmith_core::store::GrantedLock;
+use locksmith_core::{AcquireRequest, Fence, Grant, StoreError};
 use serde_json::json;
 
 use crate::Ctx;
 use crate::conn::{Fail, Tx};
-use crate::queue;
-use crate::rows::{self, NewEvent, apply_endings, holds_touching, record};
-use locksmith_host::life::observe;
-
-/// The holds bearing on each of `claims`, each once.
-fn holds_of(
-    tx: &mut Tx<'_>,
-    claims: impl IntoIterator<Item = (Key, Scope)>,
-) -> Result<Vec<Hold>, Fail> {
-    let mut seen: HashSet<(Key, Fence)> = HashSet::new();
-    let mut done: HashSet<(Key, Scope)> = HashSet::new();
-    let mut out = Vec::new();
-    for (key, scope) in claims {
-        if !done.insert((key.clone(), scope)) {
-            continue;
-        }
-        for h in holds_touching(tx, &key, scope)? {
-            if seen.insert((h.lock.key.clone(), h.lock.fence)) {
-                out.push(h);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Loads what the rules need for `req`, asking again until they decide.
-fn decide(
-    tx: &mut Tx<'_>,
-    ctx: &Ctx<'_>,
-    req: &AcquireRequest,
-    ticket: Option<&Ticket>,
-) -> Result<(Snapshot, Decision, Option<locksmith_core::Mono>), Fail> {
-    let mut snap = Snapshot::default();
-    let mut since = None;
-    if let Some(seq) = ticket.and_then(|t| t.seq)
-        && let Some((alive_until, joined)) = queue::own(tx, seq)?
-    {
-        snap.own = Some((seq, alive_until));
-        since = Some(joined);
-    }
-    if let Some(rid) = &req.request_id {
-        let rows = rows::load_holds(
-            tx,
-            "request_id = $1 AND owner = $2 ORDER BY fence",
-            &[rid, &req.holder.owner],
-        )?;
-        snap.replay = observe(rows, ctx.host);
-    }
-    let claims = req.keys.iter().map(|k| (k.clone(), req.scope));
-    snap.holds = observe(holds_of(tx, claims)?, ctx.host);
-    for key in &req.keys {
-        queue::touching(tx, ctx, key, req.scope, &mut snap.queue)?;
-    }
-    loop {
-        match decide::decide(&snap, req, ticket.is_some(), ctx.now, ctx.policy())? {
-            Step::Need(Need::Waiting) => {
-                tx.lock_graph(ctx.ns)?;
-                snap.waiting = Some(queue::all(tx, ctx)?);
-            }
-            Step::Need(Need::WaiterHolds) => {
-                let waiting = snap.waiting.as_deref().unwrap_or_default();
-                let claims: Vec<_> = waiting.iter().map(|q| (q.key.clone(), q.scope)).collect();
-                let holds = holds_of(tx, claims)?;
-                snap.waiter_holds = Some(holds.into_iter().map(|h| h.lock).collect());
-            }
-            Step::Done(d) => return Ok((snap, d, since)),
-        }
-    }
-}
-
-/// One acquire attempt inside the caller's transaction. The inner result
-/// carries a refusal that must still be committed (its history event).
-pub(crate) fn run(
-    tx: &mut Tx<'_>,
-    ctx: &Ctx<'_>,
-    req: &AcquireRequest,
-    mut ticket: Option<&mut Ticket>,
-) -> Result<Result<Attempt, StoreError>, Fail> {
-    let now = ctx.now;
-    let (snap, decision, since) = decide(tx, ctx, req, ticket.as_deref())?;
-    // How long a queued request waited, kept with its grant for `stats`.
-    let waited = match decision.outcome {
-        Outcome::Grant => since.map(|s| now.mono.since(s)),
-        _ => None,
-    };
-    apply_endings(tx, now, &snap.holds, decision.end)?;
-    for seq in decision.drop {
-        queue::drop_entry(tx, seq)?;
-    }
-    match decision.outcome {
-        Outcome::Replay => Ok(Ok(Attempt::Granted(decide::replayed_grant(
-            &snap.replay,
-            req,
-            now,
-        )))),
-        Outcome::Grant => Ok(Ok(Attempt::Granted(grant(tx, ctx, req, waited)?))),
-        Outcome::Busy(blocked) => Ok(Ok(Attempt::Blocked(blocked))),
-        Outcome::Queue { seq, blocked } => {
-            let ticket = ticket
-                .as_deref_mut()
-                .expect("the rules queue only a request that waits");
-            let alive_until = now.mono.plus(decide::QUEUE_PLACE);
-            let seq = match seq {
-                Some(seq) => {
-                    queue::refresh(tx, seq, alive_until)?;
-                    seq
-                }
-                None => queue::enqueue(tx, ctx, req, &ticket.wake, alive_until)?,
-            };
-            ticket.seq = Some(seq);
-            Ok(Ok(Attempt::Blocked(blocked)))
-        }
-        Outcome::Deadlock { key, cycle } => {
-            if let Some(t) = ticket {
-                t.seq = None;
-            }
-            record(
-                tx,
-                now,
-                NewEvent {
-                    key: key.as_str(),
-                    kind: EventKind::DeadlockRefused,
-                    owner: &req.holder.owner,
-                    task: req.holder.task.as_deref(),
-                    fence: None,
-                    grant: None,
-                    reason: None,
-                    detail: Some(json!({ "cycle": cycle })),
-                },
-            )?;
-            Ok(Err(StoreError::Deadlock { key, cycle }))
-        }
-    }
-}
 
 /// Writes the holds and their events, in one statement.
 ///
@@ -156,7 +16,7 @@ pub(crate) fn run(
 /// every key it conflicts with: a conflicting grant committed before drew
 /// its numbers before ours, and one that comes after cannot draw until we
 /// commit.
-fn grant(
+pub(crate) fn grant(
     tx: &mut Tx<'_>,
     ctx: &Ctx<'_>,
     req: &AcquireRequest,
@@ -234,38 +94,4 @@ fn grant(
         ttl: req.ttl,
         replayed: false,
     })
-}
-
-/// The wake addresses of queued requests that a change on each of `keys`
-/// may have made grantable (the rules decide which); entries that no longer
-/// count are removed on the way.
-pub(crate) fn wake_list(
-    tx: &mut Tx<'_>,
-    ctx: &Ctx<'_>,
-    keys: impl IntoIterator<Item = (Key, Scope)>,
-) -> Result<Vec<String>, Fail> {
-    let mut wakes = Vec::new();
-    let mut done = HashSet::new();
-    for (key, scope) in keys {
-        if !done.insert((key.clone(), scope)) {
-            continue;
-        }
-        let mut entries: Vec<Queued> = Vec::new();
-        queue::touching(tx, ctx, &key, scope, &mut entries)?;
-        if entries.is_empty() {
-            continue;
-        }
-        let claims: Vec<_> = entries.iter().map(|e| (e.key.clone(), e.scope)).collect();
-        let holds: Vec<HeldLock> = holds_of(tx, claims)?.into_iter().map(|h| h.lock).collect();
-        let (found, drop) = decide::grantable(&entries, &holds, ctx.now.mono);
-        for seq in drop {
-            queue::drop_entry(tx, seq)?;
-        }
-        for w in found {
-            if !wakes.contains(&w) {
-                wakes.push(w);
-            }
-        }
-    }
-    Ok(wakes)
 }

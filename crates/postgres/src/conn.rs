@@ -289,10 +289,18 @@ pub(crate) fn map_err(e: postgres::Error, target: &str) -> StoreError {
 }
 
 /// True for the failures after which the transaction certainly rolled back
-/// and may simply run again.
-fn retryable(e: &postgres::Error) -> bool {
+/// and may simply run again: a serialization failure or a deadlock that
+/// PostgreSQL broke, also when it reached us as a store error.
+fn retryable(e: &Fail) -> bool {
+    let db = match e {
+        Fail::Db(e) => Some(e),
+        Fail::Store(StoreError::Backend {
+            source: Some(s), ..
+        }) => s.downcast_ref::<postgres::Error>(),
+        _ => None,
+    };
     matches!(
-        e.code(),
+        db.and_then(|e| e.code()),
         Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
     )
 }
@@ -430,7 +438,7 @@ impl Pool {
                 other => other,
             };
             match result {
-                Err(Fail::Db(e)) if retryable(&e) && tries < 20 => {
+                Err(e) if retryable(&e) && tries < 20 => {
                     std::thread::sleep(Duration::from_micros(200 * tries));
                 }
                 other => break other,

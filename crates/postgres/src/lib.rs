@@ -16,17 +16,18 @@
 mod acquire;
 mod conn;
 mod listen;
-mod ops;
 mod queue;
 mod read;
 mod rows;
 mod schema;
+mod tables;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use locksmith_core::decide::Policy;
+use locksmith_core::flow;
 use locksmith_core::store::{
     AcquireRequest, Attempt, HistoryFilter, KeyStatus, LeaveReason, ListFilter, LockInfo, Release,
     Renewal, Stats, Target, Ticket, WaiterInfo,
@@ -41,6 +42,7 @@ use locksmith_host::wake::{WakeSocket, Waker};
 
 pub use conn::redact;
 use conn::{Fail, Pool, Tx};
+use tables::Tables;
 
 /// Settings of the PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -281,7 +283,7 @@ impl Store for PgStore {
         let result = self.write(&|_| Ok(claims.clone()), req.keys.len(), |tx, ctx| {
             // A transaction run again starts from the ticket as given.
             let mut ticket = start.clone();
-            let out = acquire::run(tx, ctx, req, ticket.as_mut())?;
+            let out = flow::acquire(&mut Tables { tx, ctx }, req, ticket.as_mut())?;
             kept = ticket;
             Ok((out, Vec::new()))
         })?;
@@ -299,7 +301,7 @@ impl Store for PgStore {
         };
         self.write(&|tx| queue::keys_of(tx, seq), 0, |tx, ctx| {
             let keys = queue::leave(tx, ctx, seq, kind)?;
-            Ok(((), acquire::wake_list(tx, ctx, keys)?))
+            Ok(((), flow::wake_list(&mut Tables { tx, ctx }, keys)?))
         })
     }
 
@@ -307,7 +309,12 @@ impl Store for PgStore {
         self.write(
             &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
             0,
-            |tx, ctx| Ok((ops::renew(tx, ctx, target, ttl)?, Vec::new())),
+            |tx, ctx| {
+                Ok((
+                    flow::renew(&mut Tables { tx, ctx }, target, ttl)?,
+                    Vec::new(),
+                ))
+            },
         )
     }
 
@@ -315,7 +322,14 @@ impl Store for PgStore {
         self.write(
             &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
             0,
-            |tx, ctx| ops::release(tx, ctx, target, reason, false),
+            |tx, ctx| {
+                Ok(flow::release(
+                    &mut Tables { tx, ctx },
+                    target,
+                    reason,
+                    false,
+                )?)
+            },
         )
     }
 
@@ -323,7 +337,14 @@ impl Store for PgStore {
         self.write(
             &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
             0,
-            |tx, ctx| ops::release(tx, ctx, target, reason, true),
+            |tx, ctx| {
+                Ok(flow::release(
+                    &mut Tables { tx, ctx },
+                    target,
+                    reason,
+                    true,
+                )?)
+            },
         )
     }
 
@@ -335,7 +356,13 @@ impl Store for PgStore {
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
         self.write(&|_| Ok(vec![(key.clone(), Scope::Key)]), 0, |tx, ctx| {
-            ops::force_release(tx, ctx, key, why, by, seen)
+            Ok(flow::force_release(
+                &mut Tables { tx, ctx },
+                key,
+                why,
+                by,
+                seen,
+            )?)
         })
     }
 
@@ -362,7 +389,7 @@ impl Store for PgStore {
     fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError> {
         let claims: Vec<(Key, Scope)> = batch.iter().map(|r| (r.key.clone(), Scope::Key)).collect();
         self.write(&|_| Ok(claims.clone()), 0, |tx, ctx| {
-            ops::reap(tx, ctx, batch)
+            Ok(flow::reap(&mut Tables { tx, ctx }, batch)?)
         })
     }
 

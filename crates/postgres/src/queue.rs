@@ -9,7 +9,8 @@ use serde_json::json;
 
 use crate::Ctx;
 use crate::conn::{Fail, Tx};
-use crate::rows::{NewEvent, record};
+use crate::rows::record;
+use locksmith_core::flow::NewEvent;
 
 /// Columns every queue query selects first, in the order [`decode`] reads
 /// them (from `queue q` joined to `queue_keys k`); a query may select more

@@ -12,17 +12,18 @@
 mod acquire;
 mod gate;
 mod open;
-mod ops;
 mod queue;
 mod read;
 mod retention;
 mod rows;
+mod tables;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use locksmith_core::decide::Policy;
+use locksmith_core::flow;
 use locksmith_core::store::{
     AcquireRequest, Attempt, HistoryFilter, KeyStatus, LeaveReason, ListFilter, LockInfo, Release,
     Renewal, Stats, Target, Ticket, WaiterInfo,
@@ -34,6 +35,8 @@ use locksmith_core::{
 };
 use locksmith_host::SystemClock;
 use rusqlite::{Connection, TransactionBehavior};
+
+use tables::Tables;
 
 pub use open::{FsKind, classify_fs};
 
@@ -255,7 +258,10 @@ impl Store for SqliteStore {
         validate::request(req)?;
         // An acquire never frees capacity for others (what it ends by itself,
         // waiters find by their own re-check), so it wakes nobody.
-        self.write(|tx, ctx| Ok((acquire::run(tx, ctx, req, queue)?, Vec::new())))?
+        self.write(|tx, ctx| {
+            let attempt = flow::acquire(&mut Tables { tx, ctx }, req, queue)?;
+            Ok((attempt, Vec::new()))
+        })?
     }
 
     fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
@@ -266,20 +272,23 @@ impl Store for SqliteStore {
         };
         self.write(|tx, ctx| {
             let keys = queue::leave(tx, ctx, seq, kind)?;
-            Ok(((), acquire::wake_list(tx, ctx, keys)?))
+            Ok(((), flow::wake_list(&mut Tables { tx, ctx }, keys)?))
         })
     }
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
-        self.write(|tx, ctx| Ok((ops::renew(tx, ctx, target, ttl)?, Vec::new())))
+        self.write(|tx, ctx| {
+            let renewal = flow::renew(&mut Tables { tx, ctx }, target, ttl)?;
+            Ok((renewal, Vec::new()))
+        })
     }
 
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write(|tx, ctx| ops::release(tx, ctx, target, reason, false))
+        self.write(|tx, ctx| flow::release(&mut Tables { tx, ctx }, target, reason, false))
     }
 
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write(|tx, ctx| ops::release(tx, ctx, target, reason, true))
+        self.write(|tx, ctx| flow::release(&mut Tables { tx, ctx }, target, reason, true))
     }
 
     fn force_release_seen(
@@ -289,7 +298,7 @@ impl Store for SqliteStore {
         by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
-        self.write(|tx, ctx| ops::force_release(tx, ctx, key, why, by, seen))
+        self.write(|tx, ctx| flow::force_release(&mut Tables { tx, ctx }, key, why, by, seen))
     }
 
     fn status(&self, key: &Key) -> Result<KeyStatus, StoreError> {
@@ -313,7 +322,7 @@ impl Store for SqliteStore {
     }
 
     fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError> {
-        self.write(|tx, ctx| ops::reap(tx, ctx, batch))
+        self.write(|tx, ctx| flow::reap(&mut Tables { tx, ctx }, batch))
     }
 
     /// Also removes the life files of processes proven dead (see `locksmith_host::life::tidy`).

@@ -9,7 +9,8 @@ use serde_json::json;
 
 use crate::Ctx;
 use crate::open::map_err;
-use crate::rows::{NewEvent, record};
+use crate::rows::record;
+use locksmith_core::flow::NewEvent;
 
 /// Columns every queue query selects first, in the order [`decode`] reads
 /// them (from `queue q` joined to `queue_keys k`); a query may select more
@@ -148,26 +149,16 @@ pub(crate) fn all(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, St
     Ok(out)
 }
 
-/// The caller's own entry `seq`, with the instant its place lapses.
-pub(crate) fn own(tx: &Transaction<'_>, seq: i64) -> Result<Option<(i64, Mono)>, StoreError> {
-    let alive_until: Option<i64> = tx
-        .prepare_cached("SELECT alive_until FROM queue WHERE seq = ?1")
+/// The caller's own entry `seq`: the instant its place lapses, and when it
+/// joined the queue.
+pub(crate) fn own(tx: &Transaction<'_>, seq: i64) -> Result<Option<(Mono, Mono)>, StoreError> {
+    let row: Option<(i64, i64)> = tx
+        .prepare_cached("SELECT alive_until, since_mono FROM queue WHERE seq = ?1")
         .map_err(map_err)?
-        .query_row([seq], |r| r.get(0))
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(map_err)?;
-    Ok(alive_until.map(|t| (seq, Mono(t.max(0) as u64))))
-}
-
-/// When entry `seq` joined the queue.
-pub(crate) fn since(tx: &Transaction<'_>, seq: i64) -> Result<Option<Mono>, StoreError> {
-    let since: Option<i64> = tx
-        .prepare_cached("SELECT since_mono FROM queue WHERE seq = ?1")
-        .map_err(map_err)?
-        .query_row([seq], |r| r.get(0))
-        .optional()
-        .map_err(map_err)?;
-    Ok(since.map(|t| Mono(t.max(0) as u64)))
+    Ok(row.map(|(a, s)| (Mono(a.max(0) as u64), Mono(s.max(0) as u64))))
 }
 
 /// Removes queue entry `seq` (its keys go with it).

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use locksmith_core::decide::Ending;
+use locksmith_core::flow::NewEvent;
 use locksmith_core::{
-    Binding, EventKind, Fence, HeldLock, Hold, Holder, Key, Mode, Mono, Now, ReleaseReason, Scope,
-    StoreError, Wall,
+    Binding, Fence, HeldLock, Hold, Holder, Key, Mode, Mono, Now, ReleaseReason, Scope, StoreError,
+    Wall,
 };
 pub(crate) use locksmith_host::life::{HostFacts, observe};
 use rusqlite::{Row, Transaction, params};
@@ -111,34 +111,6 @@ pub(crate) fn holds_touching(
     Ok(out)
 }
 
-/// One history line.
-pub(crate) struct NewEvent<'a> {
-    pub key: &'a str,
-    pub kind: EventKind,
-    pub owner: &'a str,
-    pub task: Option<&'a str>,
-    pub fence: Option<Fence>,
-    pub grant: Option<i64>,
-    pub reason: Option<ReleaseReason>,
-    pub detail: Option<serde_json::Value>,
-}
-
-impl<'a> NewEvent<'a> {
-    /// An event about a held tenure.
-    pub fn about(lock: &'a HeldLock, kind: EventKind, reason: Option<ReleaseReason>) -> Self {
-        NewEvent {
-            key: lock.key.as_str(),
-            kind,
-            owner: &lock.holder.owner,
-            task: lock.holder.task.as_deref(),
-            fence: Some(lock.fence),
-            grant: Some(lock.grant),
-            reason,
-            detail: None,
-        }
-    }
-}
-
 pub(crate) fn record(tx: &Transaction<'_>, now: Now, e: NewEvent<'_>) -> Result<(), StoreError> {
     let mut stmt = tx
         .prepare_cached(
@@ -182,23 +154,4 @@ pub(crate) fn end_hold(
     let mut e = NewEvent::about(lock, reason.event_kind(), Some(reason));
     e.detail = detail;
     record(tx, now, e)
-}
-
-/// Writes the endings the rules decided, each about one of `holds`.
-pub(crate) fn apply_endings(
-    tx: &Transaction<'_>,
-    now: Now,
-    holds: &[Hold],
-    endings: Vec<Ending>,
-) -> Result<(), StoreError> {
-    for e in endings {
-        let Some(h) = holds
-            .iter()
-            .find(|h| h.lock.key == e.key && h.lock.fence == e.fence)
-        else {
-            continue;
-        };
-        end_hold(tx, now, &h.lock, e.reason, e.detail)?;
-    }
-    Ok(())
 }

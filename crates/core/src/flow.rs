@@ -1,0 +1,377 @@
+//! The steps of every store call, once for all stores: what to load, in
+//! which order, which rule to ask ([`crate::decide`], [`crate::tenure`]),
+//! and what to write. A store implements [`Tables`] over its own
+//! transaction (the SQL of its database, the facts of its host) and runs
+//! these functions inside it; no store sequences a call by itself.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::decide::{self, Decision, Need, Outcome, Policy, Queued, Snapshot, Step};
+use crate::key::Key;
+use crate::model::{EventKind, Fence, HeldLock, Hold, ReleaseReason, Scope};
+use crate::store::{
+    AcquireRequest, Attempt, Grant, LockInfo, Release, Renewal, StoreError, Target, Ticket,
+};
+use crate::tenure::{self, Extension, Ledger, Reap};
+use crate::time::{Mono, Now};
+use crate::validate;
+
+/// One history line, as a store writes it.
+#[derive(Clone, Debug)]
+pub struct NewEvent<'a> {
+    /// The key (the first key of a request of several).
+    pub key: &'a str,
+    /// What happened.
+    pub kind: EventKind,
+    /// Who.
+    pub owner: &'a str,
+    /// The task, if any.
+    pub task: Option<&'a str>,
+    /// The fence of the tenure, if it is about one.
+    pub fence: Option<Fence>,
+    /// The grant, if it is about one.
+    pub grant: Option<i64>,
+    /// Why a tenure ended.
+    pub reason: Option<ReleaseReason>,
+    /// More, as JSON.
+    pub detail: Option<serde_json::Value>,
+}
+
+impl<'a> NewEvent<'a> {
+    /// An event about a held tenure.
+    pub fn about(lock: &'a HeldLock, kind: EventKind, reason: Option<ReleaseReason>) -> Self {
+        NewEvent {
+            key: lock.key.as_str(),
+            kind,
+            owner: &lock.holder.owner,
+            task: lock.holder.task.as_deref(),
+            fence: Some(lock.fence),
+            grant: Some(lock.grant),
+            reason,
+            detail: None,
+        }
+    }
+}
+
+/// A store's tables inside one transaction, in domain terms: the loads the
+/// rules ask for (holds with the liveness this host can tell) and the
+/// writes they decide.
+pub trait Tables: Ledger {
+    /// The instant of the transaction.
+    fn now(&self) -> Now;
+    /// The store settings the rules read.
+    fn policy(&self) -> Policy;
+    /// Every hold that could bear on `key` with `scope` (the key, tree holds
+    /// on its ancestors, and for a tree every hold below it).
+    fn holds_touching(&mut self, key: &Key, scope: Scope) -> Result<Vec<Hold>, StoreError>;
+    /// The holds granted under `request_id` to `owner`, fence order.
+    fn holds_of_request(&mut self, request_id: &str, owner: &str) -> Result<Vec<Hold>, StoreError>;
+    /// The holds a renew or release names (see [`tenure::named`]), fence
+    /// order, with whatever the store must hold to change them.
+    fn holds_named(&mut self, target: &Target) -> Result<Vec<Hold>, StoreError>;
+    /// The holds on exactly `key`, fence order.
+    fn holds_on(&mut self, key: &Key) -> Result<Vec<Hold>, StoreError>;
+    /// The hold of `key` with `fence`, if it is still there.
+    fn hold(&mut self, key: &Key, fence: Fence) -> Result<Option<Hold>, StoreError>;
+    /// Queue entries that bear on `key` with `scope`, appended to `out`.
+    fn queue_touching(
+        &mut self,
+        key: &Key,
+        scope: Scope,
+        out: &mut Vec<Queued>,
+    ) -> Result<(), StoreError>;
+    /// Every queue entry, for the deadlock search.
+    fn queue_all(&mut self) -> Result<Vec<Queued>, StoreError>;
+    /// The caller's own entry `seq`: when its place lapses, when it joined.
+    fn queue_own(&mut self, seq: i64) -> Result<Option<(Mono, Mono)>, StoreError>;
+    /// Removes queue entry `seq`.
+    fn drop_entry(&mut self, seq: i64) -> Result<(), StoreError>;
+    /// Keeps entry `seq` alive until `until`.
+    fn refresh_entry(&mut self, seq: i64, until: Mono) -> Result<(), StoreError>;
+    /// Adds `req` at the back of the queue (and records `waiting`); its seq.
+    fn enqueue(&mut self, req: &AcquireRequest, wake: &str, until: Mono)
+    -> Result<i64, StoreError>;
+    /// Issues fences and writes the holds of `req` with their `acquired`
+    /// events (`waited`: how long it waited in the queue).
+    fn write_grant(
+        &mut self,
+        req: &AcquireRequest,
+        waited: Option<Duration>,
+    ) -> Result<Grant, StoreError>;
+    /// Extends one tenure as a renewal decided.
+    fn extend(&mut self, ext: &Extension) -> Result<(), StoreError>;
+    /// Deletes a hold and records how it ended.
+    fn end_hold(
+        &mut self,
+        lock: &HeldLock,
+        reason: ReleaseReason,
+        detail: Option<serde_json::Value>,
+    ) -> Result<(), StoreError>;
+    /// Writes one history line.
+    fn record(&mut self, event: NewEvent<'_>) -> Result<(), StoreError>;
+}
+
+/// The holds bearing on each of `claims`, each once.
+fn holds_of(
+    t: &mut dyn Tables,
+    claims: impl IntoIterator<Item = (Key, Scope)>,
+) -> Result<Vec<Hold>, StoreError> {
+    let mut seen: HashSet<(Key, Fence)> = HashSet::new();
+    let mut done: HashSet<(Key, Scope)> = HashSet::new();
+    let mut out = Vec::new();
+    for (key, scope) in claims {
+        if !done.insert((key.clone(), scope)) {
+            continue;
+        }
+        for h in t.holds_touching(&key, scope)? {
+            if seen.insert((h.lock.key.clone(), h.lock.fence)) {
+                out.push(h);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Loads what the rules need for `req`, asking again until they decide;
+/// also answers when the caller's queue entry joined.
+fn decide(
+    t: &mut dyn Tables,
+    req: &AcquireRequest,
+    ticket: Option<&Ticket>,
+) -> Result<(Snapshot, Decision, Option<Mono>), StoreError> {
+    let mut snap = Snapshot::default();
+    let mut joined = None;
+    if let Some(seq) = ticket.and_then(|t| t.seq)
+        && let Some((alive_until, since)) = t.queue_own(seq)?
+    {
+        snap.own = Some((seq, alive_until));
+        joined = Some(since);
+    }
+    if let Some(rid) = &req.request_id {
+        snap.replay = t.holds_of_request(rid, &req.holder.owner)?;
+    }
+    let claims = req.keys.iter().map(|k| (k.clone(), req.scope));
+    snap.holds = holds_of(t, claims)?;
+    for key in &req.keys {
+        t.queue_touching(key, req.scope, &mut snap.queue)?;
+    }
+    loop {
+        match decide::decide(&snap, req, ticket.is_some(), t.now(), t.policy())? {
+            Step::Need(Need::Waiting) => snap.waiting = Some(t.queue_all()?),
+            Step::Need(Need::WaiterHolds) => {
+                let waiting = snap.waiting.as_deref().unwrap_or_default();
+                let claims: Vec<_> = waiting.iter().map(|q| (q.key.clone(), q.scope)).collect();
+                let holds = holds_of(t, claims)?;
+                snap.waiter_holds = Some(holds.into_iter().map(|h| h.lock).collect());
+            }
+            Step::Done(d) => return Ok((snap, d, joined)),
+        }
+    }
+}
+
+/// Writes the endings the rules decided, each about one of `holds`.
+fn apply_endings(
+    t: &mut dyn Tables,
+    holds: &[Hold],
+    endings: Vec<decide::Ending>,
+) -> Result<(), StoreError> {
+    for e in endings {
+        let Some(h) = holds
+            .iter()
+            .find(|h| h.lock.key == e.key && h.lock.fence == e.fence)
+        else {
+            continue;
+        };
+        t.end_hold(&h.lock, e.reason, e.detail)?;
+    }
+    Ok(())
+}
+
+/// One acquire attempt inside the store's transaction. The inner result
+/// carries a refusal that must still be committed (its history event).
+pub fn acquire(
+    t: &mut dyn Tables,
+    req: &AcquireRequest,
+    mut ticket: Option<&mut Ticket>,
+) -> Result<Result<Attempt, StoreError>, StoreError> {
+    let now = t.now();
+    let (snap, decision, joined) = decide(t, req, ticket.as_deref())?;
+    // How long a queued request waited, kept with its grant for `stats`.
+    let waited = match decision.outcome {
+        Outcome::Grant => joined.map(|j| now.mono.since(j)),
+        _ => None,
+    };
+    apply_endings(t, &snap.holds, decision.end)?;
+    for seq in decision.drop {
+        t.drop_entry(seq)?;
+    }
+    match decision.outcome {
+        Outcome::Replay => Ok(Ok(Attempt::Granted(decide::replayed_grant(
+            &snap.replay,
+            req,
+            now,
+        )))),
+        Outcome::Grant => Ok(Ok(Attempt::Granted(t.write_grant(req, waited)?))),
+        Outcome::Busy(blocked) => Ok(Ok(Attempt::Blocked(blocked))),
+        Outcome::Queue { seq, blocked } => {
+            let ticket = ticket
+                .as_deref_mut()
+                .expect("the rules queue only a request that waits");
+            let alive_until = now.mono.plus(decide::QUEUE_PLACE);
+            let seq = match seq {
+                Some(seq) => {
+                    t.refresh_entry(seq, alive_until)?;
+                    seq
+                }
+                None => t.enqueue(req, &ticket.wake, alive_until)?,
+            };
+            ticket.seq = Some(seq);
+            Ok(Ok(Attempt::Blocked(blocked)))
+        }
+        Outcome::Deadlock { key, cycle } => {
+            if let Some(t) = ticket {
+                t.seq = None;
+            }
+            t.record(NewEvent {
+                key: key.as_str(),
+                kind: EventKind::DeadlockRefused,
+                owner: &req.holder.owner,
+                task: req.holder.task.as_deref(),
+                fence: None,
+                grant: None,
+                reason: None,
+                detail: Some(json!({ "cycle": cycle })),
+            })?;
+            Ok(Err(StoreError::Deadlock { key, cycle }))
+        }
+    }
+}
+
+/// The wake addresses of queued requests that a change on each of `keys`
+/// may have made grantable (the rules decide which); entries that no longer
+/// count are removed on the way.
+pub fn wake_list(
+    t: &mut dyn Tables,
+    keys: impl IntoIterator<Item = (Key, Scope)>,
+) -> Result<Vec<String>, StoreError> {
+    let mut wakes = Vec::new();
+    let mut done = HashSet::new();
+    for (key, scope) in keys {
+        if !done.insert((key.clone(), scope)) {
+            continue;
+        }
+        let mut entries: Vec<Queued> = Vec::new();
+        t.queue_touching(&key, scope, &mut entries)?;
+        if entries.is_empty() {
+            continue;
+        }
+        let claims: Vec<_> = entries.iter().map(|e| (e.key.clone(), e.scope)).collect();
+        let holds: Vec<HeldLock> = holds_of(t, claims)?.into_iter().map(|h| h.lock).collect();
+        let (found, drop) = decide::grantable(&entries, &holds, t.now().mono);
+        for seq in drop {
+            t.drop_entry(seq)?;
+        }
+        for w in found {
+            if !wakes.contains(&w) {
+                wakes.push(w);
+            }
+        }
+    }
+    Ok(wakes)
+}
+
+/// Extends every lock of the caller's grant (or the owner's lock).
+pub fn renew(
+    t: &mut dyn Tables,
+    target: &Target,
+    ttl: Option<Duration>,
+) -> Result<Renewal, StoreError> {
+    let now = t.now();
+    let rows = t.holds_named(target)?;
+    let plan = tenure::renew(target, rows.clone(), ttl, now, t)?;
+    apply_endings(t, &rows, plan.end)?;
+    for ext in &plan.extend {
+        t.extend(ext)?;
+        if ext.log
+            && let Some(row) = rows
+                .iter()
+                .find(|r| r.lock.key == ext.key && r.lock.fence == ext.fence)
+        {
+            t.record(NewEvent::about(&row.lock, EventKind::Renewed, None))?;
+        }
+    }
+    Ok(plan.answer)
+}
+
+/// Ends the caller's tenure of the key, or of the whole grant; answers
+/// whom to wake.
+pub fn release(
+    t: &mut dyn Tables,
+    target: &Target,
+    reason: ReleaseReason,
+    whole_grant: bool,
+) -> Result<(Release, Vec<String>), StoreError> {
+    let rows = t.holds_named(target)?;
+    let plan = tenure::release(target, rows.clone(), reason, whole_grant, t.now(), t)?;
+    let freed: Vec<_> = plan.end.iter().map(|e| (e.key.clone(), e.scope)).collect();
+    apply_endings(t, &rows, plan.end)?;
+    Ok((plan.answer, wake_list(t, freed)?))
+}
+
+/// Ends every tenure on `key` (admin), only while no tenure newer than
+/// `seen` holds it, and records the text given; answers what was ended and
+/// whom to wake.
+pub fn force_release(
+    t: &mut dyn Tables,
+    key: &Key,
+    why: &str,
+    by: Option<&str>,
+    seen: Option<Fence>,
+) -> Result<(Vec<LockInfo>, Vec<String>), StoreError> {
+    validate::force(why, by)?;
+    let rows = t.holds_on(key)?;
+    tenure::force_seen(key, rows.iter().map(|r| r.lock.fence), seen)?;
+    let (now, stale_after) = (t.now(), t.policy().stale_after);
+    let mut ended = Vec::new();
+    for row in &rows {
+        ended.push(crate::view::lock_info(
+            &row.lock,
+            row.alive,
+            now,
+            stale_after,
+        ));
+        let detail = match by {
+            Some(by) => json!({ "reason": why, "by": by }),
+            None => json!({ "reason": why }),
+        };
+        t.end_hold(&row.lock, ReleaseReason::Forced, Some(detail))?;
+    }
+    let freed = rows.first().map(|r| (key.clone(), r.lock.scope));
+    Ok((ended, wake_list(t, freed)?))
+}
+
+/// The sweeper's second look for a batch: ends each tenure if it is still
+/// held and its rule still holds now (a renewal since the sweeper's scan
+/// saves the lock); answers which were ended and whom to wake.
+pub fn reap(t: &mut dyn Tables, batch: &[Reap]) -> Result<(Vec<bool>, Vec<String>), StoreError> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut freed = Vec::new();
+    let (now, stale_after) = (t.now(), t.policy().stale_after);
+    for r in batch {
+        let Some(row) = t.hold(&r.key, r.fence)? else {
+            out.push(false);
+            continue;
+        };
+        if !tenure::still_due(&row, r.reason, now, stale_after)? {
+            out.push(false);
+            continue;
+        }
+        t.end_hold(&row.lock, r.reason, None)?;
+        freed.push((r.key.clone(), row.lock.scope));
+        out.push(true);
+    }
+    Ok((out, wake_list(t, freed)?))
+}
