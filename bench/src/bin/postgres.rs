@@ -390,11 +390,31 @@ fn worker(args: &Args) -> Result<(), String> {
             std::hint::spin_loop();
         }
     };
+    // One protocol for both peers: take (waiting as long as it takes),
+    // count, hold, give back; until the shared counter passes the target.
+    let mut round = |take: &mut dyn FnMut() -> Result<(), String>,
+                     give: &mut dyn FnMut() -> Result<(), String>|
+     -> Result<bool, String> {
+        let wait = mono_ns();
+        take()?;
+        let grant = mono_ns();
+        let n = bump()?;
+        spin(hold);
+        let release = mono_ns();
+        give()?;
+        recs.push(Rec {
+            proc: id,
+            wait,
+            grant,
+            release,
+        });
+        Ok(n > target)
+    };
     match kind.as_str() {
         "locksmith" => {
             let client = locksmith::Client::open(&url).map_err(|e| e.to_string())?;
-            loop {
-                let wait = mono_ns();
+            let held = std::cell::RefCell::new(None);
+            let mut take = || {
                 let g = client
                     .lock("handover/k")
                     .owner(&format!("p{id}"))
@@ -402,45 +422,28 @@ fn worker(args: &Args) -> Result<(), String> {
                     .wait_forever()
                     .acquire_blocking()
                     .map_err(|e| e.to_string())?;
-                let grant = mono_ns();
-                let n = bump()?;
-                spin(hold);
-                let release = mono_ns();
-                g.release().map_err(|e| e.to_string())?;
-                recs.push(Rec {
-                    proc: id,
-                    wait,
-                    grant,
-                    release,
-                });
-                if n > target {
-                    break;
-                }
-            }
+                *held.borrow_mut() = Some(g);
+                Ok(())
+            };
+            let mut give = || match held.borrow_mut().take() {
+                Some(g) => g.release().map(|_| ()).map_err(|e| e.to_string()),
+                None => Err("nothing held".to_string()),
+            };
+            while !round(&mut take, &mut give)? {}
         }
         _ => {
-            let mut c =
-                postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
-            loop {
-                let wait = mono_ns();
-                c.execute("SELECT pg_advisory_lock(4242)", &[])
-                    .map_err(|e| e.to_string())?;
-                let grant = mono_ns();
-                let n = bump()?;
-                spin(hold);
-                let release = mono_ns();
-                c.execute("SELECT pg_advisory_unlock(4242)", &[])
-                    .map_err(|e| e.to_string())?;
-                recs.push(Rec {
-                    proc: id,
-                    wait,
-                    grant,
-                    release,
-                });
-                if n > target {
-                    break;
-                }
-            }
+            let c = std::cell::RefCell::new(
+                postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?,
+            );
+            let run = |sql: &str| {
+                c.borrow_mut()
+                    .execute(sql, &[])
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            let mut take = || run("SELECT pg_advisory_lock(4242)");
+            let mut give = || run("SELECT pg_advisory_unlock(4242)");
+            while !round(&mut take, &mut give)? {}
         }
     }
     let mut f = OpenOptions::new()

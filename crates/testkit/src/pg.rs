@@ -189,13 +189,7 @@ impl PgServer {
             log = quote(&dir.join("log").to_string_lossy()),
             dir = quote(&dir.to_string_lossy()),
         );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("sh: {e}"))?;
+        let child = keeper(&script)?;
         *self.keeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -288,16 +282,32 @@ impl PgServer {
     }
 }
 
+/// Runs `script` in a shell that reads its standard input from us: the
+/// script starts a service, waits for a line or the end of input (our
+/// exit, however it comes), then stops the service and cleans up.
+fn keeper(script: &str) -> Result<Child, String> {
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sh: {e}"))
+}
+
+/// Tells a keeper to stop its service now, and waits for it.
+fn stop_keeper(mut child: Child) {
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"stop\n");
+    }
+    let _ = child.wait();
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
         let current = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
         let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
-        for mut child in current.into_iter().chain(retired) {
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(b"stop\n");
-            }
-            let _ = child.wait();
-        }
+        current.into_iter().chain(retired).for_each(stop_keeper);
     }
 }
 
@@ -365,13 +375,7 @@ impl Bouncer {
             pid = quote(&pidfile.to_string_lossy()),
             dir = quote(&dir.to_string_lossy()),
         );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("sh: {e}"))?;
+        let child = keeper(&script)?;
         let bouncer = Bouncer {
             url: format!("postgres://postgres@127.0.0.1:{listen}/postgres"),
             keeper: Mutex::new(Some(child)),
@@ -403,11 +407,7 @@ impl Bouncer {
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(b"stop\n");
-            }
-            let _ = child.wait();
-        }
+        let current = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        current.into_iter().for_each(stop_keeper);
     }
 }
