@@ -249,35 +249,30 @@ impl Ctx {
     pub fn local(&self) -> Result<Opened, Failure> {
         let url = self.store_url();
         let opts = self.config.options()?;
-        let scheme = url.split_once(':').map(|(s, _)| s);
-        match scheme {
-            Some("sqlite") => {
-                let rest = url["sqlite:".len()..].trim_start_matches("//");
-                let path = match rest {
-                    "" => self.config.db_path(),
-                    p => PathBuf::from(p),
-                };
+        let parsed =
+            locksmith::StoreUrl::parse(&url).map_err(|e| Failure::new(e.code(), e.to_string()))?;
+        match parsed {
+            locksmith::StoreUrl::Sqlite(path) => {
+                let path = path.unwrap_or_else(|| self.config.db_path());
                 Ok(Opened::Local(Box::new(locksmith::SqliteStore::open(
                     &path, opts,
                 )?)))
             }
-            Some("postgres" | "postgresql") => {
+            locksmith::StoreUrl::Postgres => {
                 let pg = locksmith::postgres::Options {
-                    stale_after: opts.stale_after,
-                    history_retention: opts.history_retention,
                     // Life files of process-bound locks sit where the
                     // embedded store keeps them.
                     life_dir: Some(self.config.home()),
-                    ..Default::default()
+                    ..locksmith::postgres_options(&opts)
                 };
                 Ok(Opened::Postgres(Box::new(locksmith::PgStore::open(
                     &url, pg,
                 )?)))
             }
-            _ => Err(Failure::new(
+            locksmith::StoreUrl::Server => Err(Failure::new(
                 Code::Invalid,
                 format!(
-                    "store {:?}: the accepted stores are sqlite: (the embedded file), sqlite:///path/to/locksmith.db and postgres://USER:PASSWORD@HOST/DATABASE; a server is given with --server http://HOST:PORT",
+                    "store {:?} is a server: give it with --server (or LOCKSMITH_SERVER); the store of a command is sqlite: (the embedded file), sqlite:///path/to/locksmith.db or postgres://USER:PASSWORD@HOST/DATABASE",
                     self.store_shown()
                 ),
             )),

@@ -13,7 +13,8 @@ use crate::decide::{self, Decision, Need, Outcome, Policy, Queued, Snapshot, Ste
 use crate::key::Key;
 use crate::model::{EventKind, Fence, HeldLock, Hold, ReleaseReason, Scope};
 use crate::store::{
-    AcquireRequest, Attempt, Grant, LockInfo, Release, Renewal, StoreError, Target, Ticket,
+    AcquireRequest, Attempt, Grant, LeaveReason, LockInfo, Release, Renewal, StoreError, Target,
+    Ticket,
 };
 use crate::tenure::{self, Extension, Ledger, Reap};
 use crate::time::{Mono, Now};
@@ -65,8 +66,11 @@ pub trait Tables: Ledger {
     /// The store settings the rules read.
     fn policy(&self) -> Policy;
     /// Every hold that could bear on `key` with `scope` (the key, tree holds
-    /// on its ancestors, and for a tree every hold below it).
+    /// on its ancestors, and for a tree every hold below it), with what this
+    /// host can tell about its holder's liveness.
     fn holds_touching(&mut self, key: &Key, scope: Scope) -> Result<Vec<Hold>, StoreError>;
+    /// The same locks, without looking at their holders.
+    fn locks_touching(&mut self, key: &Key, scope: Scope) -> Result<Vec<HeldLock>, StoreError>;
     /// The holds granted under `request_id` to `owner`, fence order.
     fn holds_of_request(&mut self, request_id: &str, owner: &str) -> Result<Vec<Hold>, StoreError>;
     /// The holds a renew or release names (see [`tenure::named`]), fence
@@ -87,11 +91,14 @@ pub trait Tables: Ledger {
     fn queue_all(&mut self) -> Result<Vec<Queued>, StoreError>;
     /// The caller's own entry `seq`: when its place lapses, when it joined.
     fn queue_own(&mut self, seq: i64) -> Result<Option<(Mono, Mono)>, StoreError>;
+    /// Who queued entry `seq`, and its keys (with whatever the store must
+    /// hold to change them); `None` when it is gone.
+    fn queue_entry(&mut self, seq: i64) -> Result<Option<QueueEntry>, StoreError>;
     /// Removes queue entry `seq`.
     fn drop_entry(&mut self, seq: i64) -> Result<(), StoreError>;
     /// Keeps entry `seq` alive until `until`.
     fn refresh_entry(&mut self, seq: i64, until: Mono) -> Result<(), StoreError>;
-    /// Adds `req` at the back of the queue (and records `waiting`); its seq.
+    /// Adds `req` at the back of the queue; its seq.
     fn enqueue(&mut self, req: &AcquireRequest, wake: &str, until: Mono)
     -> Result<i64, StoreError>;
     /// Issues fences and writes the holds of `req` with their `acquired`
@@ -114,11 +121,23 @@ pub trait Tables: Ledger {
     fn record(&mut self, event: NewEvent<'_>) -> Result<(), StoreError>;
 }
 
-/// The holds bearing on each of `claims`, each once.
-fn holds_of(
-    t: &mut dyn Tables,
+/// A queued request as [`leave_queue`] needs it.
+#[derive(Clone, Debug)]
+pub struct QueueEntry {
+    /// Who asked.
+    pub owner: String,
+    /// Its task.
+    pub task: Option<String>,
+    /// Each key with its scope.
+    pub keys: Vec<(Key, Scope)>,
+}
+
+/// What `load` answers for each of `claims`, each hold once.
+fn each_once<T>(
     claims: impl IntoIterator<Item = (Key, Scope)>,
-) -> Result<Vec<Hold>, StoreError> {
+    mut load: impl FnMut(&Key, Scope) -> Result<Vec<T>, StoreError>,
+    id: impl Fn(&T) -> (Key, Fence),
+) -> Result<Vec<T>, StoreError> {
     let mut seen: HashSet<(Key, Fence)> = HashSet::new();
     let mut done: HashSet<(Key, Scope)> = HashSet::new();
     let mut out = Vec::new();
@@ -126,13 +145,38 @@ fn holds_of(
         if !done.insert((key.clone(), scope)) {
             continue;
         }
-        for h in t.holds_touching(&key, scope)? {
-            if seen.insert((h.lock.key.clone(), h.lock.fence)) {
+        for h in load(&key, scope)? {
+            if seen.insert(id(&h)) {
                 out.push(h);
             }
         }
     }
     Ok(out)
+}
+
+/// The holds bearing on each of `claims`, with their holders' liveness.
+fn holds_of(
+    t: &mut dyn Tables,
+    claims: impl IntoIterator<Item = (Key, Scope)>,
+) -> Result<Vec<Hold>, StoreError> {
+    each_once(
+        claims,
+        |k, s| t.holds_touching(k, s),
+        |h| (h.lock.key.clone(), h.lock.fence),
+    )
+}
+
+/// The locks bearing on each of `claims`, without looking at their holders
+/// (the deadlock search and the choice of whom to wake need no more).
+fn locks_of(
+    t: &mut dyn Tables,
+    claims: impl IntoIterator<Item = (Key, Scope)>,
+) -> Result<Vec<HeldLock>, StoreError> {
+    each_once(
+        claims,
+        |k, s| t.locks_touching(k, s),
+        |l| (l.key.clone(), l.fence),
+    )
 }
 
 /// Loads what the rules need for `req`, asking again until they decide;
@@ -164,8 +208,7 @@ fn decide(
             Step::Need(Need::WaiterHolds) => {
                 let waiting = snap.waiting.as_deref().unwrap_or_default();
                 let claims: Vec<_> = waiting.iter().map(|q| (q.key.clone(), q.scope)).collect();
-                let holds = holds_of(t, claims)?;
-                snap.waiter_holds = Some(holds.into_iter().map(|h| h.lock).collect());
+                snap.waiter_holds = Some(locks_of(t, claims)?);
             }
             Step::Done(d) => return Ok((snap, d, joined)),
         }
@@ -226,7 +269,20 @@ pub fn acquire(
                     t.refresh_entry(seq, alive_until)?;
                     seq
                 }
-                None => t.enqueue(req, &ticket.wake, alive_until)?,
+                None => {
+                    let seq = t.enqueue(req, &ticket.wake, alive_until)?;
+                    t.record(NewEvent {
+                        key: req.keys[0].as_str(),
+                        kind: EventKind::Waiting,
+                        owner: &req.holder.owner,
+                        task: req.holder.task.as_deref(),
+                        fence: None,
+                        grant: None,
+                        reason: None,
+                        detail: (req.keys.len() > 1).then(|| json!({ "keys": req.keys })),
+                    })?;
+                    seq
+                }
             };
             ticket.seq = Some(seq);
             Ok(Ok(Attempt::Blocked(blocked)))
@@ -250,6 +306,35 @@ pub fn acquire(
     }
 }
 
+/// Removes a queued request that gives up, records why, and answers whom
+/// its leaving may let in.
+pub fn leave_queue(
+    t: &mut dyn Tables,
+    seq: i64,
+    why: LeaveReason,
+) -> Result<Vec<String>, StoreError> {
+    let Some(entry) = t.queue_entry(seq)? else {
+        return Ok(Vec::new());
+    };
+    t.drop_entry(seq)?;
+    if let Some((key, _)) = entry.keys.first() {
+        t.record(NewEvent {
+            key: key.as_str(),
+            kind: match why {
+                LeaveReason::TimedOut => EventKind::WaitTimedOut,
+                LeaveReason::Cancelled => EventKind::WaitCancelled,
+            },
+            owner: &entry.owner,
+            task: entry.task.as_deref(),
+            fence: None,
+            grant: None,
+            reason: None,
+            detail: None,
+        })?;
+    }
+    wake_list(t, entry.keys)
+}
+
 /// The wake addresses of queued requests that a change on each of `keys`
 /// may have made grantable (the rules decide which); entries that no longer
 /// count are removed on the way.
@@ -269,7 +354,7 @@ pub fn wake_list(
             continue;
         }
         let claims: Vec<_> = entries.iter().map(|e| (e.key.clone(), e.scope)).collect();
-        let holds: Vec<HeldLock> = holds_of(t, claims)?.into_iter().map(|h| h.lock).collect();
+        let holds = locks_of(t, claims)?;
         let (found, drop) = decide::grantable(&entries, &holds, t.now().mono);
         for seq in drop {
             t.drop_entry(seq)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::key::Key;
 use crate::model::{Health, HeldLock, Scope};
 use crate::rules;
-use crate::store::{KeyStatus, LockInfo, WaiterInfo};
+use crate::store::{KeyStatus, ListFilter, LockInfo, WaiterInfo};
 use crate::time::{Mono, Now, Wall};
 
 /// The public view of a held lock at `now`. `alive` is what the host knows
@@ -80,6 +80,35 @@ pub fn number_waiters(mut waiters: Vec<((i32, i64), WaiterInfo)>) -> Vec<WaiterI
         out.push(w);
     }
     out
+}
+
+/// The waiters a listing shows: numbered as [`number_waiters`], then only
+/// those `filter` asks for (owner, key prefix), at most `filter.limit`.
+pub fn waiter_list(waiters: Vec<((i32, i64), WaiterInfo)>, filter: &ListFilter) -> Vec<WaiterInfo> {
+    let mut out: Vec<WaiterInfo> = number_waiters(waiters)
+        .into_iter()
+        .filter(|w| {
+            filter.owner.as_ref().is_none_or(|o| &w.owner == o)
+                && filter
+                    .prefix
+                    .as_ref()
+                    .is_none_or(|p| w.key.as_str().starts_with(p.as_str()))
+        })
+        .collect();
+    if filter.limit > 0 {
+        out.truncate(filter.limit);
+    }
+    out
+}
+
+/// How many requests wait: a request of several keys is listed once per
+/// key, with the same owner and start.
+pub fn requests_waiting(waiters: &[WaiterInfo]) -> u64 {
+    waiters
+        .iter()
+        .map(|w| (&w.owner, w.since))
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64
 }
 
 /// A queue place in words: "1st", "2nd", "3rd", "4th", "11th", "21st".

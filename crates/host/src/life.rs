@@ -1,8 +1,9 @@
 //! Proof of life for process-bound locks.
 //!
 //! A process that binds locks to itself creates `holders/<boot>-<pid>-<start>`
-//! next to the database and keeps an exclusive `flock` on it for its whole
-//! life. The kernel drops that lock the moment the process dies, however it
+//! in the folder its store names (next to the embedded store's file; the
+//! CLI's home folder for PostgreSQL) and keeps an exclusive `flock` on it for
+//! its whole life. The kernel drops that lock the moment the process dies, however it
 //! dies, so any other process can tell a dead holder from a live one at once
 //! by asking for a shared lock without blocking. Where the file is gone, pid
 //! and process start time decide (never the pid alone).

@@ -35,6 +35,47 @@ pub fn default_home() -> PathBuf {
     home.join(".local/state/locksmith")
 }
 
+/// Where a store URL points, read the same way by every front end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// The embedded file: `sqlite:///path/to/locksmith.db`, or `None` for
+    /// `sqlite:` (the default file of the home folder).
+    Sqlite(Option<PathBuf>),
+    /// A PostgreSQL store: `postgres://…` or `postgresql://…`.
+    Postgres,
+    /// A locksmith server: `http://…` or `https://…`.
+    Server,
+}
+
+impl StoreUrl {
+    /// Reads `url`; an unknown scheme is an error that names the accepted ones.
+    pub fn parse(url: &str) -> Result<StoreUrl, Error> {
+        match url.split_once(':') {
+            Some(("sqlite", rest)) => {
+                let rest = rest.strip_prefix("//").unwrap_or(rest);
+                Ok(StoreUrl::Sqlite(
+                    (!rest.is_empty()).then(|| PathBuf::from(rest)),
+                ))
+            }
+            Some(("postgres" | "postgresql", _)) => Ok(StoreUrl::Postgres),
+            Some(("http" | "https", _)) => Ok(StoreUrl::Server),
+            _ => Err(Error::Url(format!(
+                "cannot open {:?}: the accepted stores are sqlite:///path/to/locksmith.db (sqlite: for the default file), postgres://USER:PASSWORD@HOST/DATABASE and http://HOST:PORT for a locksmith server",
+                locksmith_postgres::redact(url)
+            ))),
+        }
+    }
+}
+
+/// The PostgreSQL store's settings that the store options give.
+pub fn postgres_options(opts: &Options) -> locksmith_postgres::Options {
+    locksmith_postgres::Options {
+        stale_after: opts.stale_after,
+        history_retention: opts.history_retention,
+        ..Default::default()
+    }
+}
+
 /// A handle on one lock store; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -57,32 +98,15 @@ impl Client {
 
     /// Opens with explicit store options.
     pub fn open_with(url: &str, opts: Options) -> Result<Client, Error> {
-        let path = match url.split_once(':') {
-            Some(("sqlite", rest)) => {
-                let rest = rest.strip_prefix("//").unwrap_or(rest);
-                if rest.is_empty() {
-                    default_home().join("locksmith.db")
-                } else {
-                    PathBuf::from(rest)
-                }
-            }
-            Some(("http" | "https", _)) => {
+        let path = match StoreUrl::parse(url)? {
+            StoreUrl::Sqlite(path) => path.unwrap_or_else(|| default_home().join("locksmith.db")),
+            StoreUrl::Server => {
                 let token = std::env::var("LOCKSMITH_TOKEN").ok();
                 return Client::remote(url, token);
             }
-            Some(("postgres" | "postgresql", _)) => {
-                let pg = locksmith_postgres::Options {
-                    stale_after: opts.stale_after,
-                    history_retention: opts.history_retention,
-                    ..Default::default()
-                };
-                return Ok(Client::postgres(Arc::new(PgStore::open(url, pg)?)));
-            }
-            _ => {
-                return Err(Error::Url(format!(
-                    "cannot open {:?}: the accepted stores are sqlite:///path/to/locksmith.db (sqlite: for the default file), postgres://USER@HOST/DATABASE and http://HOST:PORT for a locksmith server",
-                    locksmith_postgres::redact(url)
-                )));
+            StoreUrl::Postgres => {
+                let pg = PgStore::open(url, postgres_options(&opts))?;
+                return Ok(Client::postgres(Arc::new(pg)));
             }
         };
         Ok(Client::sqlite(Arc::new(SqliteStore::open(&path, opts)?)))

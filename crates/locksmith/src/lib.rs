@@ -27,7 +27,7 @@ mod renewer;
 pub mod sweep;
 pub mod wait;
 
-pub use client::{Client, LockBuilder, default_home};
+pub use client::{Client, LockBuilder, StoreUrl, default_home, postgres_options};
 pub use guard::Guard;
 pub use locksmith_core as core;
 pub use locksmith_core::{Fence, Key, LeaseHandle, ReleaseReason};

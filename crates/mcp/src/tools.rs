@@ -57,6 +57,11 @@ fn ok(text: String, data: Value) -> CallToolResult {
 }
 
 /// A failure of the outcome table as a tool error: `error` is its code.
+/// The answer of a tool whose failure carries nothing more than its outcome.
+fn settle(r: Result<CallToolResult, Outcome>) -> CallToolResult {
+    r.unwrap_or_else(|o| failed(o, json!({})))
+}
+
 fn failed(o: Outcome, extra: Value) -> CallToolResult {
     let mut data = json!({ "error": o.code.name(), "message": o.message });
     if let (Some(obj), Value::Object(more)) = (data.as_object_mut(), extra) {
@@ -294,10 +299,7 @@ impl Locksmith {
         &self,
         Parameters(a): Parameters<ReleaseArgs>,
     ) -> Result<CallToolResult, McpError> {
-        let r = match self.release_inner(a).await {
-            Ok(r) => r,
-            Err(o) => failed(o, json!({})),
-        };
+        let r = settle(self.release_inner(a).await);
         Ok(self.with_losses(r).await)
     }
 
@@ -310,11 +312,7 @@ impl Locksmith {
         &self,
         Parameters(a): Parameters<RenewArgs>,
     ) -> Result<CallToolResult, McpError> {
-        let r = match self.renew_inner(a).await {
-            Ok(r) => r,
-            Err(o) => failed(o, json!({})),
-        };
-        Ok(r)
+        Ok(settle(self.renew_inner(a).await))
     }
 
     /// status
@@ -349,10 +347,7 @@ impl Locksmith {
         description = "The lock board: every held lock with owner, task, age, lease left and health; filter by key prefix, owner, stale (only stale, dead or expired holders) or mine (this session's). With waiting: true, the queued requests with their places instead. Read this before you pick work, to take what nobody holds. Read-only."
     )]
     async fn list(&self, Parameters(a): Parameters<ListArgs>) -> Result<CallToolResult, McpError> {
-        let r = match self.list_inner(a).await {
-            Ok(r) => r,
-            Err(o) => failed(o, json!({})),
-        };
+        let r = settle(self.list_inner(a).await);
         Ok(self.with_losses(r).await)
     }
 

@@ -2,10 +2,11 @@
 //! key locks and the database's clock, typed statement arguments, and what
 //! a PostgreSQL failure means for the user.
 //!
-//! Every statement is sent unnamed with its argument types (`query_typed`):
-//! one round trip, and no prepared statement outlives its transaction, so a
-//! pooler in transaction mode (PgBouncer) can hand the next transaction to
-//! another server connection.
+//! Reads are sent unnamed with their argument types (`query_typed`, one
+//! round trip each); statements without results are kept and sent as
+//! literals with the next read or with `COMMIT` (see [`Tx`]). No prepared
+//! statement outlives its transaction, so a pooler in transaction mode
+//! (PgBouncer) can hand the next transaction to another server connection.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
@@ -333,11 +334,23 @@ pub(crate) struct Pool {
     freed: Condvar,
     max: usize,
     wait: Duration,
+    /// What opens a write transaction, and a read transaction.
+    begin: [String; 2],
 }
 
 impl Pool {
     pub fn new(target: Target, max: usize, wait: Duration) -> Pool {
+        let begin = |how: &str| {
+            format!(
+                "{how}; SET LOCAL search_path TO {}; SET LOCAL standard_conforming_strings TO on;",
+                target.schema
+            )
+        };
         Pool {
+            begin: [
+                begin("BEGIN"),
+                begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+            ],
             target,
             state: Mutex::new((Vec::new(), 0)),
             freed: Condvar::new(),
@@ -402,20 +415,13 @@ impl Pool {
     ) -> Result<T, StoreError> {
         let mut client = self.take()?;
         let mut tries = 0;
-        let begin = format!(
-            "{}; SET LOCAL search_path TO {}; SET LOCAL standard_conforming_strings TO on;",
-            match read {
-                true => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                false => "BEGIN",
-            },
-            self.target.schema
-        );
+        let begin = &self.begin[read as usize];
         let out = loop {
             tries += 1;
             let mut tx = Tx {
                 c: &mut client,
                 shown: &self.target.shown,
-                begin: &begin,
+                begin,
                 pending: String::new(),
                 sent: false,
             };
@@ -533,19 +539,10 @@ impl Tx<'_> {
         self.shown
     }
 
-    /// Takes the transaction's key locks for `claims` (exclusive on each
-    /// key, shared on its ancestors), in one order for every transaction so
-    /// that they never wait on each other in a circle; then reads the
-    /// database's clock, after the locks, so that the instant is later than
-    /// every change this transaction can see; then draws `fences` fences,
-    /// also under the locks. One round trip, with `BEGIN` and whatever
-    /// statements were kept.
-    pub fn lock(
-        &mut self,
-        ns: i32,
-        claims: &[(Key, Scope)],
-        fences: usize,
-    ) -> Result<Locked, Fail> {
+    /// Keeps the key locks of `claims` (exclusive on each key, shared on its
+    /// ancestors), sorted, for the next round trip: every statement after
+    /// them sees what the transactions they waited for wrote.
+    fn keep_locks(&mut self, ns: i32, claims: &[(Key, Scope)]) {
         let mut ids: BTreeMap<i32, bool> = BTreeMap::new();
         for (key, _) in claims {
             ids.insert(lock_id(key.as_str()), true);
@@ -556,47 +553,45 @@ impl Tx<'_> {
             }
         }
         self.open();
-        let mut sql = std::mem::take(&mut self.pending);
         for (id, exclusive) in &ids {
             let f = match exclusive {
                 true => "pg_advisory_xact_lock",
                 false => "pg_advisory_xact_lock_shared",
             };
-            sql.push_str(&format!("SELECT {f}({ns}, {id});\n"));
+            self.pending.push_str(&format!("SELECT {f}({ns}, {id});\n"));
         }
-        sql.push_str(
-            "SELECT 'c', (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text;\n",
-        );
-        sql.push_str("SELECT 'q', (EXISTS (SELECT 1 FROM queue))::int::text;\n");
+    }
+
+    /// Takes the transaction's key locks for `claims`, in one order for
+    /// every transaction so that they never wait on each other in a
+    /// circle; then reads the database's clock, after the locks, so that
+    /// the instant is later than every change this transaction can see;
+    /// whether anything is queued; and `fences` fences, also under the
+    /// locks. One round trip, with `BEGIN` and whatever statements were kept.
+    pub fn lock(
+        &mut self,
+        ns: i32,
+        claims: &[(Key, Scope)],
+        fences: usize,
+    ) -> Result<Locked, Fail> {
+        self.keep_locks(ns, claims);
+        self.pending
+            .push_str("SELECT 'q', (EXISTS (SELECT 1 FROM queue))::int::text;\n");
         if fences > 0 {
-            sql.push_str(&format!(
+            self.pending.push_str(&format!(
                 "SELECT 'f', nextval('fences')::text FROM generate_series(1, {fences});\n"
             ));
         }
-        let answer = self.c.simple_query(&sql)?;
-        self.sent = true;
-        let mut now = None;
+        let (now, answers) = self.send_with_clock()?;
         let mut queued = true;
         let mut drawn = Vec::with_capacity(fences);
-        for m in answer {
-            if let postgres::SimpleQueryMessage::Row(r) = m {
-                // The lock statements answer one column, the others two.
-                let value = r.try_get(1).ok().flatten();
-                let value = value.and_then(|v| v.parse::<i64>().ok());
-                match (r.try_get(0).ok().flatten(), value) {
-                    (Some("c"), Some(v)) => now = Some(now_from(v)),
-                    (Some("q"), Some(v)) => queued = v != 0,
-                    (Some("f"), Some(v)) => drawn.push(v),
-                    _ => {}
-                }
+        for (tag, v) in answers {
+            match tag {
+                'q' => queued = v != 0,
+                'f' => drawn.push(v),
+                _ => {}
             }
         }
-        let now = now.ok_or_else(|| {
-            Fail::Store(StoreError::backend(format!(
-                "PostgreSQL at {} did not tell the time",
-                self.shown
-            )))
-        })?;
         if drawn.len() != fences {
             return Err(Fail::Store(StoreError::backend(format!(
                 "PostgreSQL at {} drew {} fences of {fences}",
@@ -623,17 +618,51 @@ impl Tx<'_> {
     }
 
     /// Takes the key locks of more claims, later in the transaction (the
-    /// other keys of a grant named by one of them). Not in the one order of
-    /// [`Tx::lock`]: PostgreSQL breaks a circle of such waits, and the
-    /// transaction runs again.
-    pub fn lock_more(&mut self, ns: i32, claims: &[(Key, Scope)]) -> Result<(), Fail> {
-        self.lock(ns, claims, 0).map(|_| ())
+    /// other keys of a grant or of a queue entry named by one of them),
+    /// with the next read. Not in the one order of [`Tx::lock`]:
+    /// PostgreSQL breaks a circle of such waits, and the transaction runs
+    /// again.
+    pub fn lock_more(&mut self, ns: i32, claims: &[(Key, Scope)]) {
+        self.keep_locks(ns, claims);
     }
 
     /// Opens a read transaction and reads the database's clock, in one
     /// round trip.
     pub fn now(&mut self) -> Result<Now, Fail> {
-        Ok(self.lock(0, &[], 0)?.now)
+        self.open();
+        Ok(self.send_with_clock()?.0)
+    }
+
+    /// Sends the kept statements and a reading of the clock in one simple
+    /// query; answers the clock and every `(tag, number)` row they gave.
+    fn send_with_clock(&mut self) -> Result<(Now, Vec<(char, i64)>), Fail> {
+        let mut sql = std::mem::take(&mut self.pending);
+        sql.push_str(
+            "SELECT 'c', (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text;\n",
+        );
+        let answer = self.c.simple_query(&sql)?;
+        self.sent = true;
+        let mut now = None;
+        let mut rows = Vec::new();
+        for m in answer {
+            if let postgres::SimpleQueryMessage::Row(r) = m {
+                // The lock statements answer one column, the others two.
+                let tag = r.try_get(0).ok().flatten().and_then(|t| t.chars().next());
+                let value = r.try_get(1).ok().flatten().and_then(|v| v.parse().ok());
+                match (tag, value) {
+                    (Some('c'), Some(v)) => now = Some(now_from(v)),
+                    (Some(t), Some(v)) => rows.push((t, v)),
+                    _ => {}
+                }
+            }
+        }
+        let now = now.ok_or_else(|| {
+            Fail::Store(StoreError::backend(format!(
+                "PostgreSQL at {} did not tell the time",
+                self.shown
+            )))
+        })?;
+        Ok((now, rows))
     }
 }
 

@@ -34,8 +34,8 @@ use locksmith_core::store::{
 };
 use locksmith_core::tenure::Reap;
 use locksmith_core::{
-    Binding, Clock, Event, EventKind, Key, Notifier, Now, ProcessBinder, ReleaseReason, Scope,
-    Store, StoreError, WakeSource, validate,
+    Binding, Clock, Event, Key, Notifier, Now, ProcessBinder, ReleaseReason, Scope, Store,
+    StoreError, WakeSource, validate,
 };
 use locksmith_host::life::{self, HostFacts};
 use locksmith_host::wake::{WakeSocket, Waker};
@@ -83,6 +83,8 @@ pub struct PgStore {
     ns: i32,
     store_id: String,
     host: HostFacts,
+    /// This machine's tag in notifications.
+    tag: String,
     waker: Waker,
 }
 
@@ -153,8 +155,9 @@ impl PgStore {
         let pool = Pool::new(target, opts.pool_size, opts.connect_timeout);
         let store_id = schema::migrate(&pool, ns, &opts)?;
         let host = HostFacts::current();
+        let tag = listen::tag(&host.machine);
         if listen {
-            listen::ensure(pool.target(), &host.machine);
+            listen::ensure(pool.target(), &tag);
         }
         Ok(PgStore {
             pool,
@@ -163,6 +166,7 @@ impl PgStore {
             ns,
             store_id,
             host,
+            tag,
             waker: Waker::new(),
         })
     }
@@ -208,23 +212,21 @@ impl PgStore {
     }
 
     /// Runs `f` in one write transaction holding the key locks of `claims`
-    /// (which may read inside the transaction first), and `fences` fences
-    /// drawn under them; commits it, and wakes the waiters
-    /// it named: by NOTIFY inside the transaction (sent on commit), and
-    /// directly on this machine after it.
+    /// and `fences` fences drawn under them; commits it, and wakes the
+    /// waiters it named: by NOTIFY inside the transaction (sent on commit),
+    /// and directly on this machine after it.
     fn write<T>(
         &self,
-        claims: &Claims<'_>,
+        claims: &[(Key, Scope)],
         fences: usize,
         mut f: impl FnMut(&mut Tx<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), Fail>,
     ) -> Result<T, StoreError> {
         let (out, wakes) = self.pool.run(false, |tx| {
-            let claims = claims(tx)?;
-            let locked = tx.lock(self.ns, &claims, fences)?;
+            let locked = tx.lock(self.ns, claims, fences)?;
             let ctx = self.ctx(locked);
             let (out, wakes) = f(tx, &ctx)?;
             if !wakes.is_empty() {
-                listen::notify(tx, &self.host.machine, &wakes)?;
+                listen::notify(tx, &self.tag, &wakes)?;
             }
             Ok((out, wakes))
         })?;
@@ -260,12 +262,15 @@ impl ProcessBinder for PgStore {
     }
 }
 
-/// Reads which keys a write must lock, before it locks them.
-type Claims<'a> = dyn Fn(&mut Tx<'_>) -> Result<Vec<(Key, Scope)>, Fail> + 'a;
-
 /// The claims of a request: each key with its scope.
 fn claims_of(req: &AcquireRequest) -> Vec<(Key, Scope)> {
     req.keys.iter().map(|k| (k.clone(), req.scope)).collect()
+}
+
+/// The claim of a call about one key (the other keys of its grant are
+/// locked when they are found).
+fn on_key(key: &Key) -> [(Key, Scope); 1] {
+    [(key.clone(), Scope::Key)]
 }
 
 impl Store for PgStore {
@@ -280,7 +285,7 @@ impl Store for PgStore {
         let mut kept: Option<Ticket> = None;
         // Fences are drawn with the locks, in the same round trip; a request
         // that is not granted leaves a gap, never a number used twice.
-        let result = self.write(&|_| Ok(claims.clone()), req.keys.len(), |tx, ctx| {
+        let result = self.write(&claims, req.keys.len(), |tx, ctx| {
             // A transaction run again starts from the ticket as given.
             let mut ticket = start.clone();
             let out = flow::acquire(&mut Tables { tx, ctx }, req, ticket.as_mut())?;
@@ -293,59 +298,41 @@ impl Store for PgStore {
         result
     }
 
+    /// The entry's keys are locked when it is found.
     fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
         let Some(seq) = ticket.seq else { return Ok(()) };
-        let kind = match why {
-            LeaveReason::TimedOut => EventKind::WaitTimedOut,
-            LeaveReason::Cancelled => EventKind::WaitCancelled,
-        };
-        self.write(&|tx| queue::keys_of(tx, seq), 0, |tx, ctx| {
-            let keys = queue::leave(tx, ctx, seq, kind)?;
-            Ok(((), flow::wake_list(&mut Tables { tx, ctx }, keys)?))
+        self.write(&[], 0, |tx, ctx| {
+            Ok(((), flow::leave_queue(&mut Tables { tx, ctx }, seq, why)?))
         })
     }
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
-        self.write(
-            &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
-            0,
-            |tx, ctx| {
-                Ok((
-                    flow::renew(&mut Tables { tx, ctx }, target, ttl)?,
-                    Vec::new(),
-                ))
-            },
-        )
+        self.write(&on_key(&target.key), 0, |tx, ctx| {
+            let renewal = flow::renew(&mut Tables { tx, ctx }, target, ttl)?;
+            Ok((renewal, Vec::new()))
+        })
     }
 
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write(
-            &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
-            0,
-            |tx, ctx| {
-                Ok(flow::release(
-                    &mut Tables { tx, ctx },
-                    target,
-                    reason,
-                    false,
-                )?)
-            },
-        )
+        self.write(&on_key(&target.key), 0, |tx, ctx| {
+            Ok(flow::release(
+                &mut Tables { tx, ctx },
+                target,
+                reason,
+                false,
+            )?)
+        })
     }
 
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write(
-            &|_| Ok(vec![(target.key.clone(), Scope::Key)]),
-            0,
-            |tx, ctx| {
-                Ok(flow::release(
-                    &mut Tables { tx, ctx },
-                    target,
-                    reason,
-                    true,
-                )?)
-            },
-        )
+        self.write(&on_key(&target.key), 0, |tx, ctx| {
+            Ok(flow::release(
+                &mut Tables { tx, ctx },
+                target,
+                reason,
+                true,
+            )?)
+        })
     }
 
     fn force_release_seen(
@@ -355,7 +342,7 @@ impl Store for PgStore {
         by: Option<&str>,
         seen: Option<locksmith_core::Fence>,
     ) -> Result<Vec<LockInfo>, StoreError> {
-        self.write(&|_| Ok(vec![(key.clone(), Scope::Key)]), 0, |tx, ctx| {
+        self.write(&on_key(key), 0, |tx, ctx| {
             Ok(flow::force_release(
                 &mut Tables { tx, ctx },
                 key,
@@ -388,14 +375,14 @@ impl Store for PgStore {
 
     fn reap(&self, batch: &[Reap]) -> Result<Vec<bool>, StoreError> {
         let claims: Vec<(Key, Scope)> = batch.iter().map(|r| (r.key.clone(), Scope::Key)).collect();
-        self.write(&|_| Ok(claims.clone()), 0, |tx, ctx| {
+        self.write(&claims, 0, |tx, ctx| {
             Ok(flow::reap(&mut Tables { tx, ctx }, batch)?)
         })
     }
 
     /// Also removes this machine's life files of processes proven dead.
     fn prune_history(&self) -> Result<usize, StoreError> {
-        let pruned = self.write(&|_| Ok(Vec::new()), 0, |tx, ctx| {
+        let pruned = self.write(&[], 0, |tx, ctx| {
             Ok((read::prune_history(tx, ctx)?, Vec::new()))
         })?;
         life::tidy(&self.life_dir());

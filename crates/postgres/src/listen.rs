@@ -21,24 +21,26 @@ use crate::conn::{Fail, Target, Tx};
 const CHANNEL: &str = "locksmith";
 
 /// A short tag of a machine, to tell our own notifications from others'.
-fn tag(machine: &str) -> String {
+pub(crate) fn tag(machine: &str) -> String {
     format!("{:08x}", crate::conn::lock_id(machine) as u32)
 }
 
-/// Queues one notification per address, sent when the transaction commits.
-pub(crate) fn notify(tx: &mut Tx<'_>, machine: &str, wakes: &[String]) -> Result<(), Fail> {
+/// Queues one notification per address, sent when the transaction commits;
+/// `tag` names this machine.
+pub(crate) fn notify(tx: &mut Tx<'_>, tag: &str, wakes: &[String]) -> Result<(), Fail> {
     let wakes: Vec<&str> = wakes.iter().map(String::as_str).collect();
     tx.exec(
         "SELECT pg_notify($1, $2 || ' ' || a) FROM unnest($3::text[]) AS a",
-        &[&CHANNEL, &tag(machine), &wakes],
+        &[&CHANNEL, &tag, &wakes],
     )
 }
 
 /// Databases this process already listens to.
 static LISTENING: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
 
-/// Starts this process's listener for the database of `target`, once.
-pub(crate) fn ensure(target: &Target, machine: &str) {
+/// Starts this process's listener for the database of `target`, once;
+/// `own` is this machine's tag.
+pub(crate) fn ensure(target: &Target, own: &str) {
     let id = format!("{:?}", target.config);
     let set = LISTENING.get_or_init(|| Mutex::new(HashSet::new()));
     if !set
@@ -49,7 +51,7 @@ pub(crate) fn ensure(target: &Target, machine: &str) {
         return;
     }
     let target = target.clone();
-    let own = tag(machine);
+    let own = own.to_string();
     let spawned = std::thread::Builder::new()
         .name("locksmith-listen".into())
         .spawn(move || listen(&target, &own));

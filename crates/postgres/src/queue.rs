@@ -2,15 +2,13 @@
 //! for, and the writes that join, refresh and leave the queue.
 
 use locksmith_core::decide::Queued;
-use locksmith_core::{EventKind, Key, Mode, Mono, Scope, StoreError};
+use locksmith_core::flow::QueueEntry;
+use locksmith_core::{Key, Mode, Mono, Scope, StoreError};
 use locksmith_host::life::waiter_gone;
 use postgres::Row;
-use serde_json::json;
 
 use crate::Ctx;
 use crate::conn::{Fail, Tx};
-use crate::rows::record;
-use locksmith_core::flow::NewEvent;
 
 /// Columns every queue query selects first, in the order [`decode`] reads
 /// them (from `queue q` joined to `queue_keys k`); a query may select more
@@ -130,7 +128,7 @@ pub(crate) fn refresh(tx: &mut Tx<'_>, seq: i64, alive_until: Mono) -> Result<()
     )
 }
 
-/// Adds a request at the back of the queue and records it; returns its seq.
+/// Adds a request at the back of the queue; returns its seq.
 pub(crate) fn enqueue(
     tx: &mut Tx<'_>,
     ctx: &Ctx<'_>,
@@ -168,65 +166,29 @@ pub(crate) fn enqueue(
         ],
     )?;
     let seq: i64 = row.try_get(0)?;
-    record(
-        tx,
-        ctx.now,
-        NewEvent {
-            key: req.keys[0].as_str(),
-            kind: EventKind::Waiting,
-            owner: &h.owner,
-            task: h.task.as_deref(),
-            fence: None,
-            grant: None,
-            reason: None,
-            detail: (req.keys.len() > 1).then(|| json!({ "keys": req.keys })),
-        },
-    )?;
     Ok(seq)
 }
 
-/// The key and scope of each key of queue entry `seq` (none when it is gone).
-pub(crate) fn keys_of(tx: &mut Tx<'_>, seq: i64) -> Result<Vec<(Key, Scope)>, Fail> {
-    let rows = tx.rows("SELECT key, scope FROM queue_keys WHERE seq = $1", &[&seq])?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let (k, s): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+/// Who queued entry `seq`, and its keys; `None` when it is gone.
+pub(crate) fn entry(tx: &mut Tx<'_>, seq: i64) -> Result<Option<QueueEntry>, Fail> {
+    let rows = tx.rows(
+        "SELECT q.owner, q.task, k.key, k.scope FROM queue q JOIN queue_keys k ON k.seq = q.seq
+          WHERE q.seq = $1 ORDER BY k.key",
+        &[&seq],
+    )?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut entry = QueueEntry {
+        owner: first.try_get(0)?,
+        task: first.try_get(1)?,
+        keys: Vec::with_capacity(rows.len()),
+    };
+    for r in &rows {
+        let (k, s): (String, String) = (r.try_get(2)?, r.try_get(3)?);
         if let (Ok(k), Some(s)) = (Key::new(k), Scope::from_name(&s)) {
-            out.push((k, s));
+            entry.keys.push((k, s));
         }
     }
-    Ok(out)
-}
-
-/// Removes a queued request that gave up and records why; returns the key
-/// and scope of each of its keys, whose waiters may now move up.
-pub(crate) fn leave(
-    tx: &mut Tx<'_>,
-    ctx: &Ctx<'_>,
-    seq: i64,
-    kind: EventKind,
-) -> Result<Vec<(Key, Scope)>, Fail> {
-    let Some(r) = tx.opt("SELECT owner, task FROM queue WHERE seq = $1", &[&seq])? else {
-        return Ok(Vec::new());
-    };
-    let (owner, task): (String, Option<String>) = (r.try_get(0)?, r.try_get(1)?);
-    let keys = keys_of(tx, seq)?;
-    drop_entry(tx, seq)?;
-    if let Some((key, _)) = keys.first() {
-        record(
-            tx,
-            ctx.now,
-            NewEvent {
-                key: key.as_str(),
-                kind,
-                owner: &owner,
-                task: task.as_deref(),
-                fence: None,
-                grant: None,
-                reason: None,
-                detail: None,
-            },
-        )?;
-    }
-    Ok(keys)
+    Ok(Some(entry))
 }

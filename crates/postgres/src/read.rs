@@ -133,19 +133,7 @@ pub(crate) fn waiters(
         };
         found.push(((q.priority, q.seq), info));
     }
-    let mut out: Vec<WaiterInfo> = locksmith_core::view::number_waiters(found)
-        .into_iter()
-        .filter(|w| {
-            f.owner.as_ref().is_none_or(|o| &w.owner == o)
-                && f.prefix
-                    .as_ref()
-                    .is_none_or(|p| w.key.as_str().starts_with(p.as_str()))
-        })
-        .collect();
-    if f.limit > 0 {
-        out.truncate(f.limit);
-    }
-    Ok(out)
+    Ok(locksmith_core::view::waiter_list(found, f))
 }
 
 pub(crate) fn history(tx: &mut Tx<'_>, f: &HistoryFilter) -> Result<Vec<Event>, Fail> {
@@ -229,11 +217,8 @@ pub(crate) fn stats(tx: &mut Tx<'_>, ctx: &Ctx<'_>) -> Result<Stats, Fail> {
             &[&(ctx.now.mono.0 as i64)],
         )?
         .try_get(0)?;
-    let waiting = waiters(tx, ctx, &ListFilter::default())?
-        .iter()
-        .map(|w| (w.owner.clone(), w.since))
-        .collect::<std::collections::HashSet<_>>()
-        .len() as u64;
+    let waiting =
+        locksmith_core::view::requests_waiting(&waiters(tx, ctx, &ListFilter::default())?);
     let last_fence: i64 = tx
         .one(
             "SELECT coalesce(greatest(

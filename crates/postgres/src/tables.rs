@@ -2,12 +2,13 @@
 //! every call ([`locksmith_core::flow`]) see them: loads with the liveness
 //! this host can tell, and the writes the rules decide. The transaction
 //! holds the key locks of its claims already; the other keys of a grant
-//! named by a handle, and the waiters' graph, are locked here when needed.
+//! named by a handle, the keys of a queue entry that leaves, and the
+//! waiters' graph are locked here when needed.
 
 use std::time::Duration;
 
 use locksmith_core::decide::{Policy, Queued};
-use locksmith_core::flow::{self, NewEvent};
+use locksmith_core::flow::{self, NewEvent, QueueEntry};
 use locksmith_core::tenure::{self, Extension, Ledger, Named};
 use locksmith_core::{
     AcquireRequest, Fence, Grant, HeldLock, Hold, Key, Mono, Now, ReleaseReason, Scope, StoreError,
@@ -120,6 +121,11 @@ impl flow::Tables for Tables<'_, '_> {
         Ok(observe(rows, self.ctx.host))
     }
 
+    fn locks_touching(&mut self, key: &Key, scope: Scope) -> Result<Vec<HeldLock>, StoreError> {
+        let holds = rows::holds_touching(self.tx, key, scope).map_err(|e| self.fail(e))?;
+        Ok(holds.into_iter().map(|h| h.lock).collect())
+    }
+
     fn holds_of_request(&mut self, request_id: &str, owner: &str) -> Result<Vec<Hold>, StoreError> {
         let rows = self.load(
             "request_id = $1 AND owner = $2 ORDER BY fence",
@@ -142,7 +148,7 @@ impl flow::Tables for Tables<'_, '_> {
             return Ok(rows);
         }
         let ns = self.ctx.ns;
-        self.tx.lock_more(ns, &more).map_err(|e| self.fail(e))?;
+        self.tx.lock_more(ns, &more);
         self.named(target)
     }
 
@@ -177,6 +183,17 @@ impl flow::Tables for Tables<'_, '_> {
 
     fn queue_own(&mut self, seq: i64) -> Result<Option<(Mono, Mono)>, StoreError> {
         queue::own(self.tx, seq).map_err(|e| self.fail(e))
+    }
+
+    /// Locks the entry's keys (read first; the entry can only go away
+    /// meanwhile) and reads it again under them.
+    fn queue_entry(&mut self, seq: i64) -> Result<Option<QueueEntry>, StoreError> {
+        let Some(entry) = queue::entry(self.tx, seq).map_err(|e| self.fail(e))? else {
+            return Ok(None);
+        };
+        let ns = self.ctx.ns;
+        self.tx.lock_more(ns, &entry.keys);
+        queue::entry(self.tx, seq).map_err(|e| self.fail(e))
     }
 
     fn drop_entry(&mut self, seq: i64) -> Result<(), StoreError> {

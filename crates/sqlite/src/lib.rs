@@ -30,8 +30,8 @@ use locksmith_core::store::{
 };
 use locksmith_core::tenure::Reap;
 use locksmith_core::{
-    Binding, Clock, Event, EventKind, Key, Notifier, Now, ProcessBinder, ReleaseReason, Store,
-    StoreError, WakeSource, validate,
+    Binding, Clock, Event, Key, Notifier, Now, ProcessBinder, ReleaseReason, Store, StoreError,
+    WakeSource, validate,
 };
 use locksmith_host::SystemClock;
 use rusqlite::{Connection, TransactionBehavior};
@@ -266,14 +266,7 @@ impl Store for SqliteStore {
 
     fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
         let Some(seq) = ticket.seq else { return Ok(()) };
-        let kind = match why {
-            LeaveReason::TimedOut => EventKind::WaitTimedOut,
-            LeaveReason::Cancelled => EventKind::WaitCancelled,
-        };
-        self.write(|tx, ctx| {
-            let keys = queue::leave(tx, ctx, seq, kind)?;
-            Ok(((), flow::wake_list(&mut Tables { tx, ctx }, keys)?))
-        })
+        self.write(|tx, ctx| Ok(((), flow::leave_queue(&mut Tables { tx, ctx }, seq, why)?)))
     }
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {

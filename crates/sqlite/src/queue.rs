@@ -2,15 +2,13 @@
 //! for, and the writes that join, refresh and leave the queue.
 
 use locksmith_core::decide::Queued;
-use locksmith_core::{EventKind, Key, Mode, Mono, Scope, StoreError};
+use locksmith_core::flow::QueueEntry;
+use locksmith_core::{Key, Mode, Mono, Scope, StoreError};
 use locksmith_host::life::waiter_gone;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
 use crate::Ctx;
 use crate::open::map_err;
-use crate::rows::record;
-use locksmith_core::flow::NewEvent;
 
 /// Columns every queue query selects first, in the order [`decode`] reads
 /// them (from `queue q` joined to `queue_keys k`); a query may select more
@@ -179,7 +177,7 @@ pub(crate) fn refresh(tx: &Transaction<'_>, seq: i64, alive_until: Mono) -> Resu
     Ok(())
 }
 
-/// Adds a request at the back of the queue and records it; returns its seq.
+/// Adds a request at the back of the queue; returns its seq.
 pub(crate) fn enqueue(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
@@ -218,39 +216,19 @@ pub(crate) fn enqueue(
             .execute(params![key.as_str(), seq, req.scope.name()])
             .map_err(map_err)?;
     }
-    record(
-        tx,
-        ctx.now,
-        NewEvent {
-            key: req.keys[0].as_str(),
-            kind: EventKind::Waiting,
-            owner: &h.owner,
-            task: h.task.as_deref(),
-            fence: None,
-            grant: None,
-            reason: None,
-            detail: (req.keys.len() > 1).then(|| json!({ "keys": req.keys })),
-        },
-    )?;
     Ok(seq)
 }
 
-/// Removes a queued request that gave up and records why; returns the key
-/// and scope of each of its keys, whose waiters may now move up.
-pub(crate) fn leave(
-    tx: &Transaction<'_>,
-    ctx: &Ctx<'_>,
-    seq: i64,
-    kind: EventKind,
-) -> Result<Vec<(Key, Scope)>, StoreError> {
-    let entry: Option<(String, Option<String>)> = tx
+/// Who queued entry `seq`, and its keys; `None` when it is gone.
+pub(crate) fn entry(tx: &Transaction<'_>, seq: i64) -> Result<Option<QueueEntry>, StoreError> {
+    let who: Option<(String, Option<String>)> = tx
         .query_row("SELECT owner, task FROM queue WHERE seq = ?1", [seq], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()
         .map_err(map_err)?;
-    let Some((owner, task)) = entry else {
-        return Ok(Vec::new());
+    let Some((owner, task)) = who else {
+        return Ok(None);
     };
     let keys: Vec<(String, String)> = tx
         .prepare_cached("SELECT key, scope FROM queue_keys WHERE seq = ?1")
@@ -259,25 +237,12 @@ pub(crate) fn leave(
         .map_err(map_err)?
         .collect::<Result<_, _>>()
         .map_err(map_err)?;
-    drop_entry(tx, seq)?;
-    if let Some((key, _)) = keys.first() {
-        record(
-            tx,
-            ctx.now,
-            NewEvent {
-                key,
-                kind,
-                owner: &owner,
-                task: task.as_deref(),
-                fence: None,
-                grant: None,
-                reason: None,
-                detail: None,
-            },
-        )?;
-    }
-    Ok(keys
-        .into_iter()
-        .filter_map(|(k, s)| Some((Key::new(k).ok()?, Scope::from_name(&s)?)))
-        .collect())
+    Ok(Some(QueueEntry {
+        owner,
+        task,
+        keys: keys
+            .into_iter()
+            .filter_map(|(k, s)| Some((Key::new(k).ok()?, Scope::from_name(&s)?)))
+            .collect(),
+    }))
 }

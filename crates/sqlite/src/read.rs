@@ -130,19 +130,7 @@ pub(crate) fn waiters(
         };
         found.push(((q.priority, q.seq), info));
     }
-    let mut out: Vec<WaiterInfo> = locksmith_core::view::number_waiters(found)
-        .into_iter()
-        .filter(|w| {
-            f.owner.as_ref().is_none_or(|o| &w.owner == o)
-                && f.prefix
-                    .as_ref()
-                    .is_none_or(|p| w.key.as_str().starts_with(p.as_str()))
-        })
-        .collect();
-    if f.limit > 0 {
-        out.truncate(f.limit);
-    }
-    Ok(out)
+    Ok(locksmith_core::view::waiter_list(found, f))
 }
 
 pub(crate) fn history(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
@@ -243,11 +231,7 @@ pub(crate) fn stats(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Stats, StoreE
                 |r| r.get::<_, i64>(0),
             )
             .map_err(map_err)? as u64,
-        waiting: waiters(tx, ctx, &ListFilter::default())?
-            .iter()
-            .map(|w| (w.owner.clone(), w.since))
-            .collect::<std::collections::HashSet<_>>()
-            .len() as u64,
+        waiting: locksmith_core::view::requests_waiting(&waiters(tx, ctx, &ListFilter::default())?),
         unhealthy,
         events: group("SELECT kind, count(*) FROM events GROUP BY kind")?,
         releases: group(

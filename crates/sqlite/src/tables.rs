@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use locksmith_core::decide::{Policy, Queued};
-use locksmith_core::flow::{self, NewEvent};
+use locksmith_core::flow::{self, NewEvent, QueueEntry};
 use locksmith_core::tenure::{self, Extension, Ledger, Named};
 use locksmith_core::{
     AcquireRequest, Fence, Grant, HeldLock, Hold, Key, Mono, Now, ReleaseReason, Scope, StoreError,
@@ -91,6 +91,11 @@ impl flow::Tables for Tables<'_, '_> {
         ))
     }
 
+    fn locks_touching(&mut self, key: &Key, scope: Scope) -> Result<Vec<HeldLock>, StoreError> {
+        let holds = rows::holds_touching(self.tx, key, scope)?;
+        Ok(holds.into_iter().map(|h| h.lock).collect())
+    }
+
     fn holds_of_request(&mut self, request_id: &str, owner: &str) -> Result<Vec<Hold>, StoreError> {
         let rows = load_holds(
             self.tx,
@@ -157,6 +162,10 @@ impl flow::Tables for Tables<'_, '_> {
 
     fn queue_own(&mut self, seq: i64) -> Result<Option<(Mono, Mono)>, StoreError> {
         queue::own(self.tx, seq)
+    }
+
+    fn queue_entry(&mut self, seq: i64) -> Result<Option<QueueEntry>, StoreError> {
+        queue::entry(self.tx, seq)
     }
 
     fn drop_entry(&mut self, seq: i64) -> Result<(), StoreError> {

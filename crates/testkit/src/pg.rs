@@ -24,6 +24,10 @@ pub struct PgServer {
     pub port: u16,
     bin: PathBuf,
     as_postgres: bool,
+    /// The folder of its data, socket and log, removed at the end.
+    dir: PathBuf,
+    /// Its `-c name=value` settings, kept for a restart.
+    settings: Vec<String>,
     keeper: Mutex<Option<Child>>,
     retired: Mutex<Vec<Child>>,
 }
@@ -84,6 +88,8 @@ impl PgServer {
                 port: 0,
                 bin: bindir().unwrap_or_default(),
                 as_postgres: false,
+                dir: PathBuf::new(),
+                settings: Vec::new(),
                 keeper: Mutex::new(None),
                 retired: Mutex::new(Vec::new()),
             },
@@ -120,6 +126,17 @@ impl PgServer {
             port,
             bin,
             as_postgres,
+            settings: [
+                "listen_addresses=127.0.0.1".to_string(),
+                format!("unix_socket_directories={}", dir.display()),
+                "max_connections=300".into(),
+                // Tests never lose the machine, only the server process.
+                "fsync=off".into(),
+            ]
+            .into_iter()
+            .chain(settings.iter().map(|s| s.to_string()))
+            .collect(),
+            dir,
             keeper: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
         };
@@ -136,15 +153,7 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let mut opts = vec![
-            "listen_addresses=127.0.0.1".to_string(),
-            format!("unix_socket_directories={}", dir.display()),
-            "max_connections=300".into(),
-            // Tests never lose the machine, only the server process.
-            "fsync=off".into(),
-        ];
-        opts.extend(settings.iter().map(|s| s.to_string()));
-        server.launch(&dir, &opts)?;
+        server.launch()?;
         Ok(server)
     }
 
@@ -161,14 +170,15 @@ impl PgServer {
     }
 
     /// Starts `postgres` under the keeper shell and waits until it answers.
-    fn launch(&self, dir: &Path, opts: &[String]) -> Result<(), String> {
+    fn launch(&self) -> Result<(), String> {
+        let dir = &self.dir;
         let mut cmd = format!(
             "{} -D {} -p {}",
             quote(&self.bin.join("postgres").to_string_lossy()),
             quote(&self.data.to_string_lossy()),
             self.port
         );
-        for o in opts {
+        for o in &self.settings {
             cmd.push_str(&format!(" -c {}", quote(o)));
         }
         let stop = format!(
@@ -246,17 +256,6 @@ impl PgServer {
 
     /// Starts a server stopped by [`PgServer::crash`] again (recovery runs).
     pub fn restart(&self) -> Result<(), String> {
-        let dir = self
-            .data
-            .parent()
-            .unwrap_or(Path::new("/tmp"))
-            .to_path_buf();
-        let opts = vec![
-            "listen_addresses=127.0.0.1".to_string(),
-            format!("unix_socket_directories={}", dir.display()),
-            "max_connections=300".into(),
-            "fsync=off".into(),
-        ];
         // The old keeper's server is gone; it stays (pipe open) until the
         // end, when it stops whatever runs in the folder and removes it.
         let old = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -264,7 +263,7 @@ impl PgServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(old);
-        self.launch(&dir, &opts)
+        self.launch()
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {

@@ -150,7 +150,8 @@ impl Programs {
             etcd: path("etcd", "/usr/bin/etcd".into()),
             pg_bin: path(
                 "pg-bin",
-                services::newest_pg_bin().unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into()),
+                locksmith_testkit::pg::bindir()
+                    .unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into()),
             ),
             pg_user: args.text("pg-user").unwrap_or("postgres").to_string(),
         }

@@ -265,20 +265,6 @@ pub(super) fn etcd(bin: &Path) -> Result<Service, String> {
     Ok(service)
 }
 
-/// The folder of the newest installed PostgreSQL (`/usr/lib/postgresql/N/bin`).
-pub(super) fn newest_pg_bin() -> Option<PathBuf> {
-    std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n: u32 = e.file_name().to_str()?.parse().ok()?;
-            Some((n, e.path().join("bin")))
-        })
-        .filter(|(_, p)| p.join("postgres").exists())
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, p)| p)
-}
-
 /// Uid and gid of a user, from /etc/passwd.
 fn user_ids(name: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;

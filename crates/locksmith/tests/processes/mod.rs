@@ -253,6 +253,18 @@ fn spawn_worker(log: &Path, store: &str, cycles: u64, seed: u64, ttl_ms: u64, pl
         .unwrap()
 }
 
+/// Waits for every worker; each must have succeeded.
+fn wait_all(workers: Vec<Child>) {
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Line {
     enter: bool,
@@ -333,14 +345,7 @@ fn stress(dir: &Path, store: &str) {
     let workers: Vec<Child> = (0..8)
         .map(|i| spawn_worker(&log, store, 250, 0x9E37_79B9 + i * 7919, 30_000, "stress"))
         .collect();
-    for w in workers {
-        let out = w.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    wait_all(workers);
     let lines = read_log(&log);
     assert_eq!(
         lines.len(),
@@ -577,14 +582,7 @@ fn postgres_stopped_immediately_mid_run_loses_no_grant_and_overlaps_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::fs::write(dir.path().join("stop"), "").unwrap();
-    for w in workers {
-        let out = w.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    wait_all(workers);
     let errors = std::fs::read_to_string(dir.path().join("errors")).unwrap_or_default();
     assert!(!errors.is_empty(), "the outage was noticed");
     eprintln!("errors the workers saw:\n{errors}");

@@ -56,6 +56,35 @@ fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Long polls of `(owner, key)` waiting up to `wait_ms` each, on threads;
+/// returns once the server's queue holds all of them.
+fn park_waiters(
+    server: &crate::common::Server,
+    who: &[(&'static str, &'static str)],
+    wait_ms: u64,
+) -> Vec<std::thread::JoinHandle<(u16, Value)>> {
+    let addr = server.addr;
+    let waiting: Vec<_> = who
+        .iter()
+        .map(|&(owner, key)| {
+            std::thread::spawn(move || {
+                post(
+                    addr,
+                    "/v1/grants",
+                    json!({ "keys": [key], "owner": owner, "wait_ms": wait_ms }),
+                )
+            })
+        })
+        .collect();
+    let store = server.client();
+    assert!(eventually(Duration::from_secs(5), || store
+        .waiters(&ListFilter::default())
+        .unwrap()
+        .len()
+        == who.len()));
+    waiting
+}
+
 /// `owner` takes `key` through `store`, which must grant it at once.
 fn hold(store: &dyn Store, owner: &str, key: &str) -> locksmith_core::Grant {
     match store.acquire(&request(owner, &[key]), None).unwrap() {
@@ -545,24 +574,7 @@ fn an_owner_with_too_many_waiting_requests_is_refused_with_429() {
         .acquire(&request("A", &["w1", "w2", "w3"]), None)
         .unwrap();
     let addr = server.addr;
-    let waiting: Vec<_> = ["w1", "w2"]
-        .into_iter()
-        .map(|k| {
-            std::thread::spawn(move || {
-                post(
-                    addr,
-                    "/v1/grants",
-                    json!({ "keys": [k], "owner": "B", "wait_ms": 3000 }),
-                )
-            })
-        })
-        .collect();
-    let store = server.client();
-    assert!(eventually(Duration::from_secs(5), || store
-        .waiters(&ListFilter::default())
-        .unwrap()
-        .len()
-        == 2));
+    let waiting = park_waiters(&server, &[("B", "w1"), ("B", "w2")], 3000);
     let (status, p) = post(
         addr,
         "/v1/grants",
@@ -683,24 +695,7 @@ fn past_the_servers_poll_cap_a_waiter_is_told_to_retry() {
         .acquire(&request("A", &["c1", "c2", "c3"]), None)
         .unwrap();
     let addr = server.addr;
-    let waiting: Vec<_> = [("B", "c1"), ("C", "c2")]
-        .into_iter()
-        .map(|(o, k)| {
-            std::thread::spawn(move || {
-                post(
-                    addr,
-                    "/v1/grants",
-                    json!({ "keys": [k], "owner": o, "wait_ms": 2000 }),
-                )
-            })
-        })
-        .collect();
-    let store = server.client();
-    assert!(eventually(Duration::from_secs(5), || store
-        .waiters(&ListFilter::default())
-        .unwrap()
-        .len()
-        == 2));
+    let waiting = park_waiters(&server, &[("B", "c1"), ("C", "c2")], 2000);
     let (status, head, body) = raw(
         addr,
         "POST",
