@@ -20,13 +20,13 @@ macro_rules! err_part {
 }
 
 mod cmd;
-mod config;
 mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use locksmith::config;
 use locksmith_core::{Code, StoreError, exit};
 
 const EXIT_CODES: &str = "\
@@ -259,12 +259,7 @@ impl Ctx {
                 )?)))
             }
             locksmith::StoreUrl::Postgres => {
-                let pg = locksmith::postgres::Options {
-                    // Life files of process-bound locks sit where the
-                    // embedded store keeps them.
-                    life_dir: Some(self.config.home()),
-                    ..locksmith::postgres_options(&opts)
-                };
+                let pg = self.config.postgres_options()?;
                 Ok(Opened::Postgres(Box::new(locksmith::PgStore::open(
                     &url, pg,
                 )?)))

@@ -164,6 +164,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration given as a number of seconds by a front end whose users
+/// write numbers (Python's `ttl=30`, `wait=0.5`): refuses negative, not a
+/// number and endless values, naming `what`.
+pub fn duration_from_secs(what: &str, secs: f64) -> Result<Duration, String> {
+    if secs.is_nan() || secs.is_infinite() {
+        return Err(format!(
+            "invalid {what} {secs}: give a number of seconds such as 0.5 or 30, or a text such as 500ms, 30s, 5m"
+        ));
+    }
+    if secs < 0.0 {
+        return Err(format!(
+            "invalid {what} {secs}: a duration cannot be negative; give 0 or more seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid {what} {secs}: too long"))
+}
+
 /// Short human text: `850ms`, `42s`, `3m12s`, `2h05m`, `3d04h`.
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -192,6 +209,18 @@ mod tests {
         for bad in ["", "s", "10x", "1.5s", "-3s", "m5"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            duration_from_secs("wait", 0.25),
+            Ok(Duration::from_millis(250))
+        );
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+            assert!(duration_from_secs("wait", bad).is_err(), "{bad}");
+        }
+        assert!(
+            duration_from_secs("wait", -1.0)
+                .unwrap_err()
+                .contains("negative")
+        );
         assert_eq!(format_duration(Duration::from_secs(192)), "3m12s");
         assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
     }

@@ -112,6 +112,35 @@ impl Client {
         Ok(Client::sqlite(Arc::new(SqliteStore::open(&path, opts)?)))
     }
 
+    /// Opens the store the command line would use: `url` when given, else
+    /// the configuration's `server` (`$LOCKSMITH_SERVER`), else its `store`
+    /// (`$LOCKSMITH_STORE`, `sqlite:` by default), with the store options of
+    /// `$LOCKSMITH_HOME/locksmith.toml` and the environment. A server gets
+    /// `token`, else the configuration's (`$LOCKSMITH_TOKEN`).
+    pub fn configured(
+        cfg: &crate::config::Config,
+        url: Option<&str>,
+        token: Option<String>,
+    ) -> Result<Client, Error> {
+        let config_err = |e: anyhow::Error| Error::Config(format!("{e:#}"));
+        let url = match url {
+            Some(u) => u.to_string(),
+            None => cfg.server().unwrap_or_else(|| cfg.store()),
+        };
+        match StoreUrl::parse(&url)? {
+            StoreUrl::Sqlite(path) => {
+                let path = path.unwrap_or_else(|| cfg.db_path());
+                let opts = cfg.options().map_err(config_err)?;
+                Ok(Client::sqlite(Arc::new(SqliteStore::open(&path, opts)?)))
+            }
+            StoreUrl::Postgres => {
+                let opts = cfg.postgres_options().map_err(config_err)?;
+                Ok(Client::postgres(Arc::new(PgStore::open(&url, opts)?)))
+            }
+            StoreUrl::Server => Client::remote(&url, token.or_else(|| cfg.token())),
+        }
+    }
+
     /// A client of the locksmith server at `url` (`http://HOST:PORT`),
     /// sending `token` as its bearer token. Waiting is a long poll; the
     /// guards renew over HTTP and report a lock lost on the server's word or
@@ -202,11 +231,13 @@ impl Client {
             max_hold: None,
             request_id: None,
             bind: true,
+            takeover: Takeover::None,
         }
     }
 }
 
 /// A lock request being built; finish with [`LockBuilder::acquire`].
+#[derive(Clone)]
 pub struct LockBuilder {
     client: Client,
     keys: Vec<String>,
@@ -221,6 +252,7 @@ pub struct LockBuilder {
     max_hold: Option<Duration>,
     request_id: Option<String>,
     bind: bool,
+    takeover: Takeover,
 }
 
 impl LockBuilder {
@@ -232,6 +264,13 @@ impl LockBuilder {
     /// Lease length (default 30 s); the guard renews at a third of it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+    /// No lease: the lock lasts until released, or until this process is
+    /// proven dead when bound to it (a server cannot watch processes: there
+    /// only a release or the store's `stale_after` ends it).
+    pub fn no_lease(mut self) -> Self {
+        self.ttl = None;
         self
     }
     /// Waits up to `d` for a busy lock (default: fail at once).
@@ -295,6 +334,12 @@ impl LockBuilder {
         self.bind = false;
         self
     }
+    /// Takes the lock over when every holder in the way is stale, expired
+    /// or dead (their tenures end as `stolen`); live holders are respected.
+    pub fn steal_stale(mut self) -> Self {
+        self.takeover = Takeover::StealStale;
+        self
+    }
     /// Idempotency id for retries.
     pub fn request_id(mut self, id: &str) -> Self {
         self.request_id = Some(id.to_string());
@@ -319,7 +364,7 @@ impl LockBuilder {
             ttl: self.ttl,
             max_hold: self.max_hold,
             priority: self.priority,
-            takeover: Takeover::None,
+            takeover: self.takeover.clone(),
             request_id: self.request_id.clone(),
             bind: match (&self.client.binder, self.bind) {
                 (Some(b), true) => Some(b.bind_current_process()?),
@@ -333,8 +378,10 @@ impl LockBuilder {
         self.acquire_until(&AtomicBool::new(false))
     }
 
-    /// Acquires; stops waiting (and leaves the queue) once `cancel` is set.
-    fn acquire_until(self, cancel: &AtomicBool) -> Result<Guard, Error> {
+    /// Acquires without an async runtime; stops waiting (and leaves the
+    /// queue) once `cancel` is set, answering [`Error::Cancelled`]. For
+    /// front ends that wait on a thread of their own (Python, a UI).
+    pub fn acquire_until(self, cancel: &AtomicBool) -> Result<Guard, Error> {
         let req = self.request()?;
         let grant = wait::acquire(
             &*self.client.store,

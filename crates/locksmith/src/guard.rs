@@ -2,8 +2,9 @@
 //! it is lost.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use locksmith_core::store::{Proof, Release, Target};
+use locksmith_core::store::{Proof, Release, Renewal, Target};
 use locksmith_core::{Fence, Grant, Key, LeaseHandle, ReleaseReason, Store, StoreError};
 use tokio::sync::watch;
 
@@ -13,10 +14,26 @@ use crate::renewer::{Renewer, State};
 pub struct Guard {
     store: Arc<dyn Store>,
     grant: Grant,
-    state: watch::Receiver<State>,
+    watch: LostWatch,
+    /// The sender of a grant without a lease (the renewal thread holds the
+    /// others').
+    unrenewed: Option<watch::Sender<State>>,
     renewer: Arc<Renewer>,
     renewal: Option<u64>,
     released: bool,
+}
+
+/// Tells, apart from the guard, when its lock is lost: for a front end
+/// that waits for the loss on a thread or task of its own while the guard
+/// is used elsewhere. Cheap to clone. Once the guard is released (or
+/// dropped) the watch reports that too, with the holder's reason
+/// (`completed`, `failed` or `exited`: see [`ReleaseReason::by_holder`]).
+#[derive(Clone)]
+pub struct LostWatch {
+    state: watch::Receiver<State>,
+    renewer: Arc<Renewer>,
+    renewal: Option<u64>,
+    ttl: Option<Duration>,
 }
 
 impl Guard {
@@ -33,14 +50,59 @@ impl Guard {
         renewer: Arc<Renewer>,
     ) -> Guard {
         let (tx, rx) = watch::channel(State::Held);
-        let renewal = grant.ttl.map(|ttl| renewer.add(target(&grant), ttl, tx));
+        let (renewal, unrenewed) = match grant.ttl {
+            Some(ttl) => (Some(renewer.add(target(&grant), ttl, tx)), None),
+            None => (None, Some(tx)),
+        };
         Guard {
             store,
+            watch: LostWatch {
+                state: rx,
+                renewer: renewer.clone(),
+                renewal,
+                ttl: grant.ttl,
+            },
             grant,
-            state: rx,
+            unrenewed,
             renewer,
             renewal,
             released: false,
+        }
+    }
+
+    /// A watch on the loss of this guard's lock, usable apart from it.
+    pub fn watch(&self) -> LostWatch {
+        self.watch.clone()
+    }
+
+    /// Renews every lock of the guard now (the background renewal goes on
+    /// as well). On `Renewed` the guard's deadlines move; on `Lost` the
+    /// guard reports the loss like a failed background renewal.
+    pub fn renew(&mut self) -> Result<Renewal, StoreError> {
+        let started = Instant::now();
+        let answer = self.store.renew(&target(&self.grant), None)?;
+        match &answer {
+            Renewal::Renewed { locks } => {
+                if let Some(id) = self.renewal {
+                    self.renewer.renewed(id, started);
+                }
+                for mine in &mut self.grant.locks {
+                    if let Some(new) = locks.iter().find(|l| l.key == mine.key) {
+                        mine.expires_at = new.expires_at;
+                    }
+                }
+            }
+            Renewal::Lost { reason, .. } => self.stop(Some(State::Lost(*reason))),
+        }
+        Ok(answer)
+    }
+
+    /// Stops the renewals, telling the watchers `last` when given.
+    fn stop(&mut self, last: Option<State>) {
+        if let Some(id) = self.renewal.take() {
+            self.renewer.remove(id, last);
+        } else if let (Some(tx), Some(state)) = (&self.unrenewed, last) {
+            let _ = tx.send(state);
         }
     }
 
@@ -75,7 +137,7 @@ impl Guard {
     /// had it (its reason is `completed` or `failed`): given up, not lost.
     /// `locksmith run` uses this for a command that released its own lock.
     pub fn given_up(&self) -> bool {
-        matches!(*self.state.borrow(), State::Lost(Some(r)) if r.by_holder())
+        self.watch.given_up()
     }
 
     /// True once a renewal found the lock gone, or when nine tenths of the
@@ -83,10 +145,58 @@ impl Guard {
     /// clock: the client's deadline runs out before the store's, so a stuck
     /// renewal (a store that does not answer) is never taken for "held".
     pub fn is_lost(&self) -> bool {
+        self.watch.is_lost()
+    }
+    /// Resolves when the lock is lost, with the reason when the store knows it,
+    /// or with `lease_expired` when the client's own deadline passes (as in
+    /// [`Guard::is_lost`]). Never resolves while the lock is held. Needs a
+    /// Tokio runtime with its timer enabled (the default of `#[tokio::main]`).
+    pub async fn lost(&self) -> Option<ReleaseReason> {
+        self.watch.lost().await
+    }
+
+    /// Releases with reason `completed` and reports what happened: `NotHeld`
+    /// (with the reason) when any key had been lost meanwhile.
+    pub fn release(mut self) -> Result<Release, StoreError> {
+        self.finish(ReleaseReason::Completed)
+    }
+    /// Releases with reason `failed`.
+    pub fn release_failed(mut self) -> Result<Release, StoreError> {
+        self.finish(ReleaseReason::Failed)
+    }
+    /// Releases with reason `exited`: for a front end that held the lock
+    /// for a session that ended without releasing it.
+    pub fn release_exited(mut self) -> Result<Release, StoreError> {
+        self.finish(ReleaseReason::Exited)
+    }
+
+    /// Stops renewing without releasing, for a grant the store has ended
+    /// already (lost): dropping the guard would send a release for nothing.
+    pub fn disarm(mut self) -> Grant {
+        self.stop(None);
+        self.released = true;
+        self.grant.clone()
+    }
+
+    fn finish(&mut self, reason: ReleaseReason) -> Result<Release, StoreError> {
+        self.stop(Some(State::Lost(Some(reason))));
+        self.released = true;
+        self.store.release_grant(&target(&self.grant), reason)
+    }
+}
+
+impl LostWatch {
+    /// As [`Guard::given_up`].
+    pub fn given_up(&self) -> bool {
+        matches!(*self.state.borrow(), State::Lost(Some(r)) if r.by_holder())
+    }
+
+    /// As [`Guard::is_lost`]; also true once the guard was released.
+    pub fn is_lost(&self) -> bool {
         if matches!(*self.state.borrow(), State::Lost(_)) {
             return true;
         }
-        match (self.renewal, self.grant.ttl) {
+        match (self.renewal, self.ttl) {
             (Some(id), Some(ttl)) => self
                 .renewer
                 .last_good(id)
@@ -94,10 +204,9 @@ impl Guard {
             _ => false,
         }
     }
-    /// Resolves when the lock is lost, with the reason when the store knows it,
-    /// or with `lease_expired` when the client's own deadline passes (as in
-    /// [`Guard::is_lost`]). Never resolves while the lock is held. Needs a
-    /// Tokio runtime with its timer enabled (the default of `#[tokio::main]`).
+
+    /// As [`Guard::lost`]; also resolves once the guard was released, with
+    /// the holder's reason.
     pub async fn lost(&self) -> Option<ReleaseReason> {
         let mut rx = self.state.clone();
         loop {
@@ -107,7 +216,7 @@ impl Guard {
             if self.is_lost() {
                 return Some(ReleaseReason::LeaseExpired);
             }
-            let deadline = match (self.renewal, self.grant.ttl) {
+            let deadline = match (self.renewal, self.ttl) {
                 (Some(id), Some(ttl)) => self.renewer.last_good(id).map(|t| t + ttl * 9 / 10),
                 _ => None,
             };
@@ -129,39 +238,6 @@ impl Guard {
                 }
             }
         }
-    }
-
-    /// Releases with reason `completed` and reports what happened: `NotHeld`
-    /// (with the reason) when any key had been lost meanwhile.
-    pub fn release(mut self) -> Result<Release, StoreError> {
-        self.finish(ReleaseReason::Completed)
-    }
-    /// Releases with reason `failed`.
-    pub fn release_failed(mut self) -> Result<Release, StoreError> {
-        self.finish(ReleaseReason::Failed)
-    }
-    /// Releases with reason `exited`: for a front end that held the lock
-    /// for a session that ended without releasing it.
-    pub fn release_exited(mut self) -> Result<Release, StoreError> {
-        self.finish(ReleaseReason::Exited)
-    }
-
-    /// Stops renewing without releasing, for a grant the store has ended
-    /// already (lost): dropping the guard would send a release for nothing.
-    pub fn disarm(mut self) -> Grant {
-        if let Some(id) = self.renewal.take() {
-            self.renewer.remove(id);
-        }
-        self.released = true;
-        self.grant.clone()
-    }
-
-    fn finish(&mut self, reason: ReleaseReason) -> Result<Release, StoreError> {
-        if let Some(id) = self.renewal.take() {
-            self.renewer.remove(id);
-        }
-        self.released = true;
-        self.store.release_grant(&target(&self.grant), reason)
     }
 }
 

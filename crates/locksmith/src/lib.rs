@@ -22,13 +22,14 @@
 //! the same and returns the same [`Guard`].
 
 mod client;
+pub mod config;
 mod guard;
 mod renewer;
 pub mod sweep;
 pub mod wait;
 
 pub use client::{Client, LockBuilder, StoreUrl, default_home, postgres_options};
-pub use guard::Guard;
+pub use guard::{Guard, LostWatch};
 pub use locksmith_core as core;
 pub use locksmith_core::{Fence, Key, LeaseHandle, ReleaseReason};
 pub use locksmith_host as host;
@@ -59,13 +60,16 @@ pub enum Error {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The configuration (file or environment) is invalid.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl Error {
     /// The stable code of this outcome (see [`locksmith_core::outcome`]).
     pub fn code(&self) -> locksmith_core::Code {
         match self {
-            Error::Url(_) => locksmith_core::Code::Invalid,
+            Error::Url(_) | Error::Config(_) => locksmith_core::Code::Invalid,
             Error::Busy(_) => locksmith_core::Code::Busy,
             Error::TimedOut(_) => locksmith_core::Code::WaitTimedOut,
             Error::Cancelled => locksmith_core::Code::Cancelled,

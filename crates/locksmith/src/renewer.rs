@@ -112,9 +112,22 @@ impl Renewer {
             .and_then(|e| e.failing.clone())
     }
 
-    /// Stops renewing `id` (its slot in the schedule is skipped when due).
-    pub(crate) fn remove(&self, id: u64) {
-        self.shared.lock().entries.remove(&id);
+    /// Stops renewing `id` (its slot in the schedule is skipped when due),
+    /// telling its watchers `last` first when given.
+    pub(crate) fn remove(&self, id: u64, last: Option<State>) {
+        if let Some(e) = self.shared.lock().entries.remove(&id)
+            && let Some(state) = last
+        {
+            let _ = e.state.send(state);
+        }
+    }
+
+    /// Records a renewal made outside the thread (a guard's own `renew`).
+    pub(crate) fn renewed(&self, id: u64, at: Instant) {
+        if let Some(e) = self.shared.lock().entries.get_mut(&id) {
+            e.last_good = e.last_good.max(at);
+            e.failing = None;
+        }
     }
 }
 

@@ -14,7 +14,7 @@ pub struct Args {
 /// Runs `config`.
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     if a.example {
-        crate::output::write_out(format_args!("{}", crate::config::example()));
+        crate::output::write_out(format_args!("{}", locksmith::config::example()));
         return Ok(());
     }
     let rows = ctx.config.rows();

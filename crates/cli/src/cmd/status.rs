@@ -4,9 +4,9 @@ use locksmith_core::Scope;
 use locksmith_core::store::{ListFilter, LockInfo, WaiterInfo};
 use locksmith_core::time::format_duration;
 
-use crate::config::show_duration;
 use crate::output::{json, table};
 use crate::{Ctx, Failure};
+use locksmith::config::show_duration;
 
 /// Show who holds a key and who waits for it.
 #[derive(clap::Args, Debug)]

@@ -1,4 +1,5 @@
-//! Effective configuration: flags > environment (`LOCKSMITH_<NAME>`) >
+//! The effective configuration, read the same way by the command line and
+//! every other front end: flags > environment (`LOCKSMITH_<NAME>`) >
 //! config file (`locksmith.toml` in `$LOCKSMITH_HOME`, or `--config`) >
 //! defaults, with the source of every value kept for `locksmith config`.
 
@@ -6,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::{Durability, Options, default_home};
 use anyhow::{Context, bail};
-use locksmith::{Durability, Options, default_home};
 use locksmith_core::time::{format_duration, parse_duration};
 
 /// Where a value came from.
@@ -113,7 +114,7 @@ impl Config {
             "home",
             (default_home().display().to_string(), Source::Default),
         );
-        values.insert("owner", (locksmith::host::default_owner(), Source::Default));
+        values.insert("owner", (locksmith_host::default_owner(), Source::Default));
         if let Ok(h) = std::env::var("LOCKSMITH_HOME")
             && !h.is_empty()
         {
@@ -261,6 +262,15 @@ impl Config {
         })
     }
 
+    /// The PostgreSQL store's settings: the store options, and the life
+    /// files of process-bound locks where the embedded store keeps them.
+    pub fn postgres_options(&self) -> anyhow::Result<locksmith_postgres::Options> {
+        Ok(locksmith_postgres::Options {
+            life_dir: Some(self.home()),
+            ..crate::postgres_options(&self.options()?)
+        })
+    }
+
     /// `(name, value, source, help)` for every setting; secrets redacted.
     pub fn rows(&self) -> Vec<(&'static str, String, Source, &'static str)> {
         SETTINGS
@@ -269,7 +279,7 @@ impl Config {
                 let (v, src) = self.get(s.name);
                 let shown = match s.name {
                     "token" if !v.is_empty() => "<redacted>".to_string(),
-                    "store" => locksmith::postgres::redact(v),
+                    "store" => locksmith_postgres::redact(v),
                     _ => v.clone(),
                 };
                 (s.name, shown, src.clone(), s.help)
