@@ -9,36 +9,9 @@ The same code runs over PostgreSQL (``Client("postgres://...")``) or a
 ``locksmith serve`` (``Client("http://HOST:PORT")``).
 """
 
+from . import errors
 from ._native import __version__
 from .client import Client, Duration, Lock
-from .errors import (
-    DeadlockRefused,
-    Forbidden,
-    InvalidRequest,
-    LockBusy,
-    LocksmithError,
-    LockLost,
-    NotHolder,
-    StoreError,
-    Unauthorized,
-    WaitCancelled,
-    WaitTimedOut,
-)
+from .errors import *  # noqa: F403 - every exception, as listed in errors.__all__
 
-__all__ = [
-    "__version__",
-    "Client",
-    "Lock",
-    "Duration",
-    "LocksmithError",
-    "LockBusy",
-    "WaitTimedOut",
-    "WaitCancelled",
-    "DeadlockRefused",
-    "NotHolder",
-    "LockLost",
-    "InvalidRequest",
-    "Forbidden",
-    "Unauthorized",
-    "StoreError",
-]
+__all__ = ["__version__", "Client", "Lock", "Duration", *errors.__all__]
