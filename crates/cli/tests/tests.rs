@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod dashboard;
 mod mcp;
 mod postgres;
 mod run;

@@ -12,6 +12,7 @@
 //! ```
 
 mod api;
+mod dashboard;
 mod error;
 mod events;
 mod guard;
@@ -63,6 +64,9 @@ pub struct Settings {
     /// The token file; without one (or with an empty one) every caller is
     /// trusted, which `serve` allows on loopback only.
     pub tokens: Option<PathBuf>,
+    /// The store as shown to people (a URL without its password), for the
+    /// dashboard's server strip and `/v1/info`.
+    pub store_shown: String,
 }
 
 impl Default for Settings {
@@ -77,6 +81,7 @@ impl Default for Settings {
             allowed_hosts: Vec::new(),
             tokens: None,
             keep_alive: Duration::from_secs(15),
+            store_shown: String::new(),
         }
     }
 }

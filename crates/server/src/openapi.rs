@@ -70,6 +70,26 @@ struct Health200 {
     status: String,
 }
 
+/// `GET /v1/info`: who the dashboard (or any client) is talking to.
+#[derive(Serialize, ToSchema)]
+struct Info {
+    /// The server's version.
+    version: String,
+    /// The store, without its password.
+    store: String,
+    /// The server's clock, milliseconds since the Unix epoch.
+    server_time: u64,
+    /// The caller's role: `viewer`, `client` or `admin` (`admin` under
+    /// local trust, when no token is configured).
+    role: String,
+    /// The name of the caller's token, if one was sent.
+    token: Option<String>,
+    /// True when no token is configured (loopback only).
+    trusted: bool,
+    /// True when the server has tokens.
+    tokens: bool,
+}
+
 /// The answer to a release: the tenure ended now, or nothing of the
 /// caller's was held.
 #[derive(Serialize, ToSchema)]
@@ -123,14 +143,15 @@ impl Modify for Bearer {
     ),
     paths(
         acquire, renew_grant, release_grant, renew_key, release_key, force_release, leave,
-        status, list, waiters, history, stats, events, reap, metrics, healthz, readyz, openapi
+        status, list, waiters, history, stats, events, reap, metrics, healthz, readyz, openapi,
+        info
     ),
     components(schemas(
         AcquireBody, GrantBody, WaitingBody, RenewBody, ReleaseBody, ForceBody, LeaveBody,
         Problem, Strategy, Blocked, GrantedLock, LockInfo, WaiterInfo, KeyStatus, Stats,
         Renewal, Release, Event, EventKind, Fence, Health, Mode, Scope, ReleaseReason,
         LockPage, WaiterList, EventList, Ended, Reaped, Left, Health200, ReapBody,
-        ReleaseAnswer, GrantNotHeld, StreamEvent
+        ReleaseAnswer, GrantNotHeld, StreamEvent, Info
     )),
     modifiers(&Bearer),
     security(("bearer" = []))
@@ -346,6 +367,12 @@ fn healthz() {}
         (status = 503, description = "not ready", body = Problem, content_type = "application/problem+json"),
         Foreign))]
 fn readyz() {}
+
+/// Version, store, server time and the caller's role (the dashboard's
+/// server strip; it hides the admin actions from other roles).
+#[utoipa::path(get, path = "/v1/info", tag = "service",
+    responses((status = 200, description = "who the caller talks to", body = Info), Reads))]
+fn info() {}
 
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "service", security(()),

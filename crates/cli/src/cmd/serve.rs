@@ -87,6 +87,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         sweep_every,
         allowed_hosts: a.allow_host.clone(),
         tokens: Some(token_file),
+        store_shown: ctx.store_shown(),
         ..Settings::default()
     };
     let notifier = store.notifier();
