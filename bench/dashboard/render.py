@@ -38,7 +38,7 @@ OBSERVE = """
 window.__rendered = null;
 new MutationObserver((_, obs) => {
   const s = document.getElementById('locks-summary');
-  if (s && s.textContent.startsWith(window.__want + ' held')) {
+  if (s && /^\d+ held/.test(s.textContent) && parseInt(s.textContent, 10) >= Number(window.__want)) {
     window.__rendered = performance.now(); obs.disconnect();
   }
 }).observe(document, {subtree: true, childList: true, characterData: true});
@@ -81,7 +81,6 @@ def main() -> None:
             t0 = time.monotonic()
             subprocess.run([binary, "acquire", key, "--ttl", "1h"], env=client_env, check=True,
                            stdout=subprocess.DEVNULL)
-            driver.execute_script("window.__want = arguments[0]; window.__rendered = null;", str(args.locks + n + 1))
             WebDriverWait(driver, 30, 0.01).until(
                 lambda d: d.execute_script("return document.getElementById('locks-summary').textContent.startsWith(arguments[0] + ' held')",
                                            str(args.locks + n + 1)))

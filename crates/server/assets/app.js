@@ -22,6 +22,7 @@
     history: [], historyPage: 0,
     lastEventId: null,
     refreshTimer: null,
+    lastRefresh: 0,
     clockOffset: 0,
     stream: null,
   };
@@ -188,12 +189,18 @@
     if (open && !$("details").hidden) details(open, false);
   }
 
+  // Events come in bursts: the first one reloads the lists at once, the
+  // rest of a burst waits for the next turn (150 ms, or a second while
+  // thousands of locks are held).
   function soon() {
     if (st.paused || st.refreshTimer) return;
+    const every = st.locks.length > 2000 ? 1000 : 150;
+    const wait = Math.max(20, st.lastRefresh + every - performance.now());
     st.refreshTimer = setTimeout(() => {
       st.refreshTimer = null;
+      st.lastRefresh = performance.now();
       refresh().catch(() => {});
-    }, 150);
+    }, wait);
   }
 
   // ---- live: the event stream ----------------------------------------------------
