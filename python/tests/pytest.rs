@@ -4,7 +4,6 @@
 //! tests the sources as they are, with nothing to install but pytest.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use locksmith_testkit::pg::PgServer;
 
@@ -52,28 +51,19 @@ fn python_package() {
     }
     std::fs::copy(&native, package.join("_native.abi3.so")).unwrap();
 
-    let out = Command::new("python3")
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .arg(python.join("tests"))
-        // From a folder of its own, so that the sources in python/locksmith
-        // (without the native module) are not imported instead.
-        .current_dir(site.path())
-        .env("PYTHONPATH", site.path())
-        .env("LOCKSMITH_BIN", &bin)
-        // PostgreSQL for the tests that run on every store: started here
-        // (initdb into a temporary folder), or LOCKSMITH_TEST_PG_URL's.
-        .env("LOCKSMITH_TEST_PG_URL", &PgServer::shared().url)
-        .env_remove("LOCKSMITH_HOME")
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        !stderr.contains("No module named pytest"),
-        "pytest is missing: python3 -m pip install pytest (.ci/run does)"
+    // From a folder of its own, so that the sources in python/locksmith
+    // (without the native module) are not imported instead.
+    let pg = PgServer::shared();
+    locksmith_testkit::pytest(
+        &python.join("tests"),
+        site.path(),
+        &[
+            ("PYTHONPATH", site.path().as_os_str()),
+            ("LOCKSMITH_BIN", bin.as_os_str()),
+            // PostgreSQL for the tests that run on every store: started here
+            // (initdb into a temporary folder), or LOCKSMITH_TEST_PG_URL's.
+            ("LOCKSMITH_TEST_PG_URL", pg.url.as_ref()),
+        ],
+        "python3 -m pip install pytest (.ci/run does)",
     );
-    assert!(out.status.success(), "the Python tests failed (see above)");
-    assert!(stdout.contains(" passed"), "pytest ran no test");
 }

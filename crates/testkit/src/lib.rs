@@ -14,7 +14,10 @@
 pub mod conformance;
 pub mod memory;
 pub mod pg;
+mod pytest;
 pub mod walk;
+
+pub use pytest::pytest;
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
