@@ -169,14 +169,16 @@
   async function refresh() {
     const f = filters();
     const state = $("f-state").value;
+    // Without a state filter the unhealthy locks are among those listed:
+    // one list to read instead of two.
     const [locks, waiters, unhealthy] = await Promise.all([
       api("/v1/locks" + q({ prefix: f.prefix, owner: f.owner, state })),
       api("/v1/waiters" + q(f)),
-      api("/v1/locks" + q({ prefix: f.prefix, owner: f.owner, state: "unhealthy" })),
+      state ? api("/v1/locks" + q({ prefix: f.prefix, owner: f.owner, state: "unhealthy" })) : null,
     ]);
     st.locks = locks.locks;
     st.waiters = waiters.waiters || waiters;
-    st.unhealthy = unhealthy.locks.filter((l) => l.health !== "healthy");
+    st.unhealthy = (unhealthy ? unhealthy.locks : st.locks).filter((l) => l.health !== "healthy");
     st.loadedAt = performance.now();
     $("n-locks").textContent = st.locks.length;
     $("n-waiting").textContent = st.waiters.length || "";
