@@ -157,13 +157,13 @@ class Client:
         healthy (stale, expired, dead holder). Each is a dict with key,
         mode, owner, task, host, pid, fence, acquired_at, expires_at,
         health, ..."""
-        return json.loads(self._native.list(prefix, owner, bool(stale), int(limit)))["locks"]
+        return json.loads(self._native.list(prefix, owner, bool(stale), int(limit)))
 
     def waiters(
         self, prefix: Optional[str] = None, *, owner: Optional[str] = None, limit: int = 0
     ) -> List[Dict[str, Any]]:
         """Queued requests, key then queue order."""
-        return json.loads(self._native.list(prefix, owner, False, int(limit)))["waiters"]
+        return json.loads(self._native.waiters(prefix, owner, int(limit)))
 
     def history(
         self,

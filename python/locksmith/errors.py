@@ -7,7 +7,7 @@ Every exception has ``code``: the stable name of the outcome (``busy``,
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional, Sequence
 
 __all__ = [
     "LocksmithError",
@@ -34,19 +34,17 @@ class LocksmithError(Exception):
             setattr(self, name, value)
 
 
-class _Blocked(LocksmithError):
-    holders: List[Dict[str, Any]]
-    """The locks in the way, each with owner, task, host, pid, fence, expires_at."""
-    waiters_ahead: int
-    """Earlier waiters in the way."""
-    position: Optional[int]
-    """1-based place in the queue, when the request had queued."""
+# The details below are class-level defaults; `_details` sets the values
+# of each raised exception on the instance.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.holders = []
-        self.waiters_ahead = 0
-        self.position = None
+
+class _Blocked(LocksmithError):
+    holders: Sequence[Dict[str, Any]] = ()
+    """The locks in the way, each with owner, task, host, pid, fence, expires_at."""
+    waiters_ahead: int = 0
+    """Earlier waiters in the way."""
+    position: Optional[int] = None
+    """1-based place in the queue, when the request had queued."""
 
     @property
     def holder(self) -> Optional[Dict[str, Any]]:
@@ -80,14 +78,9 @@ class DeadlockRefused(LocksmithError):
     """Waiting would close a cycle of waiters; nothing was queued."""
 
     code = "deadlock"
-    key: str
-    cycle: List[str]
+    key: str = ""
+    cycle: Sequence[str] = ()
     """The owners in the cycle, first and last the requester."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.key = ""
-        self.cycle = []
 
 
 class NotHolder(LocksmithError):
@@ -100,14 +93,9 @@ class LockLost(LocksmithError):
     """The lock is no longer held: its lease ran out, it was forced, stolen, ..."""
 
     code = "lost"
-    key: str
-    reason: Optional[str]
+    key: str = ""
+    reason: Optional[str] = None
     """Why the tenure ended (``lease_expired``, ``forced``, ``stolen``, ...), when known."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.key = ""
-        self.reason = None
 
 
 class InvalidRequest(LocksmithError, ValueError):

@@ -225,6 +225,21 @@ impl NativeClient {
     }
 }
 
+impl NativeClient {
+    /// One store call without the GIL, its answer as JSON.
+    fn read<T: serde::Serialize + Send>(
+        &self,
+        py: Python<'_>,
+        call: impl FnOnce(&dyn locksmith::core::Store) -> Result<T, StoreError> + Send,
+    ) -> PyResult<String> {
+        let client = self.client(py)?;
+        let answer = py
+            .detach(|| call(&**client.store()))
+            .map_err(|e| raise(py, e.into()))?;
+        json(py, &answer)
+    }
+}
+
 fn reason_name(r: Option<locksmith::ReleaseReason>) -> Option<String> {
     r.map(|r| r.name().to_string())
 }
@@ -357,14 +372,11 @@ impl NativeClient {
 
     /// Holders and queue of one key, as JSON.
     fn status(&self, py: Python<'_>, key: &str) -> PyResult<String> {
-        let (client, key) = (self.client(py)?, self::key(py, key)?);
-        let s = py
-            .detach(|| client.store().status(&key))
-            .map_err(|e| raise(py, e.into()))?;
-        json(py, &s)
+        let key = self::key(py, key)?;
+        self.read(py, move |store| store.status(&key))
     }
 
-    /// Held locks (and the queued requests), as JSON.
+    /// Held locks, key order, as JSON.
     #[pyo3(signature = (prefix, owner, stale, limit))]
     fn list(
         &self,
@@ -374,7 +386,6 @@ impl NativeClient {
         stale: bool,
         limit: usize,
     ) -> PyResult<String> {
-        let client = self.client(py)?;
         let filter = ListFilter {
             owner,
             prefix,
@@ -382,16 +393,25 @@ impl NativeClient {
             grant: None,
             limit,
         };
-        let (locks, waiters) = py
-            .detach(|| -> Result<_, StoreError> {
-                let store = client.store();
-                Ok((store.list(&filter)?, store.waiters(&filter)?))
-            })
-            .map_err(|e| raise(py, e.into()))?;
-        json(
-            py,
-            &serde_json::json!({ "locks": locks, "waiters": waiters }),
-        )
+        self.read(py, move |store| store.list(&filter))
+    }
+
+    /// Queued requests, key then queue order, as JSON.
+    #[pyo3(signature = (prefix, owner, limit))]
+    fn waiters(
+        &self,
+        py: Python<'_>,
+        prefix: Option<String>,
+        owner: Option<String>,
+        limit: usize,
+    ) -> PyResult<String> {
+        let filter = ListFilter {
+            owner,
+            prefix,
+            limit,
+            ..ListFilter::default()
+        };
+        self.read(py, move |store| store.waiters(&filter))
     }
 
     /// History, newest first, as JSON.
@@ -407,17 +427,11 @@ impl NativeClient {
         after: Option<i64>,
         limit: usize,
     ) -> PyResult<String> {
-        let kind = match event.as_deref() {
-            None => None,
-            Some(e) => Some(EventKind::from_name(e).ok_or_else(|| {
-                let names: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
-                invalid(
-                    py,
-                    format!("unknown event {e:?}; events are {}", names.join(", ")),
-                )
-            })?),
-        };
-        let client = self.client(py)?;
+        let kind = event
+            .as_deref()
+            .map(EventKind::parse)
+            .transpose()
+            .map_err(|e| invalid(py, e))?;
         let filter = HistoryFilter {
             key,
             prefix,
@@ -426,19 +440,12 @@ impl NativeClient {
             after,
             limit,
         };
-        let events = py
-            .detach(|| client.store().history(&filter))
-            .map_err(|e| raise(py, e.into()))?;
-        json(py, &events)
+        self.read(py, move |store| store.history(&filter))
     }
 
     /// The counters of `locksmith stats`, as JSON.
     fn stats(&self, py: Python<'_>) -> PyResult<String> {
-        let client = self.client(py)?;
-        let s = py
-            .detach(|| client.store().stats())
-            .map_err(|e| raise(py, e.into()))?;
-        json(py, &s)
+        self.read(py, |store| store.stats())
     }
 
     /// Ends every tenure on `key` (admin); with `fence`, only while no newer
@@ -452,19 +459,11 @@ impl NativeClient {
         fence: Option<u64>,
         by: Option<String>,
     ) -> PyResult<String> {
-        let (client, key) = (self.client(py)?, self::key(py, key)?);
+        let key = self::key(py, key)?;
         let by = by.or_else(|| self.owner.clone());
-        let ended = py
-            .detach(|| {
-                client.store().force_release_seen(
-                    &key,
-                    reason,
-                    by.as_deref(),
-                    fence.map(locksmith::Fence),
-                )
-            })
-            .map_err(|e| raise(py, e.into()))?;
-        json(py, &ended)
+        self.read(py, move |store| {
+            store.force_release_seen(&key, reason, by.as_deref(), fence.map(locksmith::Fence))
+        })
     }
 }
 

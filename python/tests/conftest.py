@@ -6,11 +6,8 @@ file in the test's own folder) and through a server started for it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -20,6 +17,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "crates/testkit/python"))
+from served import Served  # noqa: E402 - the suites' shared server
 
 
 def locksmith_bin() -> str:
@@ -47,39 +46,13 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return h
 
 
-class Server:
+class Server(Served):
+    """`locksmith serve` over a store folder of its own inside `home`."""
+
     def __init__(self, home: Path, roles: Optional[Dict[str, str]] = None) -> None:
         folder = home / "server"
         folder.mkdir()
-        env = dict(os.environ, LOCKSMITH_HOME=str(folder))
-        self.tokens: Dict[str, str] = {}
-        for name, role in (roles or {}).items():
-            made = subprocess.run(
-                [locksmith_bin(), "--json", "token", "create", "--name", name, "--role", role],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            self.tokens[name] = json.loads(made.stdout)["token"]
-        self.proc = subprocess.Popen(
-            [locksmith_bin(), "serve", "--listen", "127.0.0.1:0", "--sweep-interval", "200ms"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        first = self.proc.stdout.readline().strip()
-        assert first.startswith("listening on http://127.0.0.1:"), first
-        self.url = first.removeprefix("listening on ")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(locksmith_bin(), folder, roles)
 
 
 @pytest.fixture

@@ -345,6 +345,17 @@ impl EventKind {
     pub fn from_name(s: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|k| k.name() == s)
     }
+    /// A kind asked for by a person or a client: the message of a refusal
+    /// names every kind.
+    pub fn parse(s: &str) -> Result<EventKind, String> {
+        EventKind::from_name(s).ok_or_else(|| {
+            let names: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
+            format!(
+                "unknown event kind {s:?}; the kinds are {}",
+                names.join(", ")
+            )
+        })
+    }
 }
 
 /// One line of the audit history.

@@ -18,7 +18,8 @@ pub struct Guard {
     /// The sender of a grant without a lease (the renewal thread holds the
     /// others').
     unrenewed: Option<watch::Sender<State>>,
-    renewer: Arc<Renewer>,
+    /// The renewal of a leased grant, until the guard stops it (the
+    /// renewal thread is the watch's).
     renewal: Option<u64>,
     released: bool,
 }
@@ -58,13 +59,12 @@ impl Guard {
             store,
             watch: LostWatch {
                 state: rx,
-                renewer: renewer.clone(),
+                renewer,
                 renewal,
                 ttl: grant.ttl,
             },
             grant,
             unrenewed,
-            renewer,
             renewal,
             released: false,
         }
@@ -84,7 +84,7 @@ impl Guard {
         match &answer {
             Renewal::Renewed { locks } => {
                 if let Some(id) = self.renewal {
-                    self.renewer.renewed(id, started);
+                    self.watch.renewer.renewed(id, started);
                 }
                 for mine in &mut self.grant.locks {
                     if let Some(new) = locks.iter().find(|l| l.key == mine.key) {
@@ -100,7 +100,7 @@ impl Guard {
     /// Stops the renewals, telling the watchers `last` when given.
     fn stop(&mut self, last: Option<State>) {
         if let Some(id) = self.renewal.take() {
-            self.renewer.remove(id, last);
+            self.watch.renewer.remove(id, last);
         } else if let (Some(tx), Some(state)) = (&self.unrenewed, last) {
             let _ = tx.send(state);
         }
@@ -110,7 +110,7 @@ impl Guard {
     /// store unreachable, a full disk): the lock is still held until its
     /// lease runs out, and [`Guard::lost`] says when that happens.
     pub fn renew_error(&self) -> Option<String> {
-        self.renewal.and_then(|id| self.renewer.failing(id))
+        self.renewal.and_then(|id| self.watch.renewer.failing(id))
     }
 
     /// Fencing token of the first key.

@@ -529,13 +529,12 @@ async fn history(
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Api {
     let q = query(q)?;
-    let kind = match q.kind.as_deref() {
-        None => None,
-        Some(k) => Some(
-            EventKind::from_name(k)
-                .ok_or_else(|| ApiError::new(Code::Invalid, format!("unknown event kind {k:?}")))?,
-        ),
-    };
+    let kind = q
+        .kind
+        .as_deref()
+        .map(EventKind::parse)
+        .transpose()
+        .map_err(|e| ApiError::new(Code::Invalid, e))?;
     let filter = HistoryFilter {
         key: q.key,
         prefix: q.prefix,

@@ -37,13 +37,7 @@ pub fn history(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         .kind
         .as_deref()
         .map(|k| {
-            EventKind::from_name(k).ok_or_else(|| {
-                let names: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
-                Failure::new(
-                    Code::Invalid,
-                    format!("--kind {k:?}: one of {}", names.join(", ")),
-                )
-            })
+            EventKind::parse(k).map_err(|e| Failure::new(Code::Invalid, format!("--kind: {e}")))
         })
         .transpose()?;
     let filter = HistoryFilter {

@@ -3,10 +3,8 @@ and chromium-driver, through Selenium) for the dashboard's tests."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -15,45 +13,17 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "crates/testkit/python"))
+from served import Served  # noqa: E402 - the suites' shared server
+
 BIN = os.environ.get("LOCKSMITH_BIN", "locksmith")
 
 
-class Server:
-    """`locksmith serve` on port 0 over its own embedded store."""
+class Server(Served):
+    """`locksmith serve` over the store folder `home`."""
 
     def __init__(self, home: Path, roles: Optional[Dict[str, str]] = None) -> None:
-        self.home = home
-        self.env = dict(os.environ, LOCKSMITH_HOME=str(home))
-        for var in ("LOCKSMITH_SERVER", "LOCKSMITH_STORE", "LOCKSMITH_TOKEN", "LOCKSMITH_OWNER"):
-            self.env.pop(var, None)
-        self.tokens: Dict[str, str] = {}
-        for name, role in (roles or {}).items():
-            out = subprocess.run([BIN, "--json", "token", "create", "--name", name, "--role", role],
-                                 env=self.env, capture_output=True, text=True, check=True).stdout
-            self.tokens[name] = json.loads(out)["token"]
-        self.proc = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--sweep-interval", "200ms"],
-                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        first = self.proc.stdout.readline().strip()
-        assert first.startswith("listening on http://127.0.0.1:"), first
-        self.url = first.removeprefix("listening on ")
-
-    def cli(self, *args: str, token: Optional[str] = None, owner: str = "cli-user", check: bool = True) -> str:
-        """`locksmith ARGS` through this server."""
-        env = dict(self.env, LOCKSMITH_SERVER=self.url, LOCKSMITH_OWNER=owner)
-        if token:
-            env["LOCKSMITH_TOKEN"] = token
-        done = subprocess.run([BIN, *args], env=env, capture_output=True, text=True)
-        if check:
-            assert done.returncode == 0, (args, done.stdout, done.stderr)
-        return done.stdout
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(BIN, home, roles)
 
 
 @pytest.fixture
