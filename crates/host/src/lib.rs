@@ -95,9 +95,15 @@ pub fn folder_key(dir: &Path) -> Result<Key, KeyError> {
 
 /// `bytes` random bytes from the operating system, as hex.
 pub fn random_hex(bytes: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).expect("the operating system's random source failed");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let mut out = String::with_capacity(bytes * 2);
+    for x in b {
+        out.push(char::from(DIGITS[usize::from(x >> 4)]));
+        out.push(char::from(DIGITS[usize::from(x & 0xf)]));
+    }
+    out
 }
 
 /// A new lease handle for grant `grant` with 128 random bits of secret.
@@ -108,6 +114,17 @@ pub fn new_handle(grant: i64) -> LeaseHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_hex_is_lowercase_hex_of_the_length_asked() {
+        let a = random_hex(16);
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
+        assert_ne!(a, random_hex(16));
+    }
 
     #[test]
     fn path_keys_are_canonical() {

@@ -5,15 +5,15 @@
 use locksmith_core::flow::NewEvent;
 use locksmith_core::store::GrantedLock;
 use locksmith_core::{AcquireRequest, EventKind, Fence, Grant, StoreError};
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use crate::Ctx;
 use crate::open::map_err;
-use crate::rows::record;
+use crate::rows::record_as;
 
 /// Issues fences, writes the holds and their events.
 pub(crate) fn grant(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ctx: &Ctx<'_>,
     req: &AcquireRequest,
     waited: Option<std::time::Duration>,
@@ -21,17 +21,23 @@ pub(crate) fn grant(
     let detail = waited.map(|w| serde_json::json!({ "waited_ms": w.as_millis() as u64 }));
     let now = ctx.now;
     let n = req.keys.len() as i64;
-    // Fences follow the wall clock in microseconds when it is ahead of the
-    // counter, so a crash that loses the last commits cannot hand out a
-    // number again: the clock has moved past every number issued before.
+    // A fence is the id of its `acquired` event: above every event id
+    // (so above every fence issued, and in the order of the history),
+    // above the floor kept in `meta` (where a prune that empties the
+    // history leaves the last id), and at least the wall clock in
+    // microseconds, so that a crash that loses the last commits cannot hand
+    // out a number again: the clock has moved past every number issued
+    // before. No counter row is written: a grant writes its hold and its
+    // history, nothing else.
     let last: i64 = tx
         .prepare_cached(
-            "UPDATE meta SET v = max(v + ?2, ?1 + ?2 - 1) WHERE k = 'fence' RETURNING v",
+            "SELECT max(coalesce((SELECT max(id) FROM events), 0),
+                        (SELECT v FROM meta WHERE k = 'fence'))",
         )
         .map_err(map_err)?
-        .query_row(params![now.wall.micros() as i64, n], |r| r.get(0))
+        .query_row([], |r| r.get(0))
         .map_err(map_err)?;
-    let first = last - n + 1;
+    let first = (last + 1).max(now.wall.micros() as i64);
     let handle = locksmith_host::new_handle(first);
     let secret = handle.secret().to_string();
     let expires = req.ttl.map(|t| now.mono.plus(t));
@@ -77,9 +83,10 @@ pub(crate) fn grant(
             ctx.opts.stale_after.as_millis() as i64,
         ])
         .map_err(map_err)?;
-        record(
+        record_as(
             tx,
             now,
+            Some(fence),
             NewEvent {
                 key: key.as_str(),
                 kind: EventKind::Acquired,

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_process_binding.sql"),
     include_str!("../migrations/0003_stale_after.sql"),
     include_str!("../migrations/0004_history_retention.sql"),
+    include_str!("../migrations/0005_fences_from_history.sql"),
 ];
 
 /// Kinds of filesystem the store cares about.

@@ -5,7 +5,7 @@ use locksmith_core::decide::Queued;
 use locksmith_core::flow::QueueEntry;
 use locksmith_core::{Key, Mode, Mono, Scope, StoreError};
 use locksmith_host::life::waiter_gone;
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::Ctx;
 use crate::open::map_err;
@@ -68,22 +68,28 @@ pub(crate) fn decode(r: &Row<'_>, ctx: &Ctx<'_>) -> Result<Queued, StoreError> {
     })
 }
 
-/// Appends the entries whose keys match `where_sql` (on `queue_keys`).
+/// `key, seq, scope` of the `queue_keys` rows matching a condition (fixed text).
+macro_rules! keys_where {
+    ($cond:expr) => {
+        concat!("SELECT key, seq, scope FROM queue_keys WHERE ", $cond)
+    };
+}
+
+/// Appends the entries of the keys `sql` selects (a [`keys_where!`] query).
 ///
 /// Two steps instead of a join: SQLite marks the bound key of a join as
 /// one that may change the plan and prepares such a statement again on
 /// every call, which cost more than the lookups it saves (measured with
 /// `queue_costs`).
 fn query(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ctx: &Ctx<'_>,
-    where_sql: &str,
+    sql: &str,
     args: impl rusqlite::Params,
     out: &mut Vec<Queued>,
 ) -> Result<(), StoreError> {
-    let sql = format!("SELECT key, seq, scope FROM queue_keys WHERE {where_sql}");
     let found: Vec<(String, i64, String)> = tx
-        .prepare_cached(&sql)
+        .prepare_cached(sql)
         .map_err(map_err)?
         .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .map_err(map_err)?
@@ -101,7 +107,7 @@ fn query(
 
 /// True when nothing is queued (most transactions: one probe instead of one
 /// query per key).
-fn empty(tx: &Transaction<'_>) -> Result<bool, StoreError> {
+fn empty(tx: &Connection) -> Result<bool, StoreError> {
     let any: Option<i64> = tx
         .prepare_cached("SELECT seq FROM queue LIMIT 1")
         .map_err(map_err)?
@@ -115,7 +121,7 @@ fn empty(tx: &Transaction<'_>) -> Result<bool, StoreError> {
 /// entries on its ancestors, and (for a tree) entries below it. Appended to
 /// `out`; lapsed and gone entries are included, for the rules to drop.
 pub(crate) fn touching(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ctx: &Ctx<'_>,
     key: &Key,
     scope: Scope,
@@ -124,19 +130,31 @@ pub(crate) fn touching(
     if empty(tx)? {
         return Ok(());
     }
-    query(tx, ctx, "key = ?1", [key.as_str()], out)?;
+    query(tx, ctx, keys_where!("key = ?1"), [key.as_str()], out)?;
     for anc in key.ancestors() {
-        query(tx, ctx, "key = ?1 AND scope = 'tree'", [anc], out)?;
+        query(
+            tx,
+            ctx,
+            keys_where!("key = ?1 AND scope = 'tree'"),
+            [anc],
+            out,
+        )?;
     }
     if scope == Scope::Tree {
         let (lo, hi) = key.descendant_range();
-        query(tx, ctx, "key >= ?1 AND key < ?2", [lo, hi], out)?;
+        query(
+            tx,
+            ctx,
+            keys_where!("key >= ?1 AND key < ?2"),
+            [lo, hi],
+            out,
+        )?;
     }
     Ok(())
 }
 
 /// Every queue entry, one per key of each request.
-pub(crate) fn all(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, StoreError> {
+pub(crate) fn all(tx: &Connection, ctx: &Ctx<'_>) -> Result<Vec<Queued>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM queue_keys k JOIN queue q ON q.seq = k.seq");
     let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
@@ -149,7 +167,7 @@ pub(crate) fn all(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, St
 
 /// The caller's own entry `seq`: the instant its place lapses, and when it
 /// joined the queue.
-pub(crate) fn own(tx: &Transaction<'_>, seq: i64) -> Result<Option<(Mono, Mono)>, StoreError> {
+pub(crate) fn own(tx: &Connection, seq: i64) -> Result<Option<(Mono, Mono)>, StoreError> {
     let row: Option<(i64, i64)> = tx
         .prepare_cached("SELECT alive_until, since_mono FROM queue WHERE seq = ?1")
         .map_err(map_err)?
@@ -160,7 +178,7 @@ pub(crate) fn own(tx: &Transaction<'_>, seq: i64) -> Result<Option<(Mono, Mono)>
 }
 
 /// Removes queue entry `seq` (its keys go with it).
-pub(crate) fn drop_entry(tx: &Transaction<'_>, seq: i64) -> Result<(), StoreError> {
+pub(crate) fn drop_entry(tx: &Connection, seq: i64) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")
         .map_err(map_err)?
         .execute([seq])
@@ -169,7 +187,7 @@ pub(crate) fn drop_entry(tx: &Transaction<'_>, seq: i64) -> Result<(), StoreErro
 }
 
 /// Keeps entry `seq` alive until `alive_until`.
-pub(crate) fn refresh(tx: &Transaction<'_>, seq: i64, alive_until: Mono) -> Result<(), StoreError> {
+pub(crate) fn refresh(tx: &Connection, seq: i64, alive_until: Mono) -> Result<(), StoreError> {
     tx.prepare_cached("UPDATE queue SET alive_until = ?2 WHERE seq = ?1")
         .map_err(map_err)?
         .execute(params![seq, alive_until.0 as i64])
@@ -179,7 +197,7 @@ pub(crate) fn refresh(tx: &Transaction<'_>, seq: i64, alive_until: Mono) -> Resu
 
 /// Adds a request at the back of the queue; returns its seq.
 pub(crate) fn enqueue(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ctx: &Ctx<'_>,
     req: &locksmith_core::AcquireRequest,
     wake: &str,
@@ -220,7 +238,7 @@ pub(crate) fn enqueue(
 }
 
 /// Who queued entry `seq`, and its keys; `None` when it is gone.
-pub(crate) fn entry(tx: &Transaction<'_>, seq: i64) -> Result<Option<QueueEntry>, StoreError> {
+pub(crate) fn entry(tx: &Connection, seq: i64) -> Result<Option<QueueEntry>, StoreError> {
     let who: Option<(String, Option<String>)> = tx
         .query_row("SELECT owner, task FROM queue WHERE seq = ?1", [seq], |r| {
             Ok((r.get(0)?, r.get(1)?))

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use locksmith_core::store::{HistoryFilter, KeyStatus, ListFilter, LockInfo, Stats, WaiterInfo};
 use locksmith_core::view::lock_info;
 use locksmith_core::{Event, EventKind, Fence, Health, Hold, Key, Scope, StoreError, Wall};
-use rusqlite::{OptionalExtension, Transaction, params_from_iter, types::Value};
+use rusqlite::{Connection, OptionalExtension, params_from_iter, types::Value};
 
 use crate::Ctx;
 use crate::open::map_err;
 use crate::queue;
-use crate::rows::{holds_touching, load_holds, observe};
+use crate::rows::{holds_touching, holds_where, load_holds, observe};
 
 /// Upper bound for a prefix range scan: every key starting with `p` sorts below it.
 fn prefix_end(p: &str) -> String {
@@ -22,11 +22,7 @@ fn view(h: &Hold, ctx: &Ctx<'_>) -> LockInfo {
     lock_info(&h.lock, h.alive, ctx.now, ctx.opts.stale_after)
 }
 
-pub(crate) fn status(
-    tx: &Transaction<'_>,
-    ctx: &Ctx<'_>,
-    key: &Key,
-) -> Result<KeyStatus, StoreError> {
+pub(crate) fn status(tx: &Connection, ctx: &Ctx<'_>, key: &Key) -> Result<KeyStatus, StoreError> {
     let holders: Vec<LockInfo> = observe(holds_touching(tx, key, Scope::Key)?, ctx.host)
         .iter()
         .map(|r| view(r, ctx))
@@ -36,7 +32,7 @@ pub(crate) fn status(
 }
 
 pub(crate) fn list(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ctx: &Ctx<'_>,
     f: &ListFilter,
 ) -> Result<Vec<LockInfo>, StoreError> {
@@ -78,7 +74,8 @@ pub(crate) fn list(
         f.limit as i64
     };
     let sql = format!(
-        "{} ORDER BY key, fence LIMIT {limit}",
+        "{}{} ORDER BY key, fence LIMIT {limit}",
+        holds_where!(""),
         clauses.join(" AND ")
     );
     let mut out: Vec<LockInfo> = observe(load_holds(tx, &sql, params_from_iter(args))?, ctx.host)
@@ -93,7 +90,7 @@ pub(crate) fn list(
 }
 
 pub(crate) fn waiters(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ctx: &Ctx<'_>,
     f: &ListFilter,
 ) -> Result<Vec<WaiterInfo>, StoreError> {
@@ -133,7 +130,7 @@ pub(crate) fn waiters(
     Ok(locksmith_core::view::waiter_list(found, f))
 }
 
-pub(crate) fn history(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
+pub(crate) fn history(tx: &Connection, f: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
     let mut clauses = vec!["1".to_string()];
     let mut args: Vec<Value> = Vec::new();
     if let Some(k) = &f.key {
@@ -192,7 +189,7 @@ pub(crate) fn history(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<Eve
     rows.collect::<Result<_, _>>().map_err(map_err)
 }
 
-pub(crate) fn stats(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Stats, StoreError> {
+pub(crate) fn stats(tx: &Connection, ctx: &Ctx<'_>) -> Result<Stats, StoreError> {
     let count = |sql: &str| -> Result<u64, StoreError> {
         tx.query_row(sql, [], |r| r.get::<_, i64>(0))
             .map(|v| v as u64)
@@ -237,7 +234,12 @@ pub(crate) fn stats(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Stats, StoreE
         releases: group(
             "SELECT reason, count(*) FROM events WHERE reason IS NOT NULL GROUP BY reason",
         )?,
-        last_fence: count("SELECT v FROM meta WHERE k = 'fence'")?,
+        // Fences are the ids of `acquired` events, above a floor in `meta`.
+        last_fence: count(
+            "SELECT max(v, coalesce((SELECT id FROM events WHERE kind = 'acquired'
+                                       ORDER BY id DESC LIMIT 1), 0))
+             FROM meta WHERE k = 'fence'",
+        )?,
         history_since: first.map(|w| Wall(w as u64)),
         waits: waits(tx)?,
         success_rate: success_rate(tx)?,
@@ -245,7 +247,7 @@ pub(crate) fn stats(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Stats, StoreE
 }
 
 /// Waiting times recorded with grants (`waited_ms` in the detail).
-fn waits(tx: &Transaction<'_>) -> Result<locksmith_core::WaitStats, StoreError> {
+fn waits(tx: &Connection) -> Result<locksmith_core::WaitStats, StoreError> {
     const WAITED: &str = "json_extract(detail, '$.waited_ms')";
     let (count, avg, max): (i64, Option<f64>, Option<i64>) = tx
         .query_row(
@@ -281,7 +283,7 @@ fn waits(tx: &Transaction<'_>) -> Result<locksmith_core::WaitStats, StoreError> 
 }
 
 /// Granted ÷ (granted + timed out + deadlocks refused) in the kept history.
-fn success_rate(tx: &Transaction<'_>) -> Result<Option<f64>, StoreError> {
+fn success_rate(tx: &Connection) -> Result<Option<f64>, StoreError> {
     let (good, bad): (i64, i64) = tx
         .query_row(
             "SELECT count(*) FILTER (WHERE kind = 'acquired'),

@@ -5,14 +5,14 @@
 //! clock and the newest event: a clock set ahead cannot age recent events.
 
 use locksmith_core::{Now, StoreError};
-use rusqlite::{OptionalExtension, Transaction};
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::Options;
 use crate::open::map_err;
 
 /// The store's retention in milliseconds, lengthened to the caller's when
 /// the caller asks for more.
-fn retention_ms(tx: &Transaction<'_>, opts: &Options) -> Result<i64, StoreError> {
+fn retention_ms(tx: &Connection, opts: &Options) -> Result<i64, StoreError> {
     let recorded: Option<i64> = tx
         .query_row(
             "SELECT v FROM meta WHERE k = 'history_retention_ms'",
@@ -38,26 +38,37 @@ fn retention_ms(tx: &Transaction<'_>, opts: &Options) -> Result<i64, StoreError>
 /// Deletes history older than the store's retention, oldest first, at most
 /// 10 000 events per call.
 pub(crate) fn prune_history(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     now: Now,
     opts: &Options,
 ) -> Result<usize, StoreError> {
     let keep = retention_ms(tx, opts)?;
-    let newest: Option<i64> = tx
+    let newest: Option<(i64, i64)> = tx
         .query_row(
-            "SELECT at_wall FROM events ORDER BY id DESC LIMIT 1",
+            "SELECT at_wall, id FROM events ORDER BY id DESC LIMIT 1",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
         .map_err(map_err)?;
-    let Some(newest) = newest else {
+    let Some((newest, last_id)) = newest else {
         return Ok(0);
     };
     let cutoff = (now.wall.0 as i64).min(newest).saturating_sub(keep);
-    tx.execute(
-        "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT 10000) AND at_wall < ?1",
-        [cutoff],
-    )
-    .map_err(map_err)
+    let pruned = tx
+        .execute(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT 10000) AND at_wall < ?1",
+            [cutoff],
+        )
+        .map_err(map_err)?;
+    if pruned > 0 {
+        // Fences are event ids (see `acquire`): the last id issued stays as
+        // the floor of the next, even when the whole history was old.
+        tx.execute(
+            "UPDATE meta SET v = ?1 WHERE k = 'fence' AND v < ?1",
+            [last_id],
+        )
+        .map_err(map_err)?;
+    }
+    Ok(pruned)
 }

@@ -8,15 +8,26 @@ use locksmith_core::{
     Wall,
 };
 pub(crate) use locksmith_host::life::{HostFacts, observe};
-use rusqlite::{Row, Transaction, params};
+use rusqlite::{Connection, Row, params};
 
 use crate::open::map_err;
 
-/// Columns of `holds` in the order [`hold_from_row`] reads them.
-pub(crate) const HOLD_COLUMNS: &str = "fence, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
-     hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
-     ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file, grant_keys, \
-     stale_after_ms";
+/// `SELECT` of the columns of `holds` in the order [`hold_from_row`] reads
+/// them, with the condition given (a literal, `?1`, `?2` for arguments).
+/// The text is fixed at compile time, so the hot loads neither format it
+/// nor hash a new string for the statement cache on every call.
+macro_rules! holds_where {
+    ($cond:expr) => {
+        concat!(
+            "SELECT fence, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
+             hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
+             ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file, grant_keys, \
+             stale_after_ms FROM holds WHERE ",
+            $cond
+        )
+    };
+}
+pub(crate) use holds_where;
 
 fn ms(v: Option<i64>) -> Option<Duration> {
     v.map(|m| Duration::from_millis(m.max(0) as u64))
@@ -77,14 +88,13 @@ pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<Hold> {
     })
 }
 
-/// Loads the holds matching `where_sql` (which may use `?1`, `?2`).
+/// Loads the holds `sql` selects (a [`holds_where!`] query).
 pub(crate) fn load_holds(
-    tx: &Transaction<'_>,
-    where_sql: &str,
+    tx: &Connection,
+    sql: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<Hold>, StoreError> {
-    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE {where_sql}");
-    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
+    let mut stmt = tx.prepare_cached(sql).map_err(map_err)?;
     let rows = stmt
         .query_map(args, hold_from_row)
         .map_err(map_err)?
@@ -96,26 +106,46 @@ pub(crate) fn load_holds(
 /// Every hold that could bear on `key` with `scope`: the key itself, tree
 /// holds on its ancestors, and (for a tree claim) every hold below it.
 pub(crate) fn holds_touching(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     key: &Key,
     scope: Scope,
 ) -> Result<Vec<Hold>, StoreError> {
-    let mut out = load_holds(tx, "key = ?1", [key.as_str()])?;
+    let mut out = load_holds(tx, holds_where!("key = ?1"), [key.as_str()])?;
     for anc in key.ancestors() {
-        out.extend(load_holds(tx, "key = ?1 AND scope = 'tree'", [anc])?);
+        out.extend(load_holds(
+            tx,
+            holds_where!("key = ?1 AND scope = 'tree'"),
+            [anc],
+        )?);
     }
     if scope == Scope::Tree {
         let (lo, hi) = key.descendant_range();
-        out.extend(load_holds(tx, "key >= ?1 AND key < ?2", [lo, hi])?);
+        out.extend(load_holds(
+            tx,
+            holds_where!("key >= ?1 AND key < ?2"),
+            [lo, hi],
+        )?);
     }
     Ok(out)
 }
 
-pub(crate) fn record(tx: &Transaction<'_>, now: Now, e: NewEvent<'_>) -> Result<(), StoreError> {
+/// Writes one history line with the next id.
+pub(crate) fn record(tx: &Connection, now: Now, e: NewEvent<'_>) -> Result<(), StoreError> {
+    record_as(tx, now, None, e)
+}
+
+/// Writes one history line with id `id` (an `acquired` event: its fence),
+/// or the next id.
+pub(crate) fn record_as(
+    tx: &Connection,
+    now: Now,
+    id: Option<i64>,
+    e: NewEvent<'_>,
+) -> Result<(), StoreError> {
     let mut stmt = tx
         .prepare_cached(
-            "INSERT INTO events (at_wall, key, kind, owner, task, fence, grant_id, reason, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO events (at_wall, key, kind, owner, task, fence, grant_id, reason, detail, id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(map_err)?;
     stmt.execute(params![
@@ -128,6 +158,7 @@ pub(crate) fn record(tx: &Transaction<'_>, now: Now, e: NewEvent<'_>) -> Result<
         e.grant,
         e.reason.map(|r| r.name()),
         e.detail.map(|d| d.to_string()),
+        id,
     ])
     .map_err(map_err)?;
     Ok(())
@@ -136,7 +167,7 @@ pub(crate) fn record(tx: &Transaction<'_>, now: Now, e: NewEvent<'_>) -> Result<
 /// Deletes a hold and records how it ended (the event kind follows from the
 /// reason). A holder proven dead also loses its life file.
 pub(crate) fn end_hold(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     now: Now,
     lock: &HeldLock,
     reason: ReleaseReason,

@@ -11,25 +11,27 @@ use locksmith_core::{
     AcquireRequest, Fence, Grant, HeldLock, Hold, Key, Mono, Now, ReleaseReason, Scope, StoreError,
     Target,
 };
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::Ctx;
 use crate::open::map_err;
 use crate::queue;
-use crate::rows::{self, load_holds, observe};
+use crate::rows::{self, holds_where, load_holds, observe};
 
 /// One transaction of the embedded store.
-pub(crate) struct Tables<'t, 'c> {
-    pub tx: &'t Transaction<'c>,
+pub(crate) struct Tables<'t> {
+    pub tx: &'t Connection,
     pub ctx: &'t Ctx<'t>,
 }
 
-impl Ledger for Tables<'_, '_> {
+impl Ledger for Tables<'_> {
     fn holders_of(&mut self, key: &Key) -> Result<Vec<String>, StoreError> {
-        Ok(load_holds(self.tx, "key = ?1", [key.as_str()])?
-            .into_iter()
-            .map(|h| h.lock.holder.owner)
-            .collect())
+        Ok(
+            load_holds(self.tx, holds_where!("key = ?1"), [key.as_str()])?
+                .into_iter()
+                .map(|h| h.lock.holder.owner)
+                .collect(),
+        )
     }
 
     fn why_ended(
@@ -68,14 +70,14 @@ impl Ledger for Tables<'_, '_> {
     fn keys_of_grant(&mut self, grant: i64) -> Result<Vec<Key>, StoreError> {
         // A scan: there is no index on grant_id for single-key grants, and
         // this is asked only when a handle is used for a key it does not hold.
-        Ok(load_holds(self.tx, "grant_id = ?1", [grant])?
+        Ok(load_holds(self.tx, holds_where!("grant_id = ?1"), [grant])?
             .into_iter()
             .map(|h| h.lock.key)
             .collect())
     }
 }
 
-impl flow::Tables for Tables<'_, '_> {
+impl flow::Tables for Tables<'_> {
     fn now(&self) -> Now {
         self.ctx.now
     }
@@ -99,7 +101,7 @@ impl flow::Tables for Tables<'_, '_> {
     fn holds_of_request(&mut self, request_id: &str, owner: &str) -> Result<Vec<Hold>, StoreError> {
         let rows = load_holds(
             self.tx,
-            "request_id = ?1 AND owner = ?2 ORDER BY fence",
+            holds_where!("request_id = ?1 AND owner = ?2 ORDER BY fence"),
             params![request_id, owner],
         )?;
         Ok(observe(rows, self.ctx.host))
@@ -112,10 +114,18 @@ impl flow::Tables for Tables<'_, '_> {
                 // grants: no scan of the table.
                 let mut rows = load_holds(
                     self.tx,
-                    "key = ?1 AND grant_id = ?2",
+                    holds_where!("key = ?1 AND grant_id = ?2"),
                     params![key.as_str(), grant],
                 )?;
-                for other in load_holds(self.tx, "grant_id = ?1 AND grant_keys > 1", [grant])? {
+                // A single-key grant found by its key has no other rows.
+                if rows.iter().any(|r| r.grant_keys == 1) {
+                    return Ok(rows);
+                }
+                for other in load_holds(
+                    self.tx,
+                    holds_where!("grant_id = ?1 AND grant_keys > 1"),
+                    [grant],
+                )? {
                     if !rows.iter().any(|r| r.lock.fence == other.lock.fence) {
                         rows.push(other);
                     }
@@ -125,7 +135,7 @@ impl flow::Tables for Tables<'_, '_> {
             }
             Named::Owner(key, owner) => load_holds(
                 self.tx,
-                "key = ?1 AND owner = ?2",
+                holds_where!("key = ?1 AND owner = ?2"),
                 params![key.as_str(), owner],
             ),
         }
@@ -133,7 +143,7 @@ impl flow::Tables for Tables<'_, '_> {
 
     fn holds_on(&mut self, key: &Key) -> Result<Vec<Hold>, StoreError> {
         Ok(observe(
-            load_holds(self.tx, "key = ?1", [key.as_str()])?,
+            load_holds(self.tx, holds_where!("key = ?1"), [key.as_str()])?,
             self.ctx.host,
         ))
     }
@@ -141,7 +151,7 @@ impl flow::Tables for Tables<'_, '_> {
     fn hold(&mut self, key: &Key, fence: Fence) -> Result<Option<Hold>, StoreError> {
         let rows = load_holds(
             self.tx,
-            "key = ?1 AND fence = ?2",
+            holds_where!("key = ?1 AND fence = ?2"),
             params![key.as_str(), fence.0 as i64],
         )?;
         Ok(observe(rows, self.ctx.host).pop())

@@ -365,6 +365,55 @@ fn reopening_keeps_fences_rising() {
 }
 
 #[test]
+fn a_fence_is_the_id_of_its_acquired_event_and_writes_no_counter() {
+    use locksmith_core::store::HistoryFilter;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    let store = open(&path, &clock).unwrap();
+    let counter = || -> i64 {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.query_row("SELECT v FROM meta WHERE k = 'fence'", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = counter();
+    let g = match store.acquire(&request("a", &["x", "y"]), None).unwrap() {
+        locksmith_core::Attempt::Granted(g) => g,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    let fences: Vec<u64> = g.locks.iter().map(|l| l.fence.0).collect();
+    assert_eq!(fences[1], fences[0] + 1, "a grant's fences are consecutive");
+    store
+        .release_grant(&by_handle("x", &g), ReleaseReason::Completed)
+        .unwrap();
+    let history = store
+        .history(&HistoryFilter {
+            limit: 100,
+            ..HistoryFilter::default()
+        })
+        .unwrap();
+    let acquired: Vec<(i64, Option<u64>)> = history
+        .iter()
+        .filter(|e| e.kind == locksmith_core::EventKind::Acquired)
+        .map(|e| (e.id, e.fence.map(|f| f.0)))
+        .collect();
+    assert_eq!(acquired.len(), 2);
+    for (id, fence) in acquired {
+        assert_eq!(Some(id as u64), fence);
+    }
+    // The release's events come after, and the next fence is above them.
+    let newest = history.iter().map(|e| e.id).max().unwrap();
+    assert!(newest > fences[1] as i64);
+    let next = match store.acquire(&request("a", &["x"]), None).unwrap() {
+        locksmith_core::Attempt::Granted(g) => g.locks[0].fence.0,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    assert!(next > newest as u64);
+    assert_eq!(counter(), before, "a grant wrote the old counter row");
+    assert_eq!(store.stats().unwrap().last_fence, next);
+}
+
+#[test]
 fn a_held_lock_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
