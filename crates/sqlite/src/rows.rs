@@ -103,6 +103,19 @@ pub(crate) fn load_holds(
     Ok(rows)
 }
 
+/// True when some hold is a tree (one probe of the small `holds_of_trees`
+/// index, empty in most stores).
+fn any_tree_hold(tx: &Connection) -> Result<bool, StoreError> {
+    use rusqlite::OptionalExtension;
+    let found: Option<i64> = tx
+        .prepare_cached("SELECT 1 FROM holds WHERE scope = 'tree' LIMIT 1")
+        .map_err(map_err)?
+        .query_row([], |r| r.get(0))
+        .optional()
+        .map_err(map_err)?;
+    Ok(found.is_some())
+}
+
 /// Every hold that could bear on `key` with `scope`: the key itself, tree
 /// holds on its ancestors, and (for a tree claim) every hold below it.
 pub(crate) fn holds_touching(
@@ -111,12 +124,15 @@ pub(crate) fn holds_touching(
     scope: Scope,
 ) -> Result<Vec<Hold>, StoreError> {
     let mut out = load_holds(tx, holds_where!("key = ?1"), [key.as_str()])?;
-    for anc in key.ancestors() {
-        out.extend(load_holds(
-            tx,
-            holds_where!("key = ?1 AND scope = 'tree'"),
-            [anc],
-        )?);
+    let ancestors = key.ancestors();
+    if !ancestors.is_empty() && any_tree_hold(tx)? {
+        for anc in ancestors {
+            out.extend(load_holds(
+                tx,
+                holds_where!("key = ?1 AND scope = 'tree'"),
+                [anc],
+            )?);
+        }
     }
     if scope == Scope::Tree {
         let (lo, hi) = key.descendant_range();

@@ -414,6 +414,26 @@ fn a_fence_is_the_id_of_its_acquired_event_and_writes_no_counter() {
 }
 
 #[test]
+fn the_probe_for_tree_holds_reads_their_index_not_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    drop(open(&path, &clock).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let plan: Vec<String> = c
+        .prepare("EXPLAIN QUERY PLAN SELECT 1 FROM holds WHERE scope = 'tree' LIMIT 1")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|p| p.contains("holds_of_trees")),
+        "plan: {plan:?}"
+    );
+}
+
+#[test]
 fn a_held_lock_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
