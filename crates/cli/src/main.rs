@@ -168,6 +168,9 @@ pub struct Ctx {
     pub server: Option<String>,
     /// `--store`, which overrides the configuration's `store`.
     pub store: Option<String>,
+    /// The command ends soon after its work (all but `serve`, `sweep`,
+    /// `watch` and `mcp`): the embedded store is opened for a short life.
+    pub short_lived: bool,
 }
 
 /// The store of a command: the embedded file, PostgreSQL, or a server.
@@ -248,7 +251,8 @@ impl Ctx {
     /// `--server` says.
     pub fn local(&self) -> Result<Opened, Failure> {
         let url = self.store_url();
-        let opts = self.config.options()?;
+        let mut opts = self.config.options()?;
+        opts.short_lived = self.short_lived;
         let parsed =
             locksmith::StoreUrl::parse(&url).map_err(|e| Failure::new(e.code(), e.to_string()))?;
         match parsed {
@@ -302,6 +306,10 @@ fn main() -> ExitCode {
     let json = cli.json;
     let server = cli.server.filter(|s| !s.is_empty());
     let store = cli.store.filter(|s| !s.is_empty());
+    let short_lived = !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Sweep(_) | Command::Watch(_) | Command::Mcp(_)
+    );
     let result = config::Config::load(cli.config.as_deref())
         .map_err(|e| Failure::new(Code::Invalid, format!("{e:#}")))
         .and_then(|config| {
@@ -311,6 +319,7 @@ fn main() -> ExitCode {
                 config,
                 server,
                 store,
+                short_lived,
             };
             match cli.command {
                 Command::Acquire(a) => cmd::acquire::run(&ctx, a),

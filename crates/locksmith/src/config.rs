@@ -259,6 +259,7 @@ impl Config {
             durability,
             busy_timeout: self.duration("busy_timeout")?,
             allow_network_fs: allow,
+            short_lived: false,
         })
     }
 

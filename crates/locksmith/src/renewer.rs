@@ -9,7 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use locksmith_core::store::{Renewal, Target};
@@ -67,9 +67,13 @@ impl Renewer {
             changed: Condvar::new(),
         });
         let thread_shared = shared.clone();
+        // The thread does not keep the store open: its guards do. When the
+        // last of them is gone, the store closes at once (a command's store
+        // is then closed before it exits, not whenever this thread ends).
+        let store = Arc::downgrade(&store);
         std::thread::Builder::new()
             .name("locksmith-renew".into())
-            .spawn(move || run(&*store, &thread_shared))
+            .spawn(move || run(&store, &thread_shared))
             .expect("cannot start the lease renewal thread");
         Arc::new(Renewer { shared })
     }
@@ -142,7 +146,7 @@ fn every(ttl: Duration) -> Duration {
     (ttl / 3).max(Duration::from_millis(30))
 }
 
-fn run(store: &dyn Store, shared: &Shared) {
+fn run(store: &Weak<dyn Store>, shared: &Shared) {
     let mut t = shared.lock();
     loop {
         if t.closed {
@@ -162,12 +166,16 @@ fn run(store: &dyn Store, shared: &Shared) {
         if !work.is_empty() {
             // Renew without holding the table: guards come and go meanwhile.
             drop(t);
+            let Some(store) = store.upgrade() else {
+                return;
+            };
             let outcomes: Vec<_> = work
                 .into_iter()
                 .map(|(id, target, ttl, last_good, state)| {
-                    (id, ttl, renew(store, &target, ttl, last_good, &state))
+                    (id, ttl, renew(&*store, &target, ttl, last_good, &state))
                 })
                 .collect();
+            drop(store);
             t = shared.lock();
             for (id, ttl, outcome) in outcomes {
                 match outcome {

@@ -65,6 +65,15 @@ pub struct Options {
     pub busy_timeout: Duration,
     /// Allow a file on a network filesystem (unsafe locking).
     pub allow_network_fs: bool,
+    /// Opened by a short-lived process (one command of the CLI): when it
+    /// closes the store, a short write-ahead log (up to 512 KiB) is left in
+    /// place instead of being checkpointed, so that a command does not pay
+    /// for the checkpoint's fsyncs and for removing the files the next
+    /// command makes again; a longer log is checkpointed as usual, so that
+    /// the next command, which reads the whole log when it opens the store,
+    /// starts quickly (see `docs/benchmarks.md`). Nothing is less durable:
+    /// every commit is in the log either way.
+    pub short_lived: bool,
 }
 
 impl Default for Options {
@@ -75,6 +84,7 @@ impl Default for Options {
             durability: Durability::Normal,
             busy_timeout: Duration::from_secs(30),
             allow_network_fs: false,
+            short_lived: false,
         }
     }
 }
@@ -246,6 +256,14 @@ impl Drop for Txn<'_> {
     fn drop(&mut self) {
         if !self.0.is_autocommit() {
             let _ = Txn::run(self.0, "ROLLBACK");
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if self.opts.short_lived {
+            open::before_close(&self.conn(), &self.path);
         }
     }
 }

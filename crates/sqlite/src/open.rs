@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use locksmith_core::{Now, StoreError};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use crate::rows::HostFacts;
@@ -142,6 +143,28 @@ static BUSY_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// pages, so the default would checkpoint every hundred grants or so and the
 /// fsyncs would take a large share of the time (see docs/benchmarks.md).
 const WAL_CHECKPOINT_PAGES: u32 = 8000;
+/// A short-lived process ([`crate::Options::short_lived`]) leaves a log up
+/// to this long in place when it closes the store; a longer one is
+/// checkpointed and removed then (when no other process has the store open).
+/// The first process to open the store reads the whole log: 512 KiB is
+/// about 250 pages, or 70 commands that write, and about half a
+/// millisecond to read.
+pub(crate) const SHORT_LIVED_LOG_BYTES: u64 = 512 * 1024;
+
+/// Before a short-lived process closes the store: a short log stays as it
+/// is (no checkpoint, no fsync, no files removed and made again by the next
+/// command); a long one is checkpointed by the close, as SQLite does by
+/// default, so that commands alone never let it grow.
+pub(crate) fn before_close(conn: &Connection, path: &Path) {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let long = fs::metadata(std::path::PathBuf::from(wal))
+        .map(|m| m.len() > SHORT_LIVED_LOG_BYTES)
+        .unwrap_or(false);
+    if !long {
+        let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+    }
+}
 /// Page size of a new store file, chosen by measurement (docs/benchmarks.md).
 const PAGE_SIZE: u32 = 2048;
 /// Truncate the WAL back to this size after a checkpoint (bytes).

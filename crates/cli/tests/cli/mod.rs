@@ -546,3 +546,45 @@ fn a_full_disk_is_named_and_loses_nothing() {
         .collect();
     assert_eq!(keys, ["kept"]);
 }
+
+#[test]
+fn commands_leave_a_short_log_for_the_next_command_and_lose_nothing() {
+    // A command leaves a short write-ahead log in place when it exits (no
+    // checkpoint), and checkpoints a long one, so that commands alone never
+    // let the log grow (the next command's start reads all of it). Every
+    // grant and release is kept.
+    let env = Env::new();
+    let wal = || std::fs::metadata(env.file("locksmith.db-wal")).map(|m| m.len());
+    let (mut longest, mut kept, mut removed) = (0, 0, 0);
+    let mut after = || match wal() {
+        Ok(len) => {
+            kept += 1;
+            longest = longest.max(len);
+        }
+        Err(_) => removed += 1,
+    };
+    for i in 0..100 {
+        let key = format!("log/k{i}");
+        assert_eq!(code(&env.run(&["acquire", &key])), 0, "acquire {key}");
+        after();
+        assert_eq!(code(&env.run(&["release", &key])), 0, "release {key}");
+        after();
+        let run = env.run(&["run", "-l", &key, "--", "true"]);
+        assert_eq!(code(&run), 0, "run {key}: {}", stderr(&run));
+        after();
+    }
+    // 300 commands write about 1000 pages: the log is checkpointed (and
+    // removed) a few times, by the command that found it over 512 KiB, and
+    // left in place by all the others.
+    assert!(
+        (1..=10).contains(&removed),
+        "removed {removed} times, kept {kept}"
+    );
+    assert!(
+        longest <= 512 * 1024 + 16 * (2048 + 24),
+        "log of {longest} bytes"
+    );
+    let events = env.json(&["history", "--limit", "0"]);
+    assert_eq!(events.as_array().unwrap().len(), 400);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 0);
+}
