@@ -1,7 +1,9 @@
 //! `command`: the whole-command cost of taking and dropping one lock from a
 //! shell: `locksmith run -l k -- true` beside `flock(1)`, Python's
 //! `filelock` and `portalocker`, and `python3 -c pass` (the interpreter's own
-//! start-up), measured in one run, round-robin.
+//! start-up), and the lock taken and dropped by two commands (`locksmith
+//! acquire k` then `locksmith release k`) beside two `flock(1)` commands,
+//! measured in one run, round-robin.
 //!
 //! ```text
 //! command [--runs 200] [--warmup 5] [--max-secs 900]
@@ -71,20 +73,38 @@ fn num(s: &str) -> Result<usize, String> {
     s.parse().map_err(|_| format!("not a number: {s:?}"))
 }
 
-/// One command under measurement.
+/// One command, or a sequence of commands, under measurement.
 struct Subject {
     name: &'static str,
     shown: String,
-    program: PathBuf,
-    args: Vec<String>,
+    /// Each command: program and arguments, run one after the other.
+    steps: Vec<(PathBuf, Vec<String>)>,
     env: Vec<(String, String)>,
     samples: Vec<u64>,
 }
 
 impl Subject {
-    fn command(&self) -> Command {
-        let mut c = Command::new(&self.program);
-        c.args(&self.args)
+    /// A subject of one command.
+    fn one(
+        name: &'static str,
+        shown: String,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Subject {
+        Subject {
+            name,
+            shown,
+            steps: vec![(program, args)],
+            env,
+            samples: Vec::new(),
+        }
+    }
+
+    fn command(&self, step: usize) -> Command {
+        let (program, args) = &self.steps[step];
+        let mut c = Command::new(program);
+        c.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -92,23 +112,25 @@ impl Subject {
         c
     }
 
-    /// Runs the command once; the wall time from spawn to reaped, in ns.
+    /// Runs the commands once, in order; the wall time from the first
+    /// spawn to the last reaped, in ns.
     fn time_once(&self) -> Result<u64, String> {
-        let mut c = self.command();
         let t0 = Instant::now();
-        let status = c
-            .status()
-            .map_err(|e| format!("{}: cannot start: {e}", self.name))?;
-        let ns = t0.elapsed().as_nanos() as u64;
-        if status.success() {
-            return Ok(ns);
+        for step in 0..self.steps.len() {
+            let status = self
+                .command(step)
+                .status()
+                .map_err(|e| format!("{}: cannot start: {e}", self.name))?;
+            if !status.success() {
+                // Once more with the output kept, to say why.
+                let out = self.command(step).stderr(Stdio::piped()).output();
+                let why = out
+                    .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+                    .unwrap_or_default();
+                return Err(format!("{}: exited with {status}: {why}", self.name));
+            }
         }
-        // Once more with the output kept, to say why.
-        let out = self.command().stderr(Stdio::piped()).output();
-        let why = out
-            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
-            .unwrap_or_default();
-        Err(format!("{}: exited with {status}: {why}", self.name))
+        Ok(t0.elapsed().as_nanos() as u64)
     }
 }
 
@@ -201,28 +223,58 @@ fn bench(o: &Opts) -> Result<(), String> {
         ));
     }
     let home_s = home.to_string_lossy().into_owned();
-    let mut subjects = vec![Subject {
-        name: "locksmith run",
-        shown: format!(
-            "LOCKSMITH_HOME={home_s} {} run -l k -- true",
-            locksmith.display()
+    let home_env = vec![("LOCKSMITH_HOME".to_string(), home_s.clone())];
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut subjects = vec![
+        Subject::one(
+            "locksmith run",
+            format!(
+                "LOCKSMITH_HOME={home_s} {} run -l k -- true",
+                locksmith.display()
+            ),
+            locksmith.clone(),
+            words(&["run", "-l", "k", "--", "true"]),
+            home_env.clone(),
         ),
-        program: locksmith.clone(),
-        args: ["run", "-l", "k", "--", "true"].map(String::from).to_vec(),
-        env: vec![("LOCKSMITH_HOME".into(), home_s.clone())],
-        samples: Vec::new(),
-    }];
+        // Taken by one command and dropped by another (a lock that outlives
+        // its command: no lease, released by owner name).
+        Subject {
+            name: "locksmith acquire + release",
+            shown: format!(
+                "LOCKSMITH_HOME={home_s} {l} acquire k2; … {l} release k2",
+                l = locksmith.display()
+            ),
+            steps: vec![
+                (locksmith.clone(), words(&["acquire", "k2"])),
+                (locksmith.clone(), words(&["release", "k2"])),
+            ],
+            env: home_env,
+            samples: Vec::new(),
+        },
+    ];
     let mut notes = Vec::new();
     let flock_lock = dir.join("k").to_string_lossy().into_owned();
     match which("flock") {
-        Some(flock) => subjects.push(Subject {
-            name: "flock(1)",
-            shown: format!("{} {flock_lock} true", flock.display()),
-            program: flock,
-            args: vec![flock_lock.clone(), "true".into()],
-            env: vec![],
-            samples: Vec::new(),
-        }),
+        Some(flock) => {
+            subjects.push(Subject::one(
+                "flock(1)",
+                format!("{} {flock_lock} true", flock.display()),
+                flock.clone(),
+                vec![flock_lock.clone(), "true".into()],
+                vec![],
+            ));
+            let step = (flock.clone(), vec![flock_lock.clone(), "true".into()]);
+            subjects.push(Subject {
+                name: "flock(1) twice",
+                shown: format!(
+                    "{f} {flock_lock} true; {f} {flock_lock} true",
+                    f = flock.display()
+                ),
+                steps: vec![step.clone(), step],
+                env: vec![],
+                samples: Vec::new(),
+            });
+        }
         None => notes.push("flock(1) not found on PATH: skipped (util-linux)".to_string()),
     }
     let python = o.python.clone().or_else(real_python);
@@ -257,23 +309,21 @@ fn bench(o: &Opts) -> Result<(), String> {
                     module_version(py, module),
                     py.display()
                 ));
-                subjects.push(Subject {
+                subjects.push(Subject::one(
                     name,
-                    shown: format!("{} -c '{code}'", py.display()),
-                    program: py.clone(),
-                    args: vec!["-c".into(), code],
-                    env: vec![],
-                    samples: Vec::new(),
-                });
+                    format!("{} -c '{code}'", py.display()),
+                    py.clone(),
+                    vec!["-c".into(), code],
+                    vec![],
+                ));
             }
-            subjects.push(Subject {
-                name: "python -c pass",
-                shown: format!("{} -c pass", py.display()),
-                program: py.clone(),
-                args: vec!["-c".into(), "pass".into()],
-                env: vec![],
-                samples: Vec::new(),
-            });
+            subjects.push(Subject::one(
+                "python -c pass",
+                format!("{} -c pass", py.display()),
+                py.clone(),
+                vec!["-c".into(), "pass".into()],
+                vec![],
+            ));
         }
     }
 
@@ -356,27 +406,32 @@ fn bench(o: &Opts) -> Result<(), String> {
         stats.push((s.name, m, p50 as f64, p99 as f64));
     }
     let find = |n: &str| stats.iter().find(|s| s.0 == n).copied();
-    if let (Some(l), Some(f)) = (find("locksmith run"), find("flock(1)")) {
-        let r = (l.1 / f.1, l.2 / f.2, l.3 / f.3);
-        let verdict = |x: f64| {
-            if x <= 1.5 {
-                "goal (≤ 1.5×) met"
-            } else if x <= 3.0 {
-                "first bar (≤ 3×) met, goal (≤ 1.5×) not"
-            } else {
-                "first bar (≤ 3×) NOT met"
-            }
-        };
-        let _ = writeln!(
-            out,
-            "\nlocksmith run / flock(1): mean {:.2}×, p50 {:.2}×, p99 {:.2}×\n\
-             - by the mean: {}\n- by p50: {}",
-            r.0,
-            r.1,
-            r.2,
-            verdict(r.0),
-            verdict(r.1)
-        );
+    let verdict = |x: f64| {
+        if x <= 1.5 {
+            "goal (≤ 1.5×) met"
+        } else if x <= 3.0 {
+            "first bar (≤ 3×) met, goal (≤ 1.5×) not"
+        } else {
+            "first bar (≤ 3×) NOT met"
+        }
+    };
+    for (ours, peer) in [
+        ("locksmith run", "flock(1)"),
+        ("locksmith acquire + release", "flock(1) twice"),
+    ] {
+        if let (Some(l), Some(f)) = (find(ours), find(peer)) {
+            let r = (l.1 / f.1, l.2 / f.2, l.3 / f.3);
+            let _ = writeln!(
+                out,
+                "\n{ours} / {peer}: mean {:.2}×, p50 {:.2}×, p99 {:.2}×\n\
+                 - by the mean: {}\n- by p50: {}",
+                r.0,
+                r.1,
+                r.2,
+                verdict(r.0),
+                verdict(r.1)
+            );
+        }
     }
     if let Some(b) = find("python -c pass") {
         for n in ["python filelock", "python portalocker"] {
