@@ -37,7 +37,7 @@ impl Mono {
 pub struct Wall(pub u64);
 
 impl Wall {
-    /// Microseconds since the Unix epoch (used by the fence counter).
+    /// Microseconds since the Unix epoch (fences are at least this).
     pub fn micros(self) -> u64 {
         self.0.saturating_mul(1000)
     }

@@ -253,10 +253,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     )?;
     let expires = |l: &locksmith_core::GrantedLock| l.expires_at.map(|w| w.rfc3339());
     if ctx.json {
+        // Times in JSON are milliseconds since the Unix epoch, as in
+        // `list`, `status`, `renew` and the HTTP API.
         let lock = |l: &locksmith_core::GrantedLock| {
             json!({
                 "key": l.key, "fence": l.fence, "handle": grant.handle.expose(), "owner": grant.owner,
-                "expires_at": expires(l), "grant": grant.grant,
+                "expires_at": l.expires_at.map(|w| w.0), "grant": grant.grant,
                 "ttl_ms": grant.ttl.map(|t| t.as_millis() as u64), "replayed": grant.replayed,
             })
         };

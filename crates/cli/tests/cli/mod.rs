@@ -17,11 +17,15 @@ fn acquire_json_has_the_promised_fields_and_release_frees() {
     }
     assert_eq!(g["key"], "repo/acme");
     assert_eq!(g["owner"], "tester");
-    assert!(g["expires_at"].is_string());
+    // Milliseconds since the Unix epoch, as in every other JSON answer.
+    let expires = g["expires_at"].as_u64().expect("expires_at in ms");
     let none = env.json(&["acquire", "task/1"]);
     assert!(none["expires_at"].is_null(), "no lease: {none}");
 
     let st = env.json(&["status", "repo/acme"]);
+    assert_eq!(st["holders"][0]["expires_at"].as_u64(), Some(expires));
+    let renewed = env.json(&["renew", "repo/acme", "--owner", "tester"]);
+    assert!(renewed["locks"][0]["expires_at"].as_u64().unwrap() >= expires);
     assert_eq!(st["holders"][0]["task"], "42");
     assert_eq!(st["holders"][0]["health"], "healthy");
     assert!(
