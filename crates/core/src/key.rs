@@ -11,6 +11,13 @@ pub const MAX_KEY_BYTES: usize = 512;
 /// A validated lock name: UTF-8, 1–512 bytes, `/`-separated segments, none of
 /// them empty, `.` or `..`, and no control characters. A key may begin with `/`
 /// so that an absolute folder path is a key as it is.
+///
+/// A key is kept in Unicode normalization form C: `café` typed with a
+/// combining accent (NFD, as macOS spells file names) and with the
+/// precomposed letter name one lock. Invisible format characters (zero-width
+/// spaces and joiners, bidirectional controls, the byte-order mark, soft
+/// hyphens: Unicode category Cf) are refused, so that two keys that look the
+/// same are the same.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(try_from = "String", into = "String")]
@@ -28,6 +35,16 @@ pub enum KeyError {
     /// The key holds a control character.
     #[error("invalid key {0:?}: it contains a control character")]
     Control(String),
+    /// The key holds an invisible format character.
+    #[error(
+        "invalid key {key:?}: it contains the invisible character U+{code:04X} (zero-width, bidirectional control or similar); type the name without it"
+    )]
+    Invisible {
+        /// The refused key.
+        key: String,
+        /// The character's code point.
+        code: u32,
+    },
     /// The key has an empty, `.` or `..` segment.
     #[error(
         "invalid key {key:?}: segment {segment} is {what}; segments are separated by a single '/' and may not be '.' or '..'"
@@ -51,9 +68,36 @@ pub enum KeyError {
 }
 
 impl Key {
-    /// Validates `raw` as a key.
+    /// Validates `raw` as a key, in normalization form C (see [`Key`]).
     pub fn new(raw: impl Into<String>) -> Result<Key, KeyError> {
+        use unicode_normalization::UnicodeNormalization;
+        use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
         let raw = raw.into();
+        if let Some(c) = raw
+            .chars()
+            .find(|c| c.general_category() == GeneralCategory::Format)
+        {
+            return Err(KeyError::Invisible {
+                code: u32::from(c),
+                key: raw,
+            });
+        }
+        let raw = match unicode_normalization::is_nfc_quick(raw.chars()) {
+            unicode_normalization::IsNormalized::Yes => raw,
+            _ => raw.nfc().collect(),
+        };
+        Key::checked(raw)
+    }
+
+    /// A key as a store recorded it, taken as it is: validated, but neither
+    /// normalized nor refused for format characters, so that a lock taken
+    /// before keys were normalized is still found, ended and reaped under
+    /// the name it was recorded with.
+    pub fn stored(raw: impl Into<String>) -> Result<Key, KeyError> {
+        Key::checked(raw.into())
+    }
+
+    fn checked(raw: String) -> Result<Key, KeyError> {
         if raw.is_empty() {
             return Err(KeyError::Empty);
         }
@@ -143,6 +187,39 @@ impl std::str::FromStr for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn composed_and_decomposed_spellings_are_one_key() {
+        let nfc = Key::new("repo/caf\u{e9}").unwrap();
+        let nfd = Key::new("repo/cafe\u{301}").unwrap();
+        assert_eq!(nfc, nfd);
+        assert_eq!(nfd.as_str(), "repo/caf\u{e9}");
+        // Hangul syllables compose too.
+        assert_eq!(Key::new("\u{1100}\u{1161}").unwrap().as_str(), "\u{ac00}");
+        // What a store recorded is taken as it is.
+        assert_eq!(
+            Key::stored("repo/cafe\u{301}").unwrap().as_str(),
+            "repo/cafe\u{301}"
+        );
+    }
+
+    #[test]
+    fn invisible_format_characters_are_refused() {
+        for (raw, code) in [
+            ("repo/a\u{200b}b", 0x200b),
+            ("\u{202e}kcol", 0x202e),
+            ("\u{feff}repo", 0xfeff),
+            ("re\u{ad}po", 0xad),
+            ("a\u{200d}b", 0x200d),
+        ] {
+            match Key::new(raw) {
+                Err(KeyError::Invisible { code: c, .. }) => assert_eq!(c, code, "{raw:?}"),
+                other => panic!("{raw:?}: {other:?}"),
+            }
+        }
+        let msg = Key::new("a\u{200b}b").unwrap_err().to_string();
+        assert!(msg.contains("U+200B"), "{msg}");
+    }
 
     #[test]
     fn accepts_ordinary_and_absolute_keys() {

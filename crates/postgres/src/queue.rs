@@ -30,7 +30,7 @@ pub(crate) fn decode(r: &Row, ctx: &Ctx<'_>) -> Result<Queued, Fail> {
     let (Some(mode), Some(scope), Ok(key)) = (
         Mode::from_parts(&mode, slots.map(|s| s as u32)),
         Scope::from_name(&scope),
-        Key::new(key),
+        Key::stored(key),
     ) else {
         return Err(Fail::Store(StoreError::corrupt(format!(
             "queue entry {seq} of the lock tables is malformed; nothing was changed. Were they edited by hand? Delete that row from the queue table"
@@ -186,7 +186,7 @@ pub(crate) fn entry(tx: &mut Tx<'_>, seq: i64) -> Result<Option<QueueEntry>, Fai
     };
     for r in &rows {
         let (k, s): (String, String) = (r.try_get(2)?, r.try_get(3)?);
-        if let (Ok(k), Some(s)) = (Key::new(k), Scope::from_name(&s)) {
+        if let (Ok(k), Some(s)) = (Key::stored(k), Scope::from_name(&s)) {
             entry.keys.push((k, s));
         }
     }

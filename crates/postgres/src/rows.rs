@@ -48,7 +48,7 @@ pub(crate) fn hold_from_row(r: &Row) -> Result<Hold, Fail> {
         alive: None,
         lock: HeldLock {
             grant: r.try_get(1)?,
-            key: Key::new(key).map_err(|_| bad_row("key"))?,
+            key: Key::stored(key).map_err(|_| bad_row("key"))?,
             mode: Mode::from_parts(&mode, slots.map(|s| s as u32))
                 .ok_or_else(|| bad_row("mode"))?,
             scope: Scope::from_name(&scope).ok_or_else(|| bad_row("scope"))?,

@@ -95,7 +95,7 @@ impl Ledger for Tables<'_, '_> {
             r.try_get(0).map_err(|e| self.fail(e.into()))?,
             r.try_get(1).map_err(|e| self.fail(e.into()))?,
         );
-        Ok(Key::new(key).ok().zip(reason.parse().ok()))
+        Ok(Key::stored(key).ok().zip(reason.parse().ok()))
     }
 
     fn keys_of_grant(&mut self, grant: i64) -> Result<Vec<Key>, StoreError> {

@@ -34,7 +34,7 @@ pub(crate) fn decode(r: &Row<'_>, ctx: &Ctx<'_>) -> Result<Queued, StoreError> {
     let (Some(mode), Some(scope), Ok(key)) = (
         Mode::from_parts(&mode, r.get(3).map_err(map_err)?),
         Scope::from_name(&scope),
-        Key::new(key),
+        Key::stored(key),
     ) else {
         return Err(StoreError::corrupt(format!(
             "queue entry {seq} of the lock database is malformed; nothing was changed. Move the file away (keep it for inspection) and run again to start a new one"
@@ -260,7 +260,7 @@ pub(crate) fn entry(tx: &Connection, seq: i64) -> Result<Option<QueueEntry>, Sto
         task,
         keys: keys
             .into_iter()
-            .filter_map(|(k, s)| Some((Key::new(k).ok()?, Scope::from_name(&s)?)))
+            .filter_map(|(k, s)| Some((Key::stored(k).ok()?, Scope::from_name(&s)?)))
             .collect(),
     }))
 }

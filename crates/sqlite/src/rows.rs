@@ -55,7 +55,7 @@ pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<Hold> {
         alive: None,
         lock: HeldLock {
             grant: r.get(1)?,
-            key: Key::new(key).map_err(|_| bad_row("key"))?,
+            key: Key::stored(key).map_err(|_| bad_row("key"))?,
             mode: Mode::from_parts(&mode, slots).ok_or_else(|| bad_row("mode"))?,
             scope: Scope::from_name(&scope).ok_or_else(|| bad_row("scope"))?,
             fence: Fence(r.get::<_, i64>(7)? as u64),

@@ -64,7 +64,7 @@ impl Ledger for Tables<'_> {
             .query_row([grant], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(map_err)?;
-        Ok(row.and_then(|(key, reason)| Some((Key::new(key).ok()?, reason.parse().ok()?))))
+        Ok(row.and_then(|(key, reason)| Some((Key::stored(key).ok()?, reason.parse().ok()?))))
     }
 
     fn keys_of_grant(&mut self, grant: i64) -> Result<Vec<Key>, StoreError> {

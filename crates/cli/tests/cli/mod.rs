@@ -592,3 +592,26 @@ fn commands_leave_a_short_log_for_the_next_command_and_lose_nothing() {
     assert_eq!(events.as_array().unwrap().len(), 400);
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn two_spellings_of_one_name_are_one_lock_and_invisible_characters_are_refused() {
+    let env = Env::new();
+    // "café" with the precomposed letter, then with a combining accent.
+    let g = env.json(&["acquire", "docs/caf\u{e9}", "--ttl", "30s"]);
+    assert_eq!(g["key"], "docs/caf\u{e9}");
+    let other = env.run(&["acquire", "docs/cafe\u{301}", "--owner", "other"]);
+    assert_eq!(code(&other), 3, "{}", stderr(&other));
+    assert_eq!(
+        env.json(&["status", "docs/cafe\u{301}"])["holders"][0]["owner"],
+        "tester"
+    );
+    assert_eq!(code(&env.run(&["release", "docs/cafe\u{301}"])), 0);
+    assert_eq!(env.json(&["status", "docs/caf\u{e9}"])["free"], true);
+
+    let hidden = env.run(&["acquire", "docs/a\u{200b}b"]);
+    assert_eq!(code(&hidden), 2);
+    assert!(stderr(&hidden).contains("U+200B"), "{}", stderr(&hidden));
+    let bidi = env.run(&["acquire", "docs/\u{202e}kcol"]);
+    assert_eq!(code(&bidi), 2);
+    assert!(env.json(&["list"]).as_array().unwrap().is_empty());
+}

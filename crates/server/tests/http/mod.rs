@@ -336,6 +336,12 @@ fn refusals_are_problems_with_stable_codes() {
             413,
             "too_large",
         ),
+        // An invisible character (zero-width space) in a key.
+        (
+            json!({ "keys": ["a\u{200b}b"], "owner": "A" }),
+            422,
+            "invalid",
+        ),
         (
             json!({ "keys": ["a"], "owner": "A", "metadata": { "x": "y".repeat(5000) } }),
             413,
@@ -363,6 +369,30 @@ fn refusals_are_problems_with_stable_codes() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[test]
+fn two_spellings_of_one_key_are_one_lock_over_http() {
+    let server = Server::start_real(Settings::default());
+    let addr = server.addr;
+    let (status, first) = post(
+        addr,
+        "/v1/grants",
+        json!({ "keys": ["docs/caf\u{e9}"], "owner": "A", "ttl_ms": 30000 }),
+    );
+    assert_eq!(status, 200, "{first}");
+    // The same name with a combining accent: held by A.
+    let (status, p) = post(
+        addr,
+        "/v1/grants",
+        json!({ "keys": ["docs/cafe\u{301}"], "owner": "B" }),
+    );
+    assert_eq!((status, p["code"].as_str()), (409, Some("busy")), "{p}");
+    let (status, _, body) = raw(addr, "GET", "/v1/locks/docs%2Fcafe%CC%81", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["holders"][0]["owner"], "A", "{v}");
+    assert_eq!(v["key"], "docs/caf\u{e9}", "{v}");
 }
 
 #[test]
