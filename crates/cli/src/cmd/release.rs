@@ -53,14 +53,42 @@ pub struct ProofArgs {
     /// Owner name (default: $LOCKSMITH_OWNER, else user@host).
     #[arg(long, conflicts_with = "handle")]
     owner: Option<String>,
-    /// The lease handle printed by acquire.
+    /// The lease handle printed by acquire; `-` reads it from standard input
+    /// (so that `ps` does not show it). Without --handle and --owner, a
+    /// command started by `locksmith run` proves its own keys with the
+    /// $LOCKSMITH_HANDLE that run gave it.
     #[arg(long)]
     handle: Option<String>,
 }
 
+/// The handle `locksmith run` gave its command, when `key` is one of the
+/// command's keys (`$LOCKSMITH_KEYS`, one per line).
+fn handle_from_run(key: &locksmith_core::Key) -> Option<String> {
+    let handle = std::env::var("LOCKSMITH_HANDLE").ok()?;
+    let keys = std::env::var("LOCKSMITH_KEYS").ok()?;
+    keys.lines()
+        .any(|k| locksmith_core::Key::new(k).is_ok_and(|k| &k == key))
+        .then_some(handle)
+}
+
 fn target(ctx: &Ctx, arg: &super::KeyArg, p: &ProofArgs) -> Result<Target, Failure> {
     let key = arg.key()?;
-    let by = match (&p.handle, &p.owner) {
+    let handle = match p.handle.as_deref() {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| {
+                Failure::new(
+                    Code::Invalid,
+                    format!("--handle -: cannot read the handle from standard input: {e}"),
+                )
+            })?;
+            Some(line.trim().to_string())
+        }
+        Some(h) => Some(h.to_string()),
+        None if p.owner.is_none() => handle_from_run(&key),
+        None => None,
+    };
+    let by = match (&handle, &p.owner) {
         (Some(h), _) => {
             let h = LeaseHandle::from_text(h.clone());
             if h.grant().is_none() {

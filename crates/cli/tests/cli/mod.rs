@@ -615,3 +615,44 @@ fn two_spellings_of_one_name_are_one_lock_and_invisible_characters_are_refused()
     assert_eq!(code(&bidi), 2);
     assert!(env.json(&["list"]).as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_handle_comes_from_standard_input_or_from_run_not_only_from_argv() {
+    use std::io::Write;
+    let env = Env::new();
+    let g = env.json(&["acquire", "h/k", "--ttl", "30s"]);
+    let handle = g["handle"].as_str().unwrap().to_string();
+    // On standard input, as another owner (by name it would be refused).
+    let mut child = env
+        .cmd(&["release", "h/k", "--handle", "-"])
+        .env("LOCKSMITH_OWNER", "someone-else")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{handle}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(env.json(&["status", "h/k"])["free"], true);
+
+    // A command under `run` renews and releases its own key with the handle
+    // run gave it, whatever owner name it runs under.
+    let bin = env!("CARGO_BIN_EXE_locksmith");
+    let script = format!(
+        "LOCKSMITH_OWNER=someone-else {bin} renew h/k && LOCKSMITH_OWNER=someone-else {bin} release h/k"
+    );
+    let run = env.run(&["run", "-l", "h/k", "--", "sh", "-c", &script]);
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    assert_eq!(env.last_reason("h/k"), "completed");
+
+    // Another key is not the command's: it is proven by owner name.
+    assert_eq!(code(&env.run(&["acquire", "h/other", "--ttl", "30s"])), 0);
+    let script = format!("LOCKSMITH_OWNER=someone-else {bin} release h/other");
+    let run = env.run(&["run", "-l", "h/k", "--", "sh", "-c", &script]);
+    assert_eq!(code(&run), 6, "{}", stderr(&run));
+    assert_eq!(
+        env.json(&["status", "h/other"])["holders"][0]["owner"],
+        "tester"
+    );
+}
