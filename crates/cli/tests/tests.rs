@@ -7,5 +7,6 @@ mod cli;
 mod dashboard;
 mod mcp;
 mod postgres;
+mod readme;
 mod run;
 mod server;
