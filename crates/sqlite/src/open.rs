@@ -186,9 +186,77 @@ pub(crate) fn open(
             Err(StoreError::Busy(_)) if started.elapsed() < opts.busy_timeout => {
                 std::thread::sleep(Duration::from_millis(2));
             }
+            Err(e) if folder_read_only(path) && path.is_file() => {
+                return open_read_only(path).map_err(|ro| match ro {
+                    // Nothing better to say than why the normal open failed.
+                    StoreError::Backend { .. } => e,
+                    ro => ro,
+                });
+            }
             other => return other,
         }
     }
+}
+
+/// True when this process cannot create files in the store's folder (a
+/// read-only file system, or a folder of another user).
+fn folder_read_only(path: &Path) -> bool {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err()
+}
+
+/// Opens a store whose folder cannot be written, for reading only. SQLite
+/// needs to make a `-shm` file next to a WAL database to read it; when
+/// there is no `-wal` file, every commit is in the database file itself,
+/// which is then read as it is (SQLite's `immutable`). Every write answers
+/// that the database cannot be written. A store that still has a `-wal`
+/// file, or whose schema is not this version's, is refused with advice.
+fn open_read_only(path: &Path) -> Result<(Connection, String), StoreError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if fs::metadata(std::path::PathBuf::from(wal)).is_ok_and(|m| m.len() > 0) {
+        return Err(unusable(
+            path,
+            "its folder cannot be written, and its newest commits are in its write-ahead log (-wal), which SQLite can read only with a -shm file it makes next to it; run one locksmith command where the folder can be written (it leaves the -shm file), or make the folder writable",
+        ));
+    }
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3F"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(map_err)?;
+    identify(&conn, path)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(map_err)?;
+    if version as usize != MIGRATIONS.len() {
+        return Err(unusable(
+            path,
+            &format!(
+                "its folder cannot be written, and its schema (version {version}) needs this locksmith's (version {}), which is a write; run one locksmith command where the folder can be written",
+                MIGRATIONS.len()
+            ),
+        ));
+    }
+    let id: String = conn
+        .query_row("SELECT v FROM meta WHERE k = 'store_id'", [], |r| r.get(0))
+        .map_err(map_err)?;
+    Ok((conn, id))
 }
 
 fn open_once(

@@ -656,3 +656,89 @@ fn a_handle_comes_from_standard_input_or_from_run_not_only_from_argv() {
         "tester"
     );
 }
+
+/// `locksmith ARGS` on `env`'s store as the user `nobody` (uid 65534).
+fn as_nobody(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_locksmith"))
+        .args(args)
+        .env("LOCKSMITH_HOME", env.home.path())
+        .env("LOCKSMITH_OWNER", "nobody-user")
+        .env("HOME", env.home.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv (util-linux) runs")
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_store_whose_folder_cannot_be_written_is_read_and_never_written() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: acting as another user needs root (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let home = env.home.path();
+    assert_eq!(code(&env.run(&["acquire", "ro/a", "--ttl", "1h"])), 0);
+    // A long-running command (sweep) checkpoints and removes the WAL when
+    // it closes the store: the database file alone holds everything.
+    assert_eq!(code(&env.run(&["sweep", "--once"])), 0);
+    assert!(!env.file("locksmith.db-wal").exists());
+    let chown = |p: &Path| {
+        rustix::fs::chown(
+            p,
+            Some(rustix::process::Uid::from_raw(65534)),
+            Some(rustix::process::Gid::from_raw(65534)),
+        )
+        .unwrap()
+    };
+    chown(home);
+    for name in names(home) {
+        chown(&home.join(name));
+    }
+    let mode = |m: u32| std::fs::set_permissions(home, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(0o555);
+    let before = (
+        names(home),
+        std::fs::read(env.file("locksmith.db")).unwrap(),
+    );
+
+    let list = as_nobody(&env, &["list", "--json"]);
+    assert_eq!(code(&list), 0, "{}", stderr(&list));
+    let locks: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(locks[0]["key"], "ro/a", "{locks}");
+    let hist = as_nobody(&env, &["history", "ro/a"]);
+    assert_eq!(code(&hist), 0, "{}", stderr(&hist));
+    let take = as_nobody(&env, &["acquire", "ro/b"]);
+    assert_eq!(code(&take), 1);
+    assert!(stderr(&take).contains("cannot write"), "{}", stderr(&take));
+    let after = (
+        names(home),
+        std::fs::read(env.file("locksmith.db")).unwrap(),
+    );
+    assert!(before == after, "a read-only store was changed");
+
+    // Once a command has written where it could, its WAL and -shm stay, and
+    // the store is read through them.
+    mode(0o755);
+    assert_eq!(
+        code(&as_nobody(&env, &["acquire", "ro/b", "--ttl", "1h"])),
+        0
+    );
+    mode(0o555);
+    let list = as_nobody(&env, &["list", "--json"]);
+    assert_eq!(code(&list), 0, "{}", stderr(&list));
+    let locks: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(locks.as_array().unwrap().len(), 2, "{locks}");
+    mode(0o755);
+}
