@@ -227,10 +227,19 @@ async def killed():
                 os.kill(pid, 0)
             except ProcessLookupError:
                 break
-            # A zombie until the SDK reaps it; its kernel lock is gone already.
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ")[1].startswith("Z"):
-                    break
+            # A zombie until the SDK reaps it. The leader turns zombie
+            # first; its other threads may still be exiting (a write in
+            # flight on a busy disk) and the open files, with the kernel
+            # lock that proves it alive, go with the last of them. Dead
+            # means: a zombie with no thread left but itself.
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    zombie = f.read().split(") ")[1].startswith("Z")
+                threads = os.listdir(f"/proc/{pid}/task")
+            except FileNotFoundError:
+                break
+            if zombie and threads == [str(pid)]:
+                break
             assert time.monotonic() < deadline, "the killed process did not die"
             await asyncio.sleep(0.01)
         # At once: the waiter's next call (at most --call-wait, 1s) is
