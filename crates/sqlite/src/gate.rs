@@ -15,14 +15,12 @@ use locksmith_core::StoreError;
 /// gate only orders writers; SQLite's own locking still guards the data, so
 /// a writer that cannot open the gate simply goes without it.
 pub(crate) fn gate(db: &Path) -> Option<fs::File> {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-gate");
     fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(std::path::PathBuf::from(name))
+        .open(crate::open::beside(db, "-gate"))
         .ok()
 }
 

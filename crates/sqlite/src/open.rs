@@ -151,14 +151,19 @@ const WAL_CHECKPOINT_PAGES: u32 = 8000;
 /// millisecond to read.
 pub(crate) const SHORT_LIVED_LOG_BYTES: u64 = 512 * 1024;
 
+/// The file next to the database named by `suffix` (`-wal`, `-shm`, `-gate`).
+pub(crate) fn beside(db: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 /// Before a short-lived process closes the store: a short log stays as it
 /// is (no checkpoint, no fsync, no files removed and made again by the next
 /// command); a long one is checkpointed by the close, as SQLite does by
 /// default, so that commands alone never let it grow.
 pub(crate) fn before_close(conn: &Connection, path: &Path) {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let long = fs::metadata(std::path::PathBuf::from(wal))
+    let long = fs::metadata(beside(path, "-wal"))
         .map(|m| m.len() > SHORT_LIVED_LOG_BYTES)
         .unwrap_or(false);
     if !long {
@@ -215,9 +220,7 @@ fn folder_read_only(path: &Path) -> bool {
 /// that the database cannot be written. A store that still has a `-wal`
 /// file, or whose schema is not this version's, is refused with advice.
 fn open_read_only(path: &Path) -> Result<(Connection, String), StoreError> {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    if fs::metadata(std::path::PathBuf::from(wal)).is_ok_and(|m| m.len() > 0) {
+    if fs::metadata(beside(path, "-wal")).is_ok_and(|m| m.len() > 0) {
         return Err(unusable(
             path,
             "its folder cannot be written, and its newest commits are in its write-ahead log (-wal), which SQLite can read only with a -shm file it makes next to it; run one locksmith command where the folder can be written (it leaves the -shm file), or make the folder writable",
@@ -530,9 +533,7 @@ fn after_boot(
 fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        let file = std::path::PathBuf::from(name);
+        let file = beside(path, suffix);
         if let Ok(meta) = fs::metadata(&file)
             && meta.permissions().mode() & 0o077 != 0
         {

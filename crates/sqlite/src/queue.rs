@@ -105,18 +105,6 @@ fn query(
     Ok(())
 }
 
-/// True when nothing is queued (most transactions: one probe instead of one
-/// query per key).
-fn empty(tx: &Connection) -> Result<bool, StoreError> {
-    let any: Option<i64> = tx
-        .prepare_cached("SELECT seq FROM queue LIMIT 1")
-        .map_err(map_err)?
-        .query_row([], |r| r.get(0))
-        .optional()
-        .map_err(map_err)?;
-    Ok(any.is_none())
-}
-
 /// Queue entries that bear on `key` with `scope`: on the key itself, tree
 /// entries on its ancestors, and (for a tree) entries below it. Appended to
 /// `out`; lapsed and gone entries are included, for the rules to drop.
@@ -127,7 +115,9 @@ pub(crate) fn touching(
     scope: Scope,
     out: &mut Vec<Queued>,
 ) -> Result<(), StoreError> {
-    if empty(tx)? {
+    // Most transactions find the queue empty: one probe instead of a
+    // query per key.
+    if !crate::rows::exists(tx, "SELECT 1 FROM queue LIMIT 1")? {
         return Ok(());
     }
     query(tx, ctx, keys_where!("key = ?1"), [key.as_str()], out)?;

@@ -103,12 +103,11 @@ pub(crate) fn load_holds(
     Ok(rows)
 }
 
-/// True when some hold is a tree (one probe of the small `holds_of_trees`
-/// index, empty in most stores).
-fn any_tree_hold(tx: &Connection) -> Result<bool, StoreError> {
+/// True when `sql` (a query of one row at most) finds a row.
+pub(crate) fn exists(tx: &Connection, sql: &str) -> Result<bool, StoreError> {
     use rusqlite::OptionalExtension;
     let found: Option<i64> = tx
-        .prepare_cached("SELECT 1 FROM holds WHERE scope = 'tree' LIMIT 1")
+        .prepare_cached(sql)
         .map_err(map_err)?
         .query_row([], |r| r.get(0))
         .optional()
@@ -125,7 +124,9 @@ pub(crate) fn holds_touching(
 ) -> Result<Vec<Hold>, StoreError> {
     let mut out = load_holds(tx, holds_where!("key = ?1"), [key.as_str()])?;
     let ancestors = key.ancestors();
-    if !ancestors.is_empty() && any_tree_hold(tx)? {
+    // Some hold is a tree: one probe of the small `holds_of_trees` index,
+    // empty in most stores.
+    if !ancestors.is_empty() && exists(tx, "SELECT 1 FROM holds WHERE scope = 'tree' LIMIT 1")? {
         for anc in ancestors {
             out.extend(load_holds(
                 tx,

@@ -62,6 +62,20 @@ impl Env {
     }
 }
 
+/// Waits for `child` (started with its output piped) at most `limit`,
+/// killing it then, and collects its output.
+pub fn output_within(mut child: Child, limit: std::time::Duration) -> Output {
+    let until = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 pub fn code(o: &Output) -> i32 {
     o.status.code().expect("exited normally")
 }

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::Env;
+use crate::common::{Env, output_within};
 use crate::server::Served;
 
 /// Runs `agents.py SCENARIO` and fails with its output unless it passes.
@@ -33,17 +33,9 @@ fn scenario_with(name: &str, env: &Env, server: Option<&Served>, vars: &[(&str, 
     if let Some(s) = server {
         c.env("LOCKSMITH_SERVER", &s.url);
     }
-    let mut child = c.spawn().expect("python3 runs (installed by .ci/run)");
+    let child = c.spawn().expect("python3 runs (installed by .ci/run)");
     // Bounded: the script gives up after 60 s by itself; this is the backstop.
-    let until = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > until {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'mcp'"),

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::common::output_within;
 
 /// The first ```sh block after `heading` in the README.
 fn block(readme: &str, heading: &str) -> String {
@@ -60,7 +62,7 @@ fn the_five_minute_tour_runs_as_written() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new("bash")
+    let child = Command::new("bash")
         .arg("-c")
         .arg(&script)
         .current_dir(home.path())
@@ -76,15 +78,7 @@ fn the_five_minute_tour_runs_as_written() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("bash runs");
-    let until = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > until {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(60));
     assert!(
         out.status.success(),
         "the tour failed ({}):\n{}\n{}",
