@@ -407,9 +407,29 @@ fn crash(dir: &Path, store: &str) {
     // pid -> when it was killed, on the system-wide monotonic clock.
     let mut killed: HashMap<u32, u128> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Each kill waits for two more grants than the one before it: progress
+    // is checked after every kill (a dead holder must not block the others
+    // for good), and a loaded machine only makes the rounds slower.
+    let mut enters_seen = 0;
     for round in 0..12u64 {
         assert!(Instant::now() < deadline, "crash test ran out of time");
         std::thread::sleep(Duration::from_millis(40 + rng.below(120)));
+        loop {
+            let enters = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("enter "))
+                .count();
+            if enters >= enters_seen + 2 {
+                enters_seen = enters;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new grant before round {round}: {enters} grants in all"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let i = rng.below(workers.len() as u64) as usize;
         let mut victim = workers.remove(i);
         if let Ok(Some(status)) = victim.try_wait() {
