@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::decide::{self, Decision, Need, Outcome, Policy, Queued, Snapshot, Step};
 use crate::key::Key;
-use crate::model::{EventKind, Fence, HeldLock, Hold, ReleaseReason, Scope};
+use crate::model::{EventKind, Fence, HeldLock, Hold, Holder, ReleaseReason, Scope};
 use crate::store::{
     AcquireRequest, Attempt, Grant, LeaveReason, LockInfo, Release, Renewal, StoreError, Target,
     Ticket,
@@ -119,6 +119,11 @@ pub trait Tables: Ledger {
     ) -> Result<(), StoreError>;
     /// Writes one history line.
     fn record(&mut self, event: NewEvent<'_>) -> Result<(), StoreError>;
+    /// Where the process of `holder` is told that one of its locks was
+    /// ended by someone else (forced, stolen, swept), so that it stops
+    /// before its next renewal would find out; `None` where the store
+    /// cannot reach it. A hint, sent after commit like a waiter's wake-up.
+    fn holder_address(&self, holder: &Holder) -> Option<String>;
 }
 
 /// A queued request as [`leave_queue`] needs it.
@@ -215,12 +220,14 @@ fn decide(
     }
 }
 
-/// Writes the endings the rules decided, each about one of `holds`.
+/// Writes the endings the rules decided, each about one of `holds`;
+/// answers where to tell the holders that lost their lock.
 fn apply_endings(
     t: &mut dyn Tables,
     holds: &[Hold],
     endings: Vec<decide::Ending>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<String>, StoreError> {
+    let mut told = Vec::new();
     for e in endings {
         let Some(h) = holds
             .iter()
@@ -229,16 +236,44 @@ fn apply_endings(
             continue;
         };
         t.end_hold(&h.lock, e.reason, e.detail)?;
+        tell(t, &mut told, &h.lock, e.reason);
     }
-    Ok(())
+    Ok(told)
 }
 
-/// One acquire attempt inside the store's transaction. The inner result
-/// carries a refusal that must still be committed (its history event).
+/// Adds the address of the holder of `lock` to `told` when it did not end
+/// the tenure itself.
+fn tell(t: &dyn Tables, told: &mut Vec<String>, lock: &HeldLock, reason: ReleaseReason) {
+    if reason.by_holder() {
+        return;
+    }
+    if let Some(address) = t.holder_address(&lock.holder)
+        && !told.contains(&address)
+    {
+        told.push(address);
+    }
+}
+
+/// One acquire attempt inside the store's transaction, and where to tell
+/// the holders it took locks from (see [`Tables::holder_address`]). The
+/// inner result carries a refusal that must still be committed (its
+/// history event).
 pub fn acquire(
     t: &mut dyn Tables,
     req: &AcquireRequest,
+    ticket: Option<&mut Ticket>,
+) -> Result<(Result<Attempt, StoreError>, Vec<String>), StoreError> {
+    let mut told = Vec::new();
+    let attempt = attempt(t, req, ticket, &mut told)?;
+    Ok((attempt, told))
+}
+
+/// [`acquire`], with the holders to tell written to `told`.
+fn attempt(
+    t: &mut dyn Tables,
+    req: &AcquireRequest,
     mut ticket: Option<&mut Ticket>,
+    told: &mut Vec<String>,
 ) -> Result<Result<Attempt, StoreError>, StoreError> {
     let now = t.now();
     let (snap, decision, joined) = decide(t, req, ticket.as_deref())?;
@@ -247,7 +282,7 @@ pub fn acquire(
         Outcome::Grant => joined.map(|j| now.mono.since(j)),
         _ => None,
     };
-    apply_endings(t, &snap.holds, decision.end)?;
+    *told = apply_endings(t, &snap.holds, decision.end)?;
     for seq in decision.drop {
         t.drop_entry(seq)?;
     }
@@ -377,6 +412,7 @@ pub fn renew(
     let now = t.now();
     let rows = t.holds_named(target)?;
     let plan = tenure::renew(target, rows.clone(), ttl, now, t)?;
+    // Only the caller's own grant ends here, and the answer tells it.
     apply_endings(t, &rows, plan.end)?;
     for ext in &plan.extend {
         t.extend(ext)?;
@@ -402,13 +438,14 @@ pub fn release(
     let rows = t.holds_named(target)?;
     let plan = tenure::release(target, rows.clone(), reason, whole_grant, t.now(), t)?;
     let freed: Vec<_> = plan.end.iter().map(|e| (e.key.clone(), e.scope)).collect();
-    apply_endings(t, &rows, plan.end)?;
-    Ok((plan.answer, wake_list(t, freed)?))
+    let mut told = apply_endings(t, &rows, plan.end)?;
+    told.extend(wake_list(t, freed)?);
+    Ok((plan.answer, told))
 }
 
 /// Ends every tenure on `key` (admin), only while no tenure newer than
 /// `seen` holds it, and records the text given; answers what was ended and
-/// whom to wake.
+/// whom to wake or tell.
 pub fn force_release(
     t: &mut dyn Tables,
     key: &Key,
@@ -421,6 +458,7 @@ pub fn force_release(
     tenure::force_seen(key, rows.iter().map(|r| r.lock.fence), seen)?;
     let (now, stale_after) = (t.now(), t.policy().stale_after);
     let mut ended = Vec::new();
+    let mut told = Vec::new();
     for row in &rows {
         ended.push(crate::view::lock_info(
             &row.lock,
@@ -433,17 +471,20 @@ pub fn force_release(
             None => json!({ "reason": why }),
         };
         t.end_hold(&row.lock, ReleaseReason::Forced, Some(detail))?;
+        tell(t, &mut told, &row.lock, ReleaseReason::Forced);
     }
     let freed = rows.first().map(|r| (key.clone(), r.lock.scope));
-    Ok((ended, wake_list(t, freed)?))
+    told.extend(wake_list(t, freed)?);
+    Ok((ended, told))
 }
 
 /// The sweeper's second look for a batch: ends each tenure if it is still
 /// held and its rule still holds now (a renewal since the sweeper's scan
-/// saves the lock); answers which were ended and whom to wake.
+/// saves the lock); answers which were ended and whom to wake or tell.
 pub fn reap(t: &mut dyn Tables, batch: &[Reap]) -> Result<(Vec<bool>, Vec<String>), StoreError> {
     let mut out = Vec::with_capacity(batch.len());
     let mut freed = Vec::new();
+    let mut told = Vec::new();
     let (now, stale_after) = (t.now(), t.policy().stale_after);
     for r in batch {
         let Some(row) = t.hold(&r.key, r.fence)? else {
@@ -455,8 +496,10 @@ pub fn reap(t: &mut dyn Tables, batch: &[Reap]) -> Result<(Vec<bool>, Vec<String
             continue;
         }
         t.end_hold(&row.lock, r.reason, None)?;
+        tell(t, &mut told, &row.lock, r.reason);
         freed.push((r.key.clone(), row.lock.scope));
         out.push(true);
     }
-    Ok((out, wake_list(t, freed)?))
+    told.extend(wake_list(t, freed)?);
+    Ok((out, told))
 }

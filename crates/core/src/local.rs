@@ -26,6 +26,13 @@ pub trait WakeSource: Send {
 pub trait Notifier: Send + Sync + 'static {
     /// A new place to be woken at, for one waiting request.
     fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError>;
+    /// Where this process is told that the store ended one of its locks
+    /// for it (forced, stolen, swept; see
+    /// [`crate::flow::Tables::holder_address`]); `None` where the store
+    /// tells no one and holders learn at their next renewal.
+    fn holder_address(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Binds locks to the calling process where the store can prove its death

@@ -4,9 +4,18 @@
 //! Abstract sockets vanish with their process, so nothing is left on disk.
 //! A lost or impossible wake-up (another network namespace) costs only
 //! latency: waiters re-check on a timer.
+//!
+//! Holders are told the same way when someone else ends one of their locks
+//! (forced, stolen, swept): each holding process listens at one address
+//! made from its pid and start time ([`holder_address`]), which the store
+//! can name from the holder it recorded. Being told is a hint, too: the
+//! holder asks the store at once instead of at its next renewal, and only
+//! the store's answer counts.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use locksmith_core::StoreError;
@@ -130,6 +139,93 @@ fn close_later(fd: rustix::fd::OwnedFd) {
     let sender = sender.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(back) = sender.send(fd) {
         drop(back.0);
+    }
+}
+
+/// Where the process `pid` (started at `start`) listens to be told that
+/// the store `store_id` ended one of its locks.
+pub fn holder_address(store_id: &str, pid: u32, start: Option<u64>) -> String {
+    format!("locksmith/{store_id}/held/{pid}.{}", start.unwrap_or(0))
+}
+
+/// The holder address of this process for the store `store_id`.
+pub fn own_holder_address(store_id: &str) -> String {
+    let me = crate::this_process(String::new());
+    holder_address(store_id, me.pid, me.pid_start)
+}
+
+/// A holder address being listened at: a thread calls `told` for every
+/// datagram, until the inbox is dropped.
+pub struct Inbox {
+    address: String,
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The process that listens: a child forked with the inbox has no
+    /// such thread and must not touch the socket it shares with its parent.
+    pid: u32,
+}
+
+impl Inbox {
+    /// Binds `address` and starts the listening thread. Fails when the
+    /// address is taken (another listener of this process, or a process
+    /// that squats it): the holder then learns at its next renewal.
+    pub fn listen(address: &str, told: impl Fn() + Send + 'static) -> std::io::Result<Inbox> {
+        let addr = SocketAddr::from_abstract_name(address.as_bytes())?;
+        let socket = UnixDatagram::bind_addr(&addr)?;
+        // Wakes now and then to see the flag, should the last datagram of
+        // `drop` not arrive.
+        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let closing = Arc::new(AtomicBool::new(false));
+        let c = closing.clone();
+        let thread = std::thread::Builder::new()
+            .name("locksmith-told".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    let got = socket.recv(&mut buf);
+                    if c.load(Ordering::Acquire) {
+                        return;
+                    }
+                    match got {
+                        Ok(n) if n > 0 => told(),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::Interrupted
+                                    | std::io::ErrorKind::WouldBlock
+                                    | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        // Zero bytes: the socket was shut down (by a process
+                        // that shares it), or an empty datagram, which no
+                        // store sends. Either way stop listening rather than
+                        // spin; renewals keep their own schedule.
+                        Ok(_) | Err(_) => return,
+                    }
+                }
+            })?;
+        Ok(Inbox {
+            address: address.to_string(),
+            closing,
+            thread: Some(thread),
+            pid: std::process::id(),
+        })
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // A forked child: the thread is its parent's.
+            std::mem::forget(self.thread.take());
+            return;
+        }
+        // The thread wakes on this last datagram, sees the flag and ends,
+        // closing the socket; the address is free once it has.
+        self.closing.store(true, Ordering::Release);
+        Waker::new().wake(&self.address);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

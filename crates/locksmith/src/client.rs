@@ -210,7 +210,7 @@ impl Client {
         let store = self.store.clone();
         let renewer = self
             .renewer
-            .get_or_init(|| Renewer::spawn(store.clone()))
+            .get_or_init(|| Renewer::spawn(store.clone(), self.notifier.holder_address()))
             .clone();
         Guard::with_renewer(store, grant, renewer)
     }

@@ -40,8 +40,11 @@ pub struct LostWatch {
 impl Guard {
     /// Takes charge of a grant made through the store directly: renews it
     /// in the background (when it has a lease) and releases it on drop.
+    /// Without the store's notifier it learns of a loss at its next
+    /// renewal; [`crate::Client::adopt`] learns at once where the store
+    /// tells holders.
     pub fn start(store: Arc<dyn Store>, grant: Grant) -> Guard {
-        let renewer = Renewer::spawn(store.clone());
+        let renewer = Renewer::spawn(store.clone(), None);
         Guard::with_renewer(store, grant, renewer)
     }
 
@@ -147,6 +150,12 @@ impl Guard {
     pub fn is_lost(&self) -> bool {
         self.watch.is_lost()
     }
+    /// Why the lock was lost, once [`Guard::is_lost`]: the store's reason
+    /// when it gave one (`forced`, `stolen`, …), else `lease_expired` (the
+    /// client's own deadline passed, or the history no longer knows).
+    pub fn lost_reason(&self) -> Option<ReleaseReason> {
+        self.watch.lost_reason()
+    }
     /// Resolves when the lock is lost, with the reason when the store knows it,
     /// or with `lease_expired` when the client's own deadline passes (as in
     /// [`Guard::is_lost`]). Never resolves while the lock is held. Needs a
@@ -202,6 +211,14 @@ impl LostWatch {
                 .last_good(id)
                 .is_none_or(|t| t.elapsed() >= ttl * 9 / 10),
             _ => false,
+        }
+    }
+
+    /// As [`Guard::lost_reason`]; the holder's own reason once released.
+    pub fn lost_reason(&self) -> Option<ReleaseReason> {
+        match *self.state.borrow() {
+            State::Lost(r) => Some(r.unwrap_or(ReleaseReason::LeaseExpired)),
+            State::Held => self.is_lost().then_some(ReleaseReason::LeaseExpired),
         }
     }
 

@@ -6,14 +6,21 @@
 //! Guards register and leave through a shared table; the thread is woken
 //! only when a new lease is due before the time it already sleeps to, so
 //! taking and dropping guards costs no thread switch.
+//!
+//! A store that can tell holders when it ends their locks (forced, stolen,
+//! swept) tells this process at its holder address. One listener per store
+//! address and process (the address is the process's, not the client's)
+//! makes every renewal thread of that store renew at once, so a loss is
+//! known within milliseconds instead of at the next renewal.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use locksmith_core::store::{Renewal, Target};
 use locksmith_core::{ReleaseReason, Store};
+use locksmith_host::wake::Inbox;
 use tokio::sync::watch;
 
 /// What a guard's renewal reports.
@@ -26,6 +33,12 @@ pub(crate) enum State {
 struct Entry {
     target: Target,
     ttl: Duration,
+    /// When it is renewed next: a slot of the schedule with another time
+    /// was replaced (by a renewal brought forward) and is skipped.
+    next: Instant,
+    /// Told while its renewal was under way: that renewal may have been
+    /// answered before the store ended the lock, so another follows at once.
+    told: bool,
     last_good: Instant,
     /// Why the last renewal failed, while renewals fail.
     failing: Option<String>,
@@ -51,17 +64,103 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Brings every renewal forward to now: the store said it ended a lock
+    /// of this process, and only a renewal tells which one and why.
+    fn renew_all_now(&self) {
+        let mut t = self.lock();
+        let now = Instant::now();
+        let ids: Vec<u64> = t.entries.keys().copied().collect();
+        for id in ids {
+            if let Some(e) = t.entries.get_mut(&id) {
+                e.told = true;
+                if e.next > now {
+                    e.next = now;
+                    t.due.push(Reverse((now, id)));
+                }
+            }
+        }
+        self.changed.notify_one();
+    }
+}
+
+/// The renewal threads of one holder address in this process.
+type Told = Arc<Mutex<Vec<Weak<Shared>>>>;
+
+/// Listeners by holder address: one per store and process.
+static LISTENERS: OnceLock<Mutex<HashMap<String, (Inbox, Told)>>> = OnceLock::new();
+
+fn listeners() -> MutexGuard<'static, HashMap<String, (Inbox, Told)>> {
+    LISTENERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Adds `shared` to the renewals told at `address`, listening there first
+/// if no one in this process does; false when the address cannot be
+/// listened at (the renewals keep their own schedule).
+fn listen(address: &str, shared: &Arc<Shared>) -> bool {
+    let mut all = listeners();
+    if let Some((_, told)) = all.get(address) {
+        told.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(shared));
+        return true;
+    }
+    let told: Told = Arc::new(Mutex::new(vec![Arc::downgrade(shared)]));
+    let renewals = told.clone();
+    let inbox = Inbox::listen(address, move || {
+        let live: Vec<Arc<Shared>> = renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for s in live {
+            s.renew_all_now();
+        }
+    });
+    match inbox {
+        Ok(inbox) => {
+            all.insert(address.to_string(), (inbox, told));
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Removes `shared` from the renewals told at `address`; the last one out
+/// stops the listener (under the table's lock, so that a new one can bind
+/// the address as soon as it is free).
+fn unlisten(address: &str, shared: &Arc<Shared>) {
+    let mut all = listeners();
+    let empty = match all.get(address) {
+        Some((_, told)) => {
+            let mut told = told.lock().unwrap_or_else(|p| p.into_inner());
+            told.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)));
+            told.is_empty()
+        }
+        None => false,
+    };
+    if empty {
+        // Dropping the inbox joins its thread, which takes no lock of ours.
+        all.remove(address);
+    }
 }
 
 /// The handle guards use to register with the renewal thread; the thread
 /// ends when the last handle is dropped.
 pub(crate) struct Renewer {
     shared: Arc<Shared>,
+    /// The holder address it is told at, while listened at.
+    told_at: Option<String>,
 }
 
 impl Renewer {
-    /// Starts the thread.
-    pub(crate) fn spawn(store: Arc<dyn Store>) -> Arc<Renewer> {
+    /// Starts the thread; when the store tells holders at `told_at`, the
+    /// renewals are brought forward whenever it does.
+    pub(crate) fn spawn(store: Arc<dyn Store>, told_at: Option<String>) -> Arc<Renewer> {
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::default()),
             changed: Condvar::new(),
@@ -75,7 +174,8 @@ impl Renewer {
             .name("locksmith-renew".into())
             .spawn(move || run(&store, &thread_shared))
             .expect("cannot start the lease renewal thread");
-        Arc::new(Renewer { shared })
+        let told_at = told_at.filter(|a| listen(a, &shared));
+        Arc::new(Renewer { shared, told_at })
     }
 
     /// Renews `target` every `ttl / 3` until removed; returns its id.
@@ -91,6 +191,8 @@ impl Renewer {
             Entry {
                 target,
                 ttl,
+                next: at,
+                told: false,
                 last_good,
                 failing: None,
                 state,
@@ -137,6 +239,9 @@ impl Renewer {
 
 impl Drop for Renewer {
     fn drop(&mut self) {
+        if let Some(address) = &self.told_at {
+            unlisten(address, &self.shared);
+        }
         self.shared.lock().closed = true;
         self.shared.changed.notify_one();
     }
@@ -159,7 +264,10 @@ fn run(store: &Weak<dyn Store>, shared: &Shared) {
                 break;
             }
             t.due.pop();
-            if let Some(e) = t.entries.get(&id) {
+            if let Some(e) = t.entries.get_mut(&id)
+                && e.next == at
+            {
+                e.told = false;
                 work.push((id, e.target.clone(), e.ttl, e.last_good, e.state.clone()));
             }
         }
@@ -180,11 +288,16 @@ fn run(store: &Weak<dyn Store>, shared: &Shared) {
             for (id, ttl, outcome) in outcomes {
                 match outcome {
                     Some((good, failing)) if t.entries.contains_key(&id) => {
+                        let mut next = Instant::now() + every(ttl);
                         if let Some(e) = t.entries.get_mut(&id) {
                             e.last_good = good;
                             e.failing = failing;
+                            if e.told {
+                                next = Instant::now();
+                            }
+                            e.next = next;
                         }
-                        t.due.push(Reverse((Instant::now() + every(ttl), id)));
+                        t.due.push(Reverse((next, id)));
                     }
                     Some(_) => {}
                     None => {

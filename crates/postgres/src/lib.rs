@@ -91,6 +91,7 @@ pub struct PgStore {
 /// What one transaction knows besides the database.
 pub(crate) struct Ctx<'a> {
     pub now: Now,
+    pub store_id: &'a str,
     pub opts: &'a Options,
     pub host: &'a HostFacts,
     pub waker: &'a Waker,
@@ -122,6 +123,10 @@ pub struct PgNotifier {
 impl Notifier for PgNotifier {
     fn wake_source(&self) -> Result<Box<dyn WakeSource>, StoreError> {
         Ok(Box::new(WakeSocket::bind(&self.store_id)?))
+    }
+
+    fn holder_address(&self) -> Option<String> {
+        Some(locksmith_host::wake::own_holder_address(&self.store_id))
     }
 }
 
@@ -202,6 +207,7 @@ impl PgStore {
     fn ctx(&self, locked: conn::Locked) -> Ctx<'_> {
         Ctx {
             now: self.clock.as_ref().map_or(locked.now, |c| c.now()),
+            store_id: &self.store_id,
             opts: &self.opts,
             host: &self.host,
             waker: &self.waker,
@@ -290,7 +296,7 @@ impl Store for PgStore {
             let mut ticket = start.clone();
             let out = flow::acquire(&mut Tables { tx, ctx }, req, ticket.as_mut())?;
             kept = ticket;
-            Ok((out, Vec::new()))
+            Ok(out)
         })?;
         if let (Some(t), Some(k)) = (queue, kept) {
             *t = k;

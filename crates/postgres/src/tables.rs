@@ -11,8 +11,8 @@ use locksmith_core::decide::{Policy, Queued};
 use locksmith_core::flow::{self, NewEvent, QueueEntry};
 use locksmith_core::tenure::{self, Extension, Ledger, Named};
 use locksmith_core::{
-    AcquireRequest, Fence, Grant, HeldLock, Hold, Key, Mono, Now, ReleaseReason, Scope, StoreError,
-    Target,
+    AcquireRequest, Fence, Grant, HeldLock, Hold, Holder, Key, Mono, Now, ReleaseReason, Scope,
+    StoreError, Target,
 };
 use locksmith_host::life::observe;
 
@@ -253,5 +253,15 @@ impl flow::Tables for Tables<'_, '_> {
     fn record(&mut self, event: NewEvent<'_>) -> Result<(), StoreError> {
         let now = self.ctx.now;
         rows::record(self.tx, now, event).map_err(|e| self.fail(e))
+    }
+
+    /// On any machine: the listener of each one hands the address to its
+    /// own holders (see [`crate::listen`]).
+    fn holder_address(&self, holder: &Holder) -> Option<String> {
+        Some(locksmith_host::wake::holder_address(
+            self.ctx.store_id,
+            holder.pid,
+            holder.pid_start,
+        ))
     }
 }

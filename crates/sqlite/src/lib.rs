@@ -115,6 +115,10 @@ impl Notifier for SqliteNotifier {
             &self.store_id,
         )?))
     }
+
+    fn holder_address(&self) -> Option<String> {
+        Some(locksmith_host::wake::own_holder_address(&self.store_id))
+    }
 }
 
 impl SqliteStore {
@@ -210,6 +214,7 @@ impl SqliteStore {
     fn ctx(&self) -> Ctx<'_> {
         Ctx {
             now: self.clock.now(),
+            store_id: &self.store_id,
             opts: &self.opts,
             host: &self.host,
             waker: &self.waker,
@@ -271,6 +276,7 @@ impl Drop for SqliteStore {
 /// What one transaction knows besides the database.
 pub(crate) struct Ctx<'a> {
     pub now: Now,
+    pub store_id: &'a str,
     pub opts: &'a Options,
     pub host: &'a rows::HostFacts,
     pub waker: &'a locksmith_host::wake::Waker,
@@ -302,11 +308,9 @@ impl Store for SqliteStore {
     ) -> Result<Attempt, StoreError> {
         validate::request(req)?;
         // An acquire never frees capacity for others (what it ends by itself,
-        // waiters find by their own re-check), so it wakes nobody.
-        self.write(|tx, ctx| {
-            let attempt = flow::acquire(&mut Tables { tx, ctx }, req, queue)?;
-            Ok((attempt, Vec::new()))
-        })?
+        // waiters find by their own re-check), so it wakes no waiter; it
+        // tells the holders it took locks from.
+        self.write(|tx, ctx| flow::acquire(&mut Tables { tx, ctx }, req, queue))?
     }
 
     fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {

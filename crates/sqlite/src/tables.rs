@@ -8,8 +8,8 @@ use locksmith_core::decide::{Policy, Queued};
 use locksmith_core::flow::{self, NewEvent, QueueEntry};
 use locksmith_core::tenure::{self, Extension, Ledger, Named};
 use locksmith_core::{
-    AcquireRequest, Fence, Grant, HeldLock, Hold, Key, Mono, Now, ReleaseReason, Scope, StoreError,
-    Target,
+    AcquireRequest, Fence, Grant, HeldLock, Hold, Holder, Key, Mono, Now, ReleaseReason, Scope,
+    StoreError, Target,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -235,5 +235,12 @@ impl flow::Tables for Tables<'_> {
 
     fn record(&mut self, event: NewEvent<'_>) -> Result<(), StoreError> {
         rows::record(self.tx, self.ctx.now, event)
+    }
+
+    /// Holders of an earlier boot are gone: only this boot's are told.
+    fn holder_address(&self, holder: &Holder) -> Option<String> {
+        (holder.boot_id == self.ctx.host.machine_id.boot_id).then(|| {
+            locksmith_host::wake::holder_address(self.ctx.store_id, holder.pid, holder.pid_start)
+        })
     }
 }

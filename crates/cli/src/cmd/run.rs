@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use locksmith::Guard;
 use locksmith_core::time::parse_duration;
 use locksmith_core::{AcquireRequest, Store, Takeover, WaitPolicy};
 use rustix::process::{Pid, Signal};
@@ -31,7 +30,9 @@ use locksmith_core::Code;
 /// order given) and LOCKSMITH_HANDLE. SIGINT, SIGTERM, SIGHUP and SIGQUIT are
 /// forwarded to CMD's process group; Ctrl-Z (SIGTSTP) suspends it with run
 /// and SIGCONT resumes both. If a lock is lost while CMD runs, CMD's
-/// group gets SIGTERM, then SIGKILL after --grace, and run exits 7.
+/// group gets SIGTERM, then SIGKILL after --grace, and run exits 7. A lock
+/// forced away, stolen or swept by another process is known at once (the
+/// store tells run), not at the next renewal.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A key to hold while CMD runs; repeat for several (all or none).
@@ -214,7 +215,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let keys_env: Vec<String> = grant.locks.iter().map(|l| l.key.to_string()).collect();
     let fences_env: Vec<String> = grant.locks.iter().map(|l| l.fence.to_string()).collect();
     let handle = grant.handle.expose().to_string();
-    let guard = Guard::start(store.clone(), grant);
+    // Renewed by a client of the store, which also listens for the store
+    // telling this process that it ended the lock (forced, stolen, swept).
+    let guard = locksmith::Client::from_parts(store.clone(), notifier.clone(), None).adopt(grant);
     // A signal that came while waiting stops run even if the same attempt
     // was granted: CMD is not started.
     let sig = last_signal.load(Ordering::SeqCst);
@@ -289,8 +292,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         }
         if lost_at.is_none() && guard.is_lost() && !guard.given_up() {
             lost_at = Some(Instant::now());
+            let why = guard
+                .lost_reason()
+                .unwrap_or(locksmith_core::ReleaseReason::LeaseExpired);
             err!(
-                "locksmith: lock on {what} lost while CMD runs; on-lost action: {}",
+                "locksmith: lock on {what} lost ({why}) while CMD runs; on-lost action: {}",
                 a.on_lost
             );
             match a.on_lost.as_str() {

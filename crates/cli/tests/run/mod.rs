@@ -371,6 +371,38 @@ fn a_lock_lost_before_cmd_ends_is_reported_even_without_a_renewal() {
 }
 
 #[test]
+fn a_forced_run_stops_cmd_at_once_not_at_its_next_renewal() {
+    let env = Env::new();
+    let termed = env.file("termed");
+    let script = format!(
+        "trap 'echo TERM > {}; exit 143' TERM; while :; do sleep 0.05; done",
+        termed.display()
+    );
+    // A 60 s lease is renewed every 20 s: only being told stops CMD sooner.
+    let mut run = env.spawn(&["run", "-l", "k", "--ttl", "60s", "--", "sh", "-c", &script]);
+    wait_until_held(&env, &mut run, "k");
+    assert_eq!(
+        env.run(&["force-release", "k", "--reason", "test"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while run.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("run went on for 5 s after its lock was forced away");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("lost (forced)"), "{err}");
+    assert_eq!(std::fs::read_to_string(&termed).unwrap().trim(), "TERM");
+}
+
+#[test]
 fn losing_one_key_of_several_is_seen_by_the_renewal() {
     let env = Env::new();
     let termed = env.file("termed");

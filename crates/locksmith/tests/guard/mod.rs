@@ -165,3 +165,81 @@ async fn lost_resolves_on_the_clients_own_deadline_while_a_renewal_is_stuck() {
     );
     drop(gate);
 }
+
+/// Waits (bounded) until `guard` is lost; how long it took.
+fn lost_within(guard: &locksmith::Guard, limit: Duration) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if guard.is_lost() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// A holder learns that its lock was forced away or swept within moments,
+/// not at its next renewal (20 s away with a 60 s lease): the store tells
+/// the holding process. A forged message is only a hint and loses nothing.
+fn told_at_once(url: &str) {
+    let holder = Client::open(url).unwrap();
+    let admin = Client::open(url).unwrap();
+    let guard = holder
+        .lock("told/forced")
+        .ttl(Duration::from_secs(60))
+        .acquire_blocking()
+        .unwrap();
+
+    // Anyone on the machine can send to the address: the holder asks the
+    // store, which says the lock is still held.
+    let address = holder
+        .notifier()
+        .holder_address()
+        .expect("a holder address");
+    let forger = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let to =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            address.as_bytes(),
+        )
+        .unwrap();
+    for _ in 0..3 {
+        let _ = forger.send_to_addr(b"lost", &to);
+    }
+    assert_eq!(lost_within(&guard, Duration::from_millis(300)), None);
+    assert!(guard.lost_reason().is_none());
+
+    let key = locksmith::Key::new("told/forced").unwrap();
+    admin.store().force_release(&key, "test").unwrap();
+    assert!(
+        lost_within(&guard, Duration::from_secs(5)).is_some(),
+        "the holder was not told that its lock was forced away"
+    );
+    assert_eq!(guard.lost_reason(), Some(ReleaseReason::Forced));
+
+    // Swept at its cap: the sweeper's ending is told too.
+    let capped = holder
+        .lock("told/capped")
+        .ttl(Duration::from_secs(60))
+        .max_hold(Duration::from_millis(200))
+        .acquire_blocking()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(250));
+    let swept = locksmith::sweep::sweep(&**admin.store(), false, None).unwrap();
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert!(
+        lost_within(&capped, Duration::from_secs(5)).is_some(),
+        "the holder was not told that its lock was swept"
+    );
+    assert_eq!(capped.lost_reason(), Some(ReleaseReason::MaxHold));
+}
+
+#[test]
+fn a_holder_is_told_at_once_when_its_lock_is_forced_or_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    told_at_once(&format!("sqlite://{}/locksmith.db", dir.path().display()));
+}
+
+#[test]
+fn a_holder_is_told_at_once_when_its_lock_is_forced_or_swept_on_postgres() {
+    told_at_once(&locksmith_testkit::pg::PgServer::shared().fresh_schema_url());
+}
