@@ -109,6 +109,36 @@ pub fn bind_tree(dir: &Path, boot_id: &str) -> Result<(Binding, File), StoreErro
     make_life_file(dir, boot_id, "-tree", true)
 }
 
+/// True when the folder `dir` is shared by a group: group-writable and not
+/// world-writable (`chmod 2770`, as a shared store's folder is made).
+pub fn shared(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(dir).is_ok_and(|m| {
+        let mode = m.permissions().mode();
+        mode & 0o070 == 0o070 && mode & 0o002 == 0
+    })
+}
+
+/// Gives `holders/` the mode its store folder calls for: only its owner
+/// may enter a private store's (no other user can open a life file there,
+/// let alone keep its lock to make a dead holder look alive); a shared
+/// store's is open to the group (and keeps the folder's setgid bit, so
+/// every file in it belongs to the group). Changed only by its owner.
+fn fit_holders_mode(dir: &Path, folder: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let want = if shared(dir) {
+        let setgid = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode() & 0o2000);
+        0o770 | setgid
+    } else {
+        0o700
+    };
+    if let Ok(meta) = std::fs::metadata(folder)
+        && meta.permissions().mode() & 0o7777 != want
+    {
+        let _ = std::fs::set_permissions(folder, std::fs::Permissions::from_mode(want));
+    }
+}
+
 /// Creates `holders/<boot>-<pid>-<start><suffix>` in `dir` and takes an
 /// exclusive lock on it; `inherited` leaves the descriptor open across exec.
 fn make_life_file(
@@ -123,6 +153,7 @@ fn make_life_file(
     std::fs::create_dir_all(&folder).map_err(|e| {
         StoreError::backend_from(format!("cannot create {}: {e}", folder.display()), e)
     })?;
+    fit_holders_mode(dir, &folder);
     let path = folder.join(format!("{boot_id}-{pid}-{}{suffix}", start.unwrap_or(0)));
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         StoreError::backend(format!(

@@ -14,14 +14,23 @@ use locksmith_core::StoreError;
 /// it if its holder dies), so contended writers neither spin nor sleep. The
 /// gate only orders writers; SQLite's own locking still guards the data, so
 /// a writer that cannot open the gate simply goes without it.
+/// It gets the database file's mode (a shared store's group may use it).
 pub(crate) fn gate(db: &Path) -> Option<fs::File> {
-    fs::OpenOptions::new()
+    use std::os::unix::fs::PermissionsExt;
+    let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(crate::open::beside(db, "-gate"))
-        .ok()
+        .ok()?;
+    if let (Ok(db), Ok(gate)) = (fs::metadata(db), file.metadata()) {
+        let want = db.permissions().mode() & 0o660;
+        if gate.permissions().mode() & 0o777 != want {
+            let _ = file.set_permissions(fs::Permissions::from_mode(want));
+        }
+    }
+    Some(file)
 }
 
 /// Holds the gate until dropped.

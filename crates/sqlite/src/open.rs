@@ -528,16 +528,32 @@ fn after_boot(
     Ok(id)
 }
 
-/// The database holds lease handles: keep it readable by its owner only.
-/// The WAL holds page images too, so it gets the same mode.
+/// The database holds lease handles: readable by its owner only, unless
+/// the store is shared by a group (see [`locksmith_host::life::shared`]):
+/// its folder group-writable and not world-writable (`chmod 2770`), or the
+/// file made group-writable (`chmod 660`). A shared store keeps group read
+/// and write on the database and the files beside it, whoever opens it; no
+/// one else ever gets access. The WAL holds page images too, so it gets
+/// the same mode, and so do the shared-memory index and the write gate.
 fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    for suffix in ["", "-wal", "-shm"] {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let db_mode = fs::metadata(path).map_or(0, |m| m.permissions().mode());
+    let want = if db_mode & 0o060 == 0o060 || locksmith_host::life::shared(dir) {
+        0o660
+    } else {
+        0o600
+    };
+    for suffix in ["", "-wal", "-shm", "-gate"] {
         let file = beside(path, suffix);
+        // Only the file's owner may change its mode; others leave it be.
         if let Ok(meta) = fs::metadata(&file)
-            && meta.permissions().mode() & 0o077 != 0
+            && meta.permissions().mode() & 0o777 != want
         {
-            let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o600));
+            let _ = fs::set_permissions(&file, fs::Permissions::from_mode(want));
         }
     }
 }

@@ -745,3 +745,106 @@ fn a_store_whose_folder_cannot_be_written_is_read_and_never_written() {
     assert_eq!(locks.as_array().unwrap().len(), 2, "{locks}");
     mode(0o755);
 }
+
+/// `locksmith ARGS` on `env`'s store as user `uid` whose only group is `gid`.
+fn as_user(env: &Env, uid: u32, gid: u32, owner: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            format!("--groups={gid}"),
+        ])
+        .arg(env!("CARGO_BIN_EXE_locksmith"))
+        .args(args)
+        .env("LOCKSMITH_HOME", env.home.path())
+        .env("LOCKSMITH_OWNER", owner)
+        .env("HOME", env.home.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv (util-linux) runs")
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn two_users_of_a_group_share_a_store_and_no_one_else_gets_in() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: acting as other users needs root (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let home = env.home.path();
+    // The documented set-up: a folder of the group, setgid, 2770.
+    rustix::fs::chown(
+        home,
+        Some(rustix::process::Uid::from_raw(40001)),
+        Some(rustix::process::Gid::from_raw(40000)),
+    )
+    .unwrap();
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    let alice = |args: &[&str]| as_user(&env, 40001, 40000, "alice", args);
+    let bob = |args: &[&str]| as_user(&env, 40002, 40000, "bob", args);
+    let ok = |out: std::process::Output| {
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        out
+    };
+
+    ok(alice(&["acquire", "team/a", "--ttl", "1h"]));
+    ok(alice(&["run", "-l", "team/r", "--", "true"]));
+    ok(bob(&["acquire", "team/b", "--ttl", "1h"]));
+    ok(bob(&["run", "-l", "team/r", "--", "true"]));
+    // A later open by the file's owner keeps the group's access.
+    ok(alice(&["status", "team/a"]));
+    ok(alice(&["run", "-l", "team/r", "--", "true"]));
+    let listed: Value = serde_json::from_slice(&ok(bob(&["list", "--json"])).stdout).unwrap();
+    let keys: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["team/a", "team/b"]);
+    ok(bob(&["release", "team/b"]));
+
+    for name in [
+        "locksmith.db",
+        "locksmith.db-wal",
+        "locksmith.db-shm",
+        "locksmith.db-gate",
+    ] {
+        let path = home.join(name);
+        if path.exists() {
+            assert_eq!(mode_of(&path), 0o660, "{name}");
+        }
+    }
+    assert_eq!(mode_of(&home.join("holders")), 0o2770);
+    for entry in std::fs::read_dir(home.join("holders")).unwrap() {
+        assert_eq!(mode_of(&entry.unwrap().path()) & 0o007, 0);
+    }
+    // Someone outside the group is told, and changes nothing.
+    let eve = as_user(&env, 40003, 40003, "eve", &["acquire", "team/e"]);
+    assert_ne!(code(&eve), 0);
+    assert!(
+        stderr(&eve).contains("ermission") || stderr(&eve).contains("cannot"),
+        "{}",
+        stderr(&eve)
+    );
+}
+
+#[test]
+fn a_private_store_keeps_its_files_and_life_files_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let home = env.home.path();
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(code(&env.run(&["run", "-l", "own/r", "--", "true"])), 0);
+    assert_eq!(code(&env.run(&["acquire", "own/a", "--ttl", "1h"])), 0);
+    assert_eq!(mode_of(&env.file("locksmith.db")), 0o600);
+    // No other user may open a life file, let alone keep its kernel lock
+    // to make a dead holder look alive.
+    assert_eq!(mode_of(&home.join("holders")), 0o700);
+}
