@@ -438,9 +438,9 @@ pub fn release(
     let rows = t.holds_named(target)?;
     let plan = tenure::release(target, rows.clone(), reason, whole_grant, t.now(), t)?;
     let freed: Vec<_> = plan.end.iter().map(|e| (e.key.clone(), e.scope)).collect();
-    let mut told = apply_endings(t, &rows, plan.end)?;
-    told.extend(wake_list(t, freed)?);
-    Ok((plan.answer, told))
+    // Only the caller's own holds end here: it is not told of them.
+    apply_endings(t, &rows, plan.end)?;
+    Ok((plan.answer, wake_list(t, freed)?))
 }
 
 /// Ends every tenure on `key` (admin), only while no tenure newer than

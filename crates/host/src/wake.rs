@@ -154,6 +154,17 @@ pub fn own_holder_address(store_id: &str) -> String {
     holder_address(store_id, me.pid, me.pid_start)
 }
 
+/// The shortest interval between two calls of an inbox's `told`.
+const TOLD_EVERY: Duration = Duration::from_millis(20);
+
+/// Reads whatever is queued on `socket` without waiting.
+fn drain(socket: &UnixDatagram, buf: &mut [u8]) {
+    if socket.set_nonblocking(true).is_ok() {
+        while socket.recv(buf).is_ok() {}
+        let _ = socket.set_nonblocking(false);
+    }
+}
+
 /// A holder address being listened at: a thread calls `told` for every
 /// datagram, until the inbox is dropped.
 pub struct Inbox {
@@ -181,13 +192,32 @@ impl Inbox {
             .name("locksmith-told".into())
             .spawn(move || {
                 let mut buf = [0u8; 64];
+                let mut last: Option<std::time::Instant> = None;
                 loop {
                     let got = socket.recv(&mut buf);
                     if c.load(Ordering::Acquire) {
                         return;
                     }
                     match got {
-                        Ok(n) if n > 0 => told(),
+                        // Any datagram, even an empty one, is a hint; the
+                        // socket is never shut down (a forked child shares it).
+                        Ok(_) => {
+                            // At most one call per interval: a burst, or a
+                            // flood from anyone on the machine, becomes one
+                            // round of renewals.
+                            if let Some(wait) = last
+                                .map(|l| TOLD_EVERY.saturating_sub(l.elapsed()))
+                                .filter(|w| !w.is_zero())
+                            {
+                                std::thread::sleep(wait);
+                            }
+                            drain(&socket, &mut buf);
+                            if c.load(Ordering::Acquire) {
+                                return;
+                            }
+                            last = Some(std::time::Instant::now());
+                            told();
+                        }
                         Err(e)
                             if matches!(
                                 e.kind(),
@@ -195,11 +225,9 @@ impl Inbox {
                                     | std::io::ErrorKind::WouldBlock
                                     | std::io::ErrorKind::TimedOut
                             ) => {}
-                        // Zero bytes: the socket was shut down (by a process
-                        // that shares it), or an empty datagram, which no
-                        // store sends. Either way stop listening rather than
-                        // spin; renewals keep their own schedule.
-                        Ok(_) | Err(_) => return,
+                        // Not expected of a bound datagram socket; pause
+                        // rather than spin, and go on listening.
+                        Err(_) => std::thread::sleep(TOLD_EVERY),
                     }
                 }
             })?;

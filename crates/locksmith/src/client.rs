@@ -207,12 +207,22 @@ impl Client {
     /// renews it on this client's renewal thread (when it has a lease) and
     /// releases it when the guard is dropped.
     pub fn adopt(&self, grant: Grant) -> Guard {
-        let store = self.store.clone();
-        let renewer = self
-            .renewer
-            .get_or_init(|| Renewer::spawn(store.clone(), self.notifier.holder_address()))
-            .clone();
-        Guard::with_renewer(store, grant, renewer)
+        Guard::with_renewer(self.store.clone(), grant, self.renewer())
+    }
+
+    /// Starts this client's renewal thread and, where the store tells
+    /// holders that it ended their locks, its listener, if not yet done:
+    /// call it before acquiring, and a lock is told of a loss from the
+    /// moment it is granted ([`LockBuilder`] does; [`Client::adopt`] does
+    /// it too, after the grant).
+    pub fn prepare_guards(&self) {
+        self.renewer();
+    }
+
+    fn renewer(&self) -> Arc<Renewer> {
+        self.renewer
+            .get_or_init(|| Renewer::spawn(self.store.clone(), self.notifier.holder_address()))
+            .clone()
     }
 
     /// Starts a request for `key`.
@@ -383,6 +393,9 @@ impl LockBuilder {
     /// front ends that wait on a thread of their own (Python, a UI).
     pub fn acquire_until(self, cancel: &AtomicBool) -> Result<Guard, Error> {
         let req = self.request()?;
+        if req.ttl.is_some() {
+            self.client.prepare_guards();
+        }
         let grant = wait::acquire(
             &*self.client.store,
             &*self.client.notifier,

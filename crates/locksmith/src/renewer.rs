@@ -53,6 +53,10 @@ struct Table {
     sleeps_until: Option<Instant>,
     next_id: u64,
     closed: bool,
+    /// When the store last told this process that it ended a lock: a
+    /// guard added soon after renews at once (the message may have been
+    /// about its grant, before the guard was there to be renewed).
+    last_told: Option<Instant>,
 }
 
 struct Shared {
@@ -70,15 +74,22 @@ impl Shared {
     fn renew_all_now(&self) {
         let mut t = self.lock();
         let now = Instant::now();
-        let ids: Vec<u64> = t.entries.keys().copied().collect();
-        for id in ids {
-            if let Some(e) = t.entries.get_mut(&id) {
-                e.told = true;
-                if e.next > now {
-                    e.next = now;
-                    t.due.push(Reverse((now, id)));
-                }
+        t.last_told = Some(now);
+        let Table { due, entries, .. } = &mut *t;
+        for (id, e) in entries.iter_mut() {
+            e.told = true;
+            if e.next > now {
+                e.next = now;
+                due.push(Reverse((now, *id)));
             }
+        }
+        // Each renewal brought forward leaves its old slot behind until its
+        // time; keep the schedule to about one slot per guard.
+        if due.len() > 2 * entries.len() + 16 {
+            *due = entries
+                .iter()
+                .map(|(id, e)| Reverse((e.next, *id)))
+                .collect();
         }
         self.changed.notify_one();
     }
@@ -183,7 +194,15 @@ impl Renewer {
         let mut t = self.shared.lock();
         t.next_id += 1;
         let id = t.next_id;
-        let at = Instant::now() + every(ttl);
+        let recently_told = t
+            .last_told
+            .is_some_and(|told| told.elapsed() < Duration::from_secs(1));
+        let at = Instant::now()
+            + if recently_told {
+                Duration::ZERO
+            } else {
+                every(ttl)
+            };
         t.due.push(Reverse((at, id)));
         let last_good = Instant::now();
         t.entries.insert(

@@ -195,6 +195,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         });
     }
 
+    // Renewed by a client of the store, which also listens for the store
+    // telling this process that it ended the lock (forced, stolen, swept),
+    // from before the grant on.
+    let client = locksmith::Client::from_parts(store.clone(), notifier.clone(), None);
+    client.prepare_guards();
     let what: Vec<String> = req.keys.iter().map(|k| k.to_string()).collect();
     let what = what.join(", ");
     let grant = match super::acquire::wait_for_grant(
@@ -215,9 +220,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let keys_env: Vec<String> = grant.locks.iter().map(|l| l.key.to_string()).collect();
     let fences_env: Vec<String> = grant.locks.iter().map(|l| l.fence.to_string()).collect();
     let handle = grant.handle.expose().to_string();
-    // Renewed by a client of the store, which also listens for the store
-    // telling this process that it ended the lock (forced, stolen, swept).
-    let guard = locksmith::Client::from_parts(store.clone(), notifier.clone(), None).adopt(grant);
+    let guard = client.adopt(grant);
     // A signal that came while waiting stops run even if the same attempt
     // was granted: CMD is not started.
     let sig = last_signal.load(Ordering::SeqCst);

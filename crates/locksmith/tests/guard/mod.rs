@@ -202,7 +202,11 @@ fn told_at_once(url: &str) {
             address.as_bytes(),
         )
         .unwrap();
-    for _ in 0..3 {
+    // An empty datagram, which must not stop the listening, and a flood
+    // (coalesced into a round of renewals every 20 ms).
+    let _ = forger.send_to_addr(b"", &to);
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..1000 {
         let _ = forger.send_to_addr(b"lost", &to);
     }
     assert_eq!(lost_within(&guard, Duration::from_millis(300)), None);
