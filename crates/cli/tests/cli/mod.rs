@@ -662,16 +662,7 @@ fn a_handle_comes_from_standard_input_or_from_run_not_only_from_argv() {
 
 /// `locksmith ARGS` on `env`'s store as the user `nobody` (uid 65534).
 fn as_nobody(env: &Env, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_locksmith"))
-        .args(args)
-        .env("LOCKSMITH_HOME", env.home.path())
-        .env("LOCKSMITH_OWNER", "nobody-user")
-        .env("HOME", env.home.path())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("setpriv (util-linux) runs")
+    as_user(env, 65534, 65534, "nobody-user", args)
 }
 
 fn names(dir: &Path) -> Vec<String> {
