@@ -112,11 +112,16 @@ pub fn bind_tree(dir: &Path, boot_id: &str) -> Result<(Binding, File), StoreErro
 /// True when the folder `dir` is shared by a group: group-writable and not
 /// world-writable (`chmod 2770`, as a shared store's folder is made).
 pub fn shared(dir: &Path) -> bool {
+    shared_mode(mode_of(dir))
+}
+
+fn shared_mode(mode: u32) -> bool {
+    mode & 0o070 == 0o070 && mode & 0o002 == 0
+}
+
+fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(dir).is_ok_and(|m| {
-        let mode = m.permissions().mode();
-        mode & 0o070 == 0o070 && mode & 0o002 == 0
-    })
+    std::fs::metadata(path).map_or(0, |m| m.permissions().mode())
 }
 
 /// Gives `holders/` the mode its store folder calls for: only its owner
@@ -126,15 +131,13 @@ pub fn shared(dir: &Path) -> bool {
 /// every file in it belongs to the group). Changed only by its owner.
 fn fit_holders_mode(dir: &Path, folder: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let want = if shared(dir) {
-        let setgid = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode() & 0o2000);
-        0o770 | setgid
+    let mode = mode_of(dir);
+    let want = if shared_mode(mode) {
+        0o770 | mode & 0o2000
     } else {
         0o700
     };
-    if let Ok(meta) = std::fs::metadata(folder)
-        && meta.permissions().mode() & 0o7777 != want
-    {
+    if mode_of(folder) & 0o7777 != want {
         let _ = std::fs::set_permissions(folder, std::fs::Permissions::from_mode(want));
     }
 }

@@ -142,8 +142,8 @@ fn listen(address: &str, shared: &Arc<Shared>) -> bool {
 }
 
 /// Removes `shared` from the renewals told at `address`; the last one out
-/// stops the listener (under the table's lock, so that a new one can bind
-/// the address as soon as it is free).
+/// stops the listener (under the lock of [`LISTENERS`], so that a new one
+/// can bind the address as soon as it is free).
 fn unlisten(address: &str, shared: &Arc<Shared>) {
     let mut all = listeners();
     let empty = match all.get(address) {
@@ -305,22 +305,20 @@ fn run(store: &Weak<dyn Store>, shared: &Shared) {
             drop(store);
             t = shared.lock();
             for (id, ttl, outcome) in outcomes {
+                let Table { due, entries, .. } = &mut *t;
                 match outcome {
-                    Some((good, failing)) if t.entries.contains_key(&id) => {
-                        let mut next = Instant::now() + every(ttl);
-                        if let Some(e) = t.entries.get_mut(&id) {
+                    Some((good, failing)) => {
+                        if let Some(e) = entries.get_mut(&id) {
                             e.last_good = good;
                             e.failing = failing;
-                            if e.told {
-                                next = Instant::now();
-                            }
-                            e.next = next;
+                            // Told meanwhile: this answer may predate the loss.
+                            let wait = if e.told { Duration::ZERO } else { every(ttl) };
+                            e.next = Instant::now() + wait;
+                            due.push(Reverse((e.next, id)));
                         }
-                        t.due.push(Reverse((next, id)));
                     }
-                    Some(_) => {}
                     None => {
-                        t.entries.remove(&id);
+                        entries.remove(&id);
                     }
                 }
             }

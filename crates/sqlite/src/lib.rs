@@ -156,7 +156,7 @@ impl SqliteStore {
     /// file open, and remove the binding's file when done. Used by
     /// `locksmith run`, so that a command's own children keep its locks.
     pub fn bind_process_tree(&self) -> Result<(Binding, std::fs::File), StoreError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = open::folder(&self.path);
         locksmith_host::life::bind_tree(dir, &self.host.machine_id.boot_id)
     }
 
@@ -295,7 +295,7 @@ impl ProcessBinder for SqliteStore {
     /// A binding of the calling process whose death any other process on
     /// this machine can prove at once (its life file, kept open until exit).
     fn bind_current_process(&self) -> Result<Binding, StoreError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = open::folder(&self.path);
         locksmith_host::life::bind_self(dir, &self.host.machine_id.boot_id)
     }
 }
@@ -371,7 +371,7 @@ impl Store for SqliteStore {
     fn prune_history(&self) -> Result<usize, StoreError> {
         let pruned = self
             .write(|tx, ctx| Ok((retention::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))?;
-        locksmith_host::life::tidy(self.path.parent().unwrap_or(Path::new(".")));
+        locksmith_host::life::tidy(open::folder(&self.path));
         Ok(pruned)
     }
 }

@@ -103,10 +103,7 @@ pub(crate) fn explain_full(e: StoreError, path: &Path) -> StoreError {
         .and_then(|s| s.downcast_ref::<rusqlite::Error>())
         .and_then(|e| e.sqlite_error_code())
         == Some(ErrorCode::SystemIoFailure);
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder(path);
     let free = rustix::fs::statvfs(dir)
         .ok()
         .map(|v| v.f_bavail.saturating_mul(v.f_frsize));
@@ -150,6 +147,13 @@ const WAL_CHECKPOINT_PAGES: u32 = 8000;
 /// about 250 pages, or 70 commands that write, and about half a
 /// millisecond to read.
 pub(crate) const SHORT_LIVED_LOG_BYTES: u64 = 512 * 1024;
+
+/// The folder of the database file (`.` for a bare file name).
+pub(crate) fn folder(db: &Path) -> &Path {
+    db.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
 
 /// The file next to the database named by `suffix` (`-wal`, `-shm`, `-gate`).
 pub(crate) fn beside(db: &Path, suffix: &str) -> std::path::PathBuf {
@@ -206,10 +210,7 @@ pub(crate) fn open(
 /// True when this process cannot create files in the store's folder (a
 /// read-only file system, or a folder of another user).
 fn folder_read_only(path: &Path) -> bool {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder(path);
     rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err()
 }
 
@@ -268,10 +269,7 @@ fn open_once(
     host: &HostFacts,
     now: Now,
 ) -> Result<(Connection, String), StoreError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder(path);
     fs::create_dir_all(dir).map_err(|e| {
         StoreError::backend_from(
             format!("cannot create the folder {}: {e}", dir.display()),
@@ -534,20 +532,18 @@ fn after_boot(
 /// file made group-writable (`chmod 660`). A shared store keeps group read
 /// and write on the database and the files beside it, whoever opens it; no
 /// one else ever gets access. The WAL holds page images too, so it gets
-/// the same mode, and so do the shared-memory index and the write gate.
+/// the same mode, and so does the shared-memory index.
 fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder(path);
     let db_mode = fs::metadata(path).map_or(0, |m| m.permissions().mode());
     let want = if db_mode & 0o060 == 0o060 || locksmith_host::life::shared(dir) {
         0o660
     } else {
         0o600
     };
-    for suffix in ["", "-wal", "-shm", "-gate"] {
+    // The write gate follows the database's mode when it is opened.
+    for suffix in ["", "-wal", "-shm"] {
         let file = beside(path, suffix);
         // Only the file's owner may change its mode; others leave it be.
         if let Ok(meta) = fs::metadata(&file)

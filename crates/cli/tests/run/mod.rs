@@ -387,15 +387,8 @@ fn a_forced_run_stops_cmd_at_once_not_at_its_next_renewal() {
             .code(),
         Some(0)
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while run.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = run.kill();
-            panic!("run went on for 5 s after its lock was forced away");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = run.wait_with_output().unwrap();
+    // Killed (no exit code) if it goes on for 5 s.
+    let out = output_within(run, Duration::from_secs(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("lost (forced)"), "{err}");
