@@ -436,6 +436,9 @@ pub struct Hold {
     /// Whether its bound process lives: `Some(false)` on proof of death,
     /// `Some(true)` when proven alive, `None` when unbound or unknowable here.
     pub alive: Option<bool>,
+    /// The OS user (uid) of the process that took the grant, as the store
+    /// saw it; `None` for a grant recorded before uids were.
+    pub uid: Option<u32>,
 }
 
 impl fmt::Debug for Hold {
@@ -444,6 +447,7 @@ impl fmt::Debug for Hold {
             .field("lock", &self.lock)
             .field("grant_keys", &self.grant_keys)
             .field("alive", &self.alive)
+            .field("uid", &self.uid)
             .finish_non_exhaustive()
     }
 }

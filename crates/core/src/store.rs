@@ -435,6 +435,19 @@ pub enum StoreError {
         /// Who holds it.
         holders: String,
     },
+    /// A lock named by its owner was taken by another OS user: by owner
+    /// name, only that user (or root) may release or renew it.
+    #[error(
+        "not the holder: {key} is held by {owner} as another OS user (uid {uid}); by owner name only that user or root may release or renew it. Use the lease handle (--handle, LOCKSMITH_HANDLE, or --handle - to read it from standard input); nothing was changed"
+    )]
+    OtherUser {
+        /// The key.
+        key: Key,
+        /// The owner name given.
+        owner: String,
+        /// The OS user that holds it.
+        uid: u32,
+    },
     /// The store cannot be used as it is (foreign, newer, on a network filesystem).
     #[error("{0}")]
     Unusable(String),
@@ -503,7 +516,7 @@ impl StoreError {
             }
             StoreError::Deadlock { .. } => Code::Deadlock,
             StoreError::Newer { .. } => Code::Busy,
-            StoreError::NotHolder { .. } => Code::NotHolder,
+            StoreError::NotHolder { .. } | StoreError::OtherUser { .. } => Code::NotHolder,
             StoreError::Unusable(_) => Code::Unusable,
             StoreError::Corrupt { .. } => Code::Corrupt,
             StoreError::Busy(_) => Code::Unavailable,

@@ -38,6 +38,11 @@ pub trait Ledger {
     /// The keys grant `grant` holds now, on any key (asked only on the rare
     /// path of a handle used for a key its grant does not hold).
     fn keys_of_grant(&mut self, grant: i64) -> Result<Vec<Key>, StoreError>;
+    /// The OS user (uid) of the calling process, where the store can tell
+    /// (a local store: the process it runs in); `None` checks no user.
+    fn caller_uid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// What the holds named by a target are, as the store should load them.
@@ -85,14 +90,31 @@ pub fn named(target: &Target) -> Result<Named, StoreError> {
 }
 
 /// Checks the proof against the loaded holds: a handle whose secret does
-/// not match is refused as not the holder.
+/// not match is refused as not the holder; an owner name is refused to an
+/// OS user other than the one that took the grant (root excepted), which
+/// must use the handle.
 fn prove(target: &Target, rows: &[Hold], ledger: &mut dyn Ledger) -> Result<(), StoreError> {
-    if let Proof::Handle(h) = &target.by
-        && rows.iter().any(|r| r.secret != h.secret())
-    {
-        return Err(not_holder(&target.key, ledger)?);
+    match &target.by {
+        Proof::Handle(h) if rows.iter().any(|r| r.secret != h.secret()) => {
+            Err(not_holder(&target.key, ledger)?)
+        }
+        Proof::Owner(owner) => match other_user(rows, ledger.caller_uid()) {
+            Some(uid) => Err(StoreError::OtherUser {
+                key: target.key.clone(),
+                owner: owner.clone(),
+                uid,
+            }),
+            None => Ok(()),
+        },
+        Proof::Handle(_) => Ok(()),
     }
-    Ok(())
+}
+
+/// The uid of a hold in `rows` taken by an OS user other than `caller`
+/// (root may act for any user; unknown uids are not checked).
+fn other_user(rows: &[Hold], caller: Option<u32>) -> Option<u32> {
+    let caller = caller.filter(|&c| c != 0)?;
+    rows.iter().filter_map(|r| r.uid).find(|&u| u != caller)
 }
 
 fn not_holder(key: &Key, ledger: &mut dyn Ledger) -> Result<StoreError, StoreError> {
@@ -388,4 +410,121 @@ pub fn still_due(
             )));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HeldLock, Holder, Mode, Scope};
+    use crate::time::{Mono, Wall};
+
+    /// A ledger of one transaction whose caller runs as `caller`.
+    struct Caller(Option<u32>);
+
+    impl Ledger for Caller {
+        fn holders_of(&mut self, _: &Key) -> Result<Vec<String>, StoreError> {
+            Ok(vec!["worker".into()])
+        }
+        fn why_ended(
+            &mut self,
+            _: &Key,
+            _: Option<i64>,
+            _: Option<&str>,
+        ) -> Result<Option<ReleaseReason>, StoreError> {
+            Ok(None)
+        }
+        fn taken_from_grant(&mut self, _: i64) -> Result<Option<(Key, ReleaseReason)>, StoreError> {
+            Ok(None)
+        }
+        fn keys_of_grant(&mut self, _: i64) -> Result<Vec<Key>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn caller_uid(&self) -> Option<u32> {
+            self.0
+        }
+    }
+
+    fn held_by(uid: Option<u32>) -> Hold {
+        Hold {
+            lock: HeldLock {
+                grant: 7,
+                key: Key::new("team/a").unwrap(),
+                mode: Mode::Exclusive,
+                scope: Scope::Key,
+                fence: Fence(7),
+                holder: Holder {
+                    owner: "worker".into(),
+                    task: None,
+                    metadata: None,
+                    hostname: "h".into(),
+                    boot_id: "b".into(),
+                    pid: 1,
+                    pid_start: None,
+                },
+                acquired: Mono(0),
+                acquired_wall: Wall(0),
+                last_seen: Mono(0),
+                expires: None,
+                ttl: None,
+                max_hold: None,
+                request_id: None,
+                bind: None,
+                stale_after: None,
+            },
+            secret: "s".into(),
+            grant_keys: 1,
+            renew_logged: Mono(0),
+            alive: None,
+            uid,
+        }
+    }
+
+    #[test]
+    fn by_owner_name_only_the_same_os_user_or_root_ends_a_lock() {
+        let now = Now {
+            mono: Mono(1),
+            wall: Wall(1),
+        };
+        let target = Target {
+            key: Key::new("team/a").unwrap(),
+            by: Proof::Owner("worker".into()),
+        };
+        let release = |held: Option<u32>, caller: Option<u32>| {
+            let rows = vec![held_by(held)];
+            release(
+                &target,
+                rows,
+                ReleaseReason::Completed,
+                false,
+                now,
+                &mut Caller(caller),
+            )
+        };
+        for (held, caller) in [
+            (Some(1000), Some(1000)),
+            (Some(1000), Some(0)),
+            (None, Some(1000)),
+            (Some(1000), None),
+        ] {
+            let plan = release(held, caller).unwrap();
+            assert_eq!(plan.end.len(), 1, "{held:?} by {caller:?}");
+        }
+        match release(Some(1000), Some(1001)) {
+            Err(StoreError::OtherUser {
+                uid: 1000, owner, ..
+            }) => assert_eq!(owner, "worker"),
+            other => panic!("another user by name: {other:?}"),
+        }
+        let renewed = renew(
+            &target,
+            vec![held_by(Some(1000))],
+            None,
+            now,
+            &mut Caller(Some(1001)),
+        );
+        assert!(
+            matches!(renewed, Err(StoreError::OtherUser { .. })),
+            "{renewed:?}"
+        );
+    }
 }

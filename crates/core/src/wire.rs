@@ -397,6 +397,7 @@ impl Problem {
         match e {
             StoreError::Deadlock { key, cycle } => p.with("key", key).with("cycle", cycle),
             StoreError::NotHolder { key, holders } => p.with("key", key).with("holders", holders),
+            StoreError::OtherUser { key, owner, .. } => p.with("key", key).with("holders", owner),
             StoreError::LimitMismatch(m) => p.with("limit", [m.held, m.asked]),
             StoreError::Newer { key, fence, seen } => {
                 p.with("key", key).with("fence", fence).with("seen", seen)

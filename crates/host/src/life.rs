@@ -190,6 +190,8 @@ pub struct HostFacts {
     pub machine_id: rules::Machine,
     /// `boot_id` and `hostname` joined by U+001F, as queue queries return them.
     pub machine: String,
+    /// The effective OS user of this process, recorded with each grant.
+    pub uid: u32,
 }
 
 impl HostFacts {
@@ -198,6 +200,7 @@ impl HostFacts {
         let (boot_id, hostname) = (sys::boot_id(), sys::hostname());
         HostFacts {
             machine: format!("{boot_id}\u{1f}{hostname}"),
+            uid: rustix::process::geteuid().as_raw(),
             machine_id: rules::Machine { boot_id, hostname },
         }
     }

@@ -42,9 +42,9 @@ pub(crate) fn grant(
          h AS (INSERT INTO holds (grant_id, secret, key, mode, slots, scope, fence, owner, task,
                 metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall,
                 seen_mono, expires_mono, ttl_ms, max_hold_ms, request_id, bind_pid, bind_start,
-                bind_file, grant_keys, stale_after_ms)
+                bind_file, grant_keys, stale_after_ms, uid)
              SELECT $1, $2, g.key, $4, $5, $6, g.fence, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                $15, $17, $18, $19, $20, $21, $22, $23, $24, $25 FROM g)
+                $15, $17, $18, $19, $20, $21, $22, $23, $24, $25, $27 FROM g)
          INSERT INTO events (at_wall, key, kind, owner, task, fence, grant_id, reason, detail)
          SELECT $16, g.key, 'acquired', $8, $9, g.fence, $1, NULL, $26 FROM g",
         &[
@@ -74,6 +74,7 @@ pub(crate) fn grant(
             &(n as i32),
             &(ctx.opts.stale_after.as_millis() as i64),
             &detail,
+            &i64::from(ctx.host.uid),
         ],
     )?;
     let locks = req

@@ -15,7 +15,7 @@ use crate::conn::{Arg, Fail, Tx};
 pub(crate) const HOLD_COLUMNS: &str = "fence, grant_id, secret, key, mode, slots, scope, owner, task, \
      metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, \
      expires_mono, ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file, \
-     grant_keys, stale_after_ms";
+     grant_keys, stale_after_ms, uid";
 
 fn ms(v: Option<i64>) -> Option<Duration> {
     v.map(|m| Duration::from_millis(m.max(0) as u64))
@@ -46,6 +46,7 @@ pub(crate) fn hold_from_row(r: &Row) -> Result<Hold, Fail> {
         renew_logged: mono(r.try_get(21)?),
         grant_keys: r.try_get::<_, i32>(25)?.max(1) as u32,
         alive: None,
+        uid: r.try_get::<_, Option<i64>>(27)?.map(|u| u as u32),
         lock: HeldLock {
             grant: r.try_get(1)?,
             key: Key::stored(key).map_err(|_| bad_row("key"))?,

@@ -8,7 +8,10 @@ use crate::Options;
 use crate::conn::{Fail, Pool};
 
 /// Every migration, in order; never edit one after release.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_holder_uid.sql"),
+];
 
 /// What `meta.app` says in a schema of ours.
 const APP: &str = "locksmith";

@@ -56,6 +56,10 @@ impl Tables<'_, '_> {
 }
 
 impl Ledger for Tables<'_, '_> {
+    fn caller_uid(&self) -> Option<u32> {
+        Some(self.ctx.host.uid)
+    }
+
     fn holders_of(&mut self, key: &Key) -> Result<Vec<String>, StoreError> {
         Ok(self
             .load("key = $1 ORDER BY fence", &[&key.as_str()])?

@@ -50,9 +50,9 @@ pub(crate) fn grant(
             "INSERT INTO holds (grant_id, secret, key, mode, slots, scope, fence, owner, task,
                 metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall,
                 seen_mono, expires_mono, ttl_ms, max_hold_ms, request_id, bind_pid, bind_start,
-                bind_file, grant_keys, stale_after_ms)
+                bind_file, grant_keys, stale_after_ms, uid)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
         )
         .map_err(map_err)?
         .execute(params![
@@ -81,6 +81,7 @@ pub(crate) fn grant(
             req.bind.as_ref().and_then(|b| b.life_file.clone()),
             n,
             ctx.opts.stale_after.as_millis() as i64,
+            ctx.host.uid,
         ])
         .map_err(map_err)?;
         record_as(

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_stale_after.sql"),
     include_str!("../migrations/0004_history_retention.sql"),
     include_str!("../migrations/0005_fences_from_history.sql"),
+    include_str!("../migrations/0006_holder_uid.sql"),
 ];
 
 /// Kinds of filesystem the store cares about.

@@ -22,7 +22,7 @@ macro_rules! holds_where {
             "SELECT fence, grant_id, secret, key, mode, slots, scope, fence, owner, task, metadata, \
              hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall, seen_mono, expires_mono, \
              ttl_ms, max_hold_ms, request_id, renew_logged, bind_pid, bind_start, bind_file, grant_keys, \
-             stale_after_ms FROM holds WHERE ",
+             stale_after_ms, uid FROM holds WHERE ",
             $cond
         )
     };
@@ -53,6 +53,7 @@ pub(crate) fn hold_from_row(r: &Row<'_>) -> rusqlite::Result<Hold> {
         renew_logged: Mono(r.get::<_, i64>(22)?.max(0) as u64),
         grant_keys: r.get(26)?,
         alive: None,
+        uid: r.get(28)?,
         lock: HeldLock {
             grant: r.get(1)?,
             key: Key::stored(key).map_err(|_| bad_row("key"))?,

@@ -25,6 +25,10 @@ pub(crate) struct Tables<'t> {
 }
 
 impl Ledger for Tables<'_> {
+    fn caller_uid(&self) -> Option<u32> {
+        Some(self.ctx.host.uid)
+    }
+
     fn holders_of(&mut self, key: &Key) -> Result<Vec<String>, StoreError> {
         Ok(
             load_holds(self.tx, holds_where!("key = ?1"), [key.as_str()])?

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use locksmith_core::store::ListFilter;
 use locksmith_core::{ManualClock, ReleaseReason, Store, StoreError};
 use locksmith_sqlite::{FsKind, Options, SqliteStore, classify_fs};
-use locksmith_testkit::{Harness, by_handle, request};
+use locksmith_testkit::{Harness, by_handle, by_owner, request};
 use tempfile::TempDir;
 
 fn db_path(dir: &TempDir) -> PathBuf {
@@ -164,6 +164,49 @@ fn a_newer_schema_is_refused() {
         other => panic!("expected Unusable, got {:?}", other.err()),
     }
     assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_store_of_schema_5_gains_uids_and_keeps_its_locks_releasable_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let clock = ManualClock::new();
+    let store = open(&path, &clock).unwrap();
+    let req = request("old-worker", &["old/k"]);
+    assert!(matches!(
+        store.acquire(&req, None).unwrap(),
+        locksmith_core::Attempt::Granted(_)
+    ));
+    drop(store);
+    // The table as schema 5 left it: no uid column.
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("ALTER TABLE holds DROP COLUMN uid; PRAGMA user_version = 5;")
+            .unwrap();
+    }
+    let store = open(&path, &clock).unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 6);
+    // A lock taken before uids were recorded is not checked by user.
+    let released = store
+        .release(&by_owner("old/k", "old-worker"), ReleaseReason::Completed)
+        .unwrap();
+    assert!(
+        matches!(released, locksmith_core::Release::Released { .. }),
+        "{released:?}"
+    );
+    // A new one records this process's user.
+    store.acquire(&req, None).unwrap();
+    let uid: Option<i64> = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT uid FROM holds WHERE key = 'old/k'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(uid, Some(i64::from(rustix::process::geteuid().as_raw())));
 }
 
 /// Fills a store with enough history to span many pages, closes it, and

@@ -287,6 +287,7 @@ impl Store for MemoryStore {
                         grant_keys: req.keys.len() as u32,
                         renew_logged: Mono(0),
                         alive: None,
+                        uid: None,
                     });
                     locks.push(GrantedLock {
                         key: key.clone(),

@@ -50,7 +50,9 @@ pub struct ForceArgs {
 /// How the caller proves it holds the lock.
 #[derive(clap::Args, Debug)]
 pub struct ProofArgs {
-    /// Owner name (default: $LOCKSMITH_OWNER, else user@host).
+    /// Owner name (default: $LOCKSMITH_OWNER, else user@host). By name, only
+    /// the OS user that took the lock (or root) may release or renew it;
+    /// anyone else needs the handle.
     #[arg(long, conflicts_with = "handle")]
     owner: Option<String>,
     /// The lease handle printed by acquire; `-` reads it from standard input

@@ -760,16 +760,11 @@ fn mode_of(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
-#[test]
-fn two_users_of_a_group_share_a_store_and_no_one_else_gets_in() {
+/// The documented set-up of a store shared by a group: a folder of the
+/// group (gid 40000, owned by uid 40001), setgid, 2770.
+fn group_store(env: &Env) {
     use std::os::unix::fs::PermissionsExt;
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: acting as other users needs root (CI runs as root)");
-        return;
-    }
-    let env = Env::new();
     let home = env.home.path();
-    // The documented set-up: a folder of the group, setgid, 2770.
     rustix::fs::chown(
         home,
         Some(rustix::process::Uid::from_raw(40001)),
@@ -777,6 +772,62 @@ fn two_users_of_a_group_share_a_store_and_no_one_else_gets_in() {
     )
     .unwrap();
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o2770)).unwrap();
+}
+
+#[test]
+fn by_owner_name_only_the_os_user_that_took_a_lock_or_root_may_end_it() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: acting as other users needs root (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    group_store(&env);
+    // Both users run their workers under one owner name.
+    let alice = |args: &[&str]| as_user(&env, 40001, 40000, "worker", args);
+    let bob = |args: &[&str]| as_user(&env, 40002, 40000, "worker", args);
+    let ok = |out: std::process::Output| {
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        out
+    };
+    let g: Value =
+        serde_json::from_slice(&ok(alice(&["acquire", "team/a", "--ttl", "1h", "--json"])).stdout)
+            .unwrap();
+    let handle = g["handle"].as_str().unwrap();
+    ok(alice(&["acquire", "team/b", "--ttl", "1h"]));
+
+    // Another user who types the owner name is refused and changes nothing.
+    for args in [["release", "team/a"], ["renew", "team/a"]] {
+        let out = bob(&args);
+        assert_eq!(code(&out), 6, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("another OS user (uid 40001)"), "{err}");
+        assert!(err.contains("--handle"), "{err}");
+    }
+    let st: Value =
+        serde_json::from_slice(&ok(bob(&["status", "team/a", "--json"])).stdout).unwrap();
+    assert!(g["fence"].is_u64(), "{g}");
+    assert_eq!(st["holders"][0]["fence"], g["fence"], "{st}");
+
+    // The handle works for anyone who has it; the same user and root may
+    // use the name.
+    ok(bob(&["renew", "team/a", "--handle", handle]));
+    ok(bob(&["release", "team/a", "--handle", handle]));
+    ok(alice(&["renew", "team/b"]));
+    ok(env.run(&["release", "team/b", "--owner", "worker"]));
+    ok(bob(&["acquire", "team/c", "--ttl", "1h"]));
+    assert_eq!(code(&alice(&["release", "team/c"])), 6);
+    ok(bob(&["release", "team/c"]));
+}
+
+#[test]
+fn two_users_of_a_group_share_a_store_and_no_one_else_gets_in() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: acting as other users needs root (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let home = env.home.path();
+    group_store(&env);
     let alice = |args: &[&str]| as_user(&env, 40001, 40000, "alice", args);
     let bob = |args: &[&str]| as_user(&env, 40002, 40000, "bob", args);
     let ok = |out: std::process::Output| {

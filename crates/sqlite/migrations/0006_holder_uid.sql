@@ -1,0 +1,4 @@
+-- Schema version 6: the OS user (effective uid) of the process that took
+-- each grant. By owner name, only that user (or root) may release or renew
+-- the lock; NULL for locks granted before, which are not checked.
+ALTER TABLE holds ADD COLUMN uid INTEGER;
