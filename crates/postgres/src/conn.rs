@@ -562,6 +562,22 @@ impl Tx<'_> {
         }
     }
 
+    /// Waits until no write transaction is running and answers the highest
+    /// event id drawn so far: every event up to it is committed or will
+    /// never be (see [`EVENTS_LOCK`]). Blocks writers only while it runs.
+    pub fn events_horizon(&mut self, ns: i32) -> Result<i64, Fail> {
+        self.exec(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&ns.wrapping_add(1), &EVENTS_LOCK],
+        )?;
+        Ok(self
+            .one(
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_id_seq",
+                &[],
+            )?
+            .try_get(0)?)
+    }
+
     /// Takes the transaction's key locks for `claims`, in one order for
     /// every transaction so that they never wait on each other in a
     /// circle; then reads the database's clock, after the locks, so that
@@ -574,6 +590,11 @@ impl Tx<'_> {
         claims: &[(Key, Scope)],
         fences: usize,
     ) -> Result<Locked, Fail> {
+        self.open();
+        self.pending.push_str(&format!(
+            "SELECT pg_advisory_xact_lock_shared({}, {EVENTS_LOCK});\n",
+            ns.wrapping_add(1)
+        ));
         self.keep_locks(ns, claims);
         self.pending
             .push_str("SELECT 'q', (EXISTS (SELECT 1 FROM queue))::int::text;\n");
@@ -665,6 +686,17 @@ impl Tx<'_> {
         Ok((now, rows))
     }
 }
+
+/// The lock every write transaction holds shared from its first statement
+/// to its end, and a reader of new events takes exclusive for a moment
+/// (second number; the first is the store's namespace + 1, as for the
+/// waiters' graph lock, 0). Event ids come from a sequence, drawn in one
+/// order and committed in another: a reader that went on from the newest
+/// id it saw would skip an event of a transaction that commits later with
+/// a smaller id. Taking this lock exclusive waits out every transaction
+/// that may hold such an id, so the ids up to the sequence's last value
+/// are final (see [`Tx::events_horizon`]).
+pub(crate) const EVENTS_LOCK: i32 = 1;
 
 /// What [`Tx::lock`] learnt.
 pub(crate) struct Locked {

@@ -371,8 +371,14 @@ impl Store for PgStore {
         self.read(|tx, ctx| read::waiters(tx, ctx, filter))
     }
 
+    /// Following the history (`after`) reads only up to the ids that are
+    /// final (see [`conn::EVENTS_LOCK`]), so that no event is skipped.
     fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
-        self.read(|tx, _| read::history(tx, filter))
+        let upto = match filter.after {
+            Some(_) => Some(self.pool.run(false, |tx| tx.events_horizon(self.ns))?),
+            None => None,
+        };
+        self.read(|tx, _| read::history(tx, filter, upto))
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {

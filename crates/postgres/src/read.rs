@@ -136,7 +136,12 @@ pub(crate) fn waiters(
     Ok(locksmith_core::view::waiter_list(found, f))
 }
 
-pub(crate) fn history(tx: &mut Tx<'_>, f: &HistoryFilter) -> Result<Vec<Event>, Fail> {
+/// The events `f` asks for, newest first; none above id `upto`.
+pub(crate) fn history(
+    tx: &mut Tx<'_>,
+    f: &HistoryFilter,
+    upto: Option<i64>,
+) -> Result<Vec<Event>, Fail> {
     let mut w = Filter::default();
     if let Some(k) = &f.key {
         if f.prefix {
@@ -154,6 +159,9 @@ pub(crate) fn history(tx: &mut Tx<'_>, f: &HistoryFilter) -> Result<Vec<Event>, 
     }
     if let Some(after) = f.after {
         w.add("id > $", after);
+    }
+    if let Some(upto) = upto {
+        w.add("id <= $", upto);
     }
     let limit = match f.limit {
         0 => String::new(),

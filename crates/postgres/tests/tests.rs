@@ -93,3 +93,76 @@ fn the_listener_wakes_waiters_and_reconnects_when_dropped() {
         "woken after the reconnect"
     );
 }
+
+/// A reader that follows the history with `after` (as the event stream,
+/// `watch` and a resumed client do) sees every event, although many
+/// writers draw event ids in one order and commit in another.
+#[test]
+fn following_the_history_misses_no_event_of_concurrent_writers() {
+    use locksmith_core::store::HistoryFilter;
+    use locksmith_core::{Attempt, ReleaseReason, Store};
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    let url = PgServer::shared().fresh_schema_url();
+    let store = Arc::new(PgStore::open(&url, Options::default()).unwrap());
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let key = format!("follow/{w}");
+                let until = Instant::now() + Duration::from_secs(3);
+                for _ in 0..400 {
+                    if Instant::now() > until {
+                        break;
+                    }
+                    let req = locksmith_testkit::request(&format!("w{w}"), &[&key]);
+                    let Attempt::Granted(g) = store.acquire(&req, None).unwrap() else {
+                        panic!("{key} is only ever taken by writer {w}");
+                    };
+                    store
+                        .release(
+                            &locksmith_testkit::by_handle(&key, &g),
+                            ReleaseReason::Completed,
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut seen = BTreeSet::new();
+    let mut last = 0;
+    let follow = |last: &mut i64, seen: &mut BTreeSet<i64>| {
+        let page = store
+            .history(&HistoryFilter {
+                after: Some(*last),
+                ..HistoryFilter::default()
+            })
+            .unwrap();
+        for e in page {
+            seen.insert(e.id);
+            *last = (*last).max(e.id);
+        }
+    };
+    while !writers.iter().all(|w| w.is_finished()) {
+        follow(&mut last, &mut seen);
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    follow(&mut last, &mut seen);
+    let all: BTreeSet<i64> = store
+        .history(&HistoryFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let missed: Vec<_> = all.difference(&seen).collect();
+    assert!(all.len() > 100, "the writers wrote {} events", all.len());
+    assert!(
+        missed.is_empty(),
+        "missed {} of {} events: {missed:?}",
+        missed.len(),
+        all.len()
+    );
+}
