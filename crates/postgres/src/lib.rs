@@ -371,14 +371,34 @@ impl Store for PgStore {
         self.read(|tx, ctx| read::waiters(tx, ctx, filter))
     }
 
-    /// Following the history (`after`) reads only up to the ids that are
-    /// final (see [`conn::EVENTS_LOCK`]), so that no event is skipped.
+    /// Following the history (`after`) never skips an event of a
+    /// transaction that commits late (see [`conn::EVENTS_LOCK`]): the ids
+    /// that follow `after` without a gap are final and returned at once;
+    /// when the next id is missing, the ids up to the horizon are.
     fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
-        let upto = match filter.after {
-            Some(_) => Some(self.pool.run(false, |tx| tx.events_horizon(self.ns))?),
-            None => None,
+        let Some(after) = filter.after else {
+            return self.read(|tx, _| read::history(tx, filter, None));
         };
-        self.read(|tx, _| read::history(tx, filter, upto))
+        let whole = filter.key.is_none()
+            && filter.owner.is_none()
+            && filter.kind.is_none()
+            && filter.limit == 0;
+        if whole {
+            let mut events = self.read(|tx, _| read::history(tx, filter, None))?;
+            // Newest first: the run without a gap is at the end.
+            let run = events
+                .iter()
+                .rev()
+                .zip(after + 1..)
+                .take_while(|(e, id)| e.id == *id)
+                .count();
+            if run > 0 || events.is_empty() {
+                events.drain(..events.len() - run);
+                return Ok(events);
+            }
+        }
+        let upto = self.pool.run(false, |tx| tx.events_horizon(self.ns))?;
+        self.read(|tx, _| read::history(tx, filter, Some(upto)))
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {

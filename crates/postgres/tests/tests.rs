@@ -166,3 +166,47 @@ fn following_the_history_misses_no_event_of_concurrent_writers() {
         all.len()
     );
 }
+
+/// An id drawn and never used (a transaction rolled back) leaves a gap for
+/// good: a reader that follows the history goes past it.
+#[test]
+fn following_the_history_goes_past_an_id_never_used() {
+    use locksmith_core::Store;
+    use locksmith_core::store::HistoryFilter;
+
+    let server = PgServer::shared();
+    let url = server.fresh_schema_url();
+    let schema = url.rsplit("schema=").next().unwrap().to_string();
+    let store = PgStore::open(&url, Options::default()).unwrap();
+    let acquire = |key: &str| {
+        let req = locksmith_testkit::request("gap", &[key]);
+        store.acquire(&req, None).unwrap();
+    };
+    let newest = || {
+        store
+            .history(&HistoryFilter {
+                limit: 1,
+                ..HistoryFilter::default()
+            })
+            .unwrap()[0]
+            .id
+    };
+    acquire("gap/a");
+    let before = newest();
+    server
+        .psql(&format!("SELECT nextval('{schema}.events_id_seq')"))
+        .unwrap();
+    acquire("gap/b");
+    let after = newest();
+    assert_eq!(after, before + 2, "one id was skipped");
+    let got: Vec<i64> = store
+        .history(&HistoryFilter {
+            after: Some(before),
+            ..HistoryFilter::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, [after]);
+}
