@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use locksmith_core::{Key, Mono, Now, Scope, StoreError, Wall};
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, NoTls, Row, SimpleQueryRow};
 
 /// A statement argument with its PostgreSQL type.
 pub(crate) trait Arg {
@@ -424,6 +424,7 @@ impl Pool {
                 begin,
                 pending: String::new(),
                 sent: false,
+                ahead: Vec::new(),
             };
             let result = f(&mut tx).and_then(|v| tx.commit().map(|()| v));
             let sent = tx.sent;
@@ -471,6 +472,9 @@ pub(crate) struct Tx<'c> {
     pending: String,
     /// Whether `BEGIN` has gone to the server.
     sent: bool,
+    /// Reads sent ahead with the key locks (see [`Tx::lock`]): each one's
+    /// text and rows, until it is asked for or anything is written.
+    ahead: Vec<(String, Vec<SimpleQueryRow>)>,
 }
 
 fn params<'a>(args: &'a [&'a dyn Arg]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
@@ -520,8 +524,22 @@ impl Tx<'_> {
         self.flush()?;
         Ok(self.c.query_typed_one(sql, &params(args))?)
     }
+    /// Whether reads sent ahead are waiting to be asked for.
+    pub fn has_ahead(&self) -> bool {
+        !self.ahead.is_empty()
+    }
+    /// The rows of the read `sql` (as [`render`] writes it), when it was
+    /// sent ahead and nothing was kept or written since.
+    pub fn take_ahead(&mut self, sql: &str) -> Option<Vec<SimpleQueryRow>> {
+        if !self.pending.is_empty() {
+            return None;
+        }
+        let at = self.ahead.iter().position(|(s, _)| s == sql)?;
+        Some(self.ahead.swap_remove(at).1)
+    }
     /// Keeps one statement without results for the next round trip.
     pub fn exec(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<(), Fail> {
+        self.ahead.clear();
         self.open();
         self.pending.push_str(&render(sql, args)?);
         self.pending.push_str(";\n");
@@ -529,6 +547,7 @@ impl Tx<'_> {
     }
     /// Keeps statements without arguments for the next round trip.
     pub fn batch(&mut self, sql: &str) -> Result<(), Fail> {
+        self.ahead.clear();
         self.open();
         self.pending.push_str(sql);
         self.pending.push_str(";\n");
@@ -543,6 +562,7 @@ impl Tx<'_> {
     /// ancestors), sorted, for the next round trip: every statement after
     /// them sees what the transactions they waited for wrote.
     fn keep_locks(&mut self, ns: i32, claims: &[(Key, Scope)]) {
+        self.ahead.clear();
         let mut ids: BTreeMap<i32, bool> = BTreeMap::new();
         for (key, _) in claims {
             ids.insert(lock_id(key.as_str()), true);
@@ -582,13 +602,16 @@ impl Tx<'_> {
     /// every transaction so that they never wait on each other in a
     /// circle; then reads the database's clock, after the locks, so that
     /// the instant is later than every change this transaction can see;
-    /// whether anything is queued; and `fences` fences, also under the
-    /// locks. One round trip, with `BEGIN` and whatever statements were kept.
+    /// whether anything is queued; `fences` fences, also under the locks;
+    /// and the reads `ahead` (each a `SELECT` as [`render`] writes it),
+    /// kept for [`Tx::take_ahead`]. One round trip, with `BEGIN` and
+    /// whatever statements were kept.
     pub fn lock(
         &mut self,
         ns: i32,
         claims: &[(Key, Scope)],
         fences: usize,
+        ahead: Vec<String>,
     ) -> Result<Locked, Fail> {
         self.open();
         self.pending.push_str(&format!(
@@ -603,7 +626,19 @@ impl Tx<'_> {
                 "SELECT 'f', nextval('fences')::text FROM generate_series(1, {fences});\n"
             ));
         }
-        let (now, answers) = self.send_with_clock()?;
+        // Each read answers its number first, in a column of its own.
+        for (i, sql) in ahead.iter().enumerate() {
+            let rest = sql.strip_prefix("SELECT ").ok_or_else(|| {
+                Fail::Store(StoreError::backend("a read sent ahead must be a SELECT"))
+            })?;
+            self.pending.push_str(&format!("SELECT 'p{i}', {rest};\n"));
+        }
+        let (now, answers, mut read) = self.send_with_clock()?;
+        self.ahead = ahead
+            .into_iter()
+            .enumerate()
+            .map(|(i, sql)| (sql, read.get_mut(i).map(std::mem::take).unwrap_or_default()))
+            .collect();
         let mut queued = true;
         let mut drawn = Vec::with_capacity(fences);
         for (tag, v) in answers {
@@ -655,8 +690,12 @@ impl Tx<'_> {
     }
 
     /// Sends the kept statements and a reading of the clock in one simple
-    /// query; answers the clock and every `(tag, number)` row they gave.
-    fn send_with_clock(&mut self) -> Result<(Now, Vec<(char, i64)>), Fail> {
+    /// query; answers the clock, every `(tag, number)` row they gave, and
+    /// the rows of each read sent ahead (tagged `p0`, `p1`, …), by number.
+    #[allow(clippy::type_complexity)]
+    fn send_with_clock(
+        &mut self,
+    ) -> Result<(Now, Vec<(char, i64)>, Vec<Vec<SimpleQueryRow>>), Fail> {
         let mut sql = std::mem::take(&mut self.pending);
         sql.push_str(
             "SELECT 'c', (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text;\n",
@@ -665,8 +704,22 @@ impl Tx<'_> {
         self.sent = true;
         let mut now = None;
         let mut rows = Vec::new();
+        let mut read: Vec<Vec<SimpleQueryRow>> = Vec::new();
         for m in answer {
             if let postgres::SimpleQueryMessage::Row(r) = m {
+                let ahead = r
+                    .try_get(0)
+                    .ok()
+                    .flatten()
+                    .and_then(|t| t.strip_prefix('p'))
+                    .and_then(|n| n.parse::<usize>().ok());
+                if let Some(n) = ahead {
+                    if read.len() <= n {
+                        read.resize_with(n + 1, Vec::new);
+                    }
+                    read[n].push(r);
+                    continue;
+                }
                 // The lock statements answer one column, the others two.
                 let tag = r.try_get(0).ok().flatten().and_then(|t| t.chars().next());
                 let value = r.try_get(1).ok().flatten().and_then(|v| v.parse().ok());
@@ -683,7 +736,7 @@ impl Tx<'_> {
                 self.shown
             )))
         })?;
-        Ok((now, rows))
+        Ok((now, rows, read))
     }
 }
 
@@ -711,7 +764,7 @@ pub(crate) struct Locked {
 }
 
 /// `sql` with each `$N` replaced by the literal of `args[N - 1]`.
-fn render(sql: &str, args: &[&dyn Arg]) -> Result<String, Fail> {
+pub(crate) fn render(sql: &str, args: &[&dyn Arg]) -> Result<String, Fail> {
     let mut out = String::with_capacity(sql.len() + 64);
     let mut chars = sql.char_indices().peekable();
     let mut quoted = false;

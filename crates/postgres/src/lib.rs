@@ -225,10 +225,23 @@ impl PgStore {
         &self,
         claims: &[(Key, Scope)],
         fences: usize,
+        f: impl FnMut(&mut Tx<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), Fail>,
+    ) -> Result<T, StoreError> {
+        self.write_ahead(claims, fences, &[], f)
+    }
+
+    /// [`PgStore::write`], with the reads `ahead` (see [`rows::select`])
+    /// sent with the key locks: the loads the call makes first cost no
+    /// round trip of their own.
+    fn write_ahead<T>(
+        &self,
+        claims: &[(Key, Scope)],
+        fences: usize,
+        ahead: &[String],
         mut f: impl FnMut(&mut Tx<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), Fail>,
     ) -> Result<T, StoreError> {
         let (out, wakes) = self.pool.run(false, |tx| {
-            let locked = tx.lock(self.ns, claims, fences)?;
+            let locked = tx.lock(self.ns, claims, fences, ahead.to_vec())?;
             let ctx = self.ctx(locked);
             let (out, wakes) = f(tx, &ctx)?;
             if !wakes.is_empty() {
@@ -268,6 +281,39 @@ impl ProcessBinder for PgStore {
     }
 }
 
+/// The loads an acquire makes first (see [`PgStore::write_ahead`]): the
+/// holds of each claim, and those of its request id.
+fn loads_of(req: &AcquireRequest) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for (key, scope) in claims_of(req) {
+        let sql = rows::touching(&key, scope, rows::select).map_err(fail)?;
+        if !out.contains(&sql) {
+            out.push(sql);
+        }
+    }
+    if let Some(rid) = &req.request_id {
+        out.push(rows::of_request(rid, &req.holder.owner, rows::select).map_err(fail)?);
+    }
+    Ok(out)
+}
+
+/// The load a renew or release makes first: the holds its target names
+/// (none for a malformed handle, which the rules refuse).
+fn named_load(target: &Target) -> Result<Vec<String>, StoreError> {
+    match locksmith_core::tenure::named(target) {
+        Ok(named) => Ok(vec![rows::named(&named, rows::select).map_err(fail)?]),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// A failure outside a transaction, as the store reports it.
+fn fail(e: Fail) -> StoreError {
+    match e {
+        Fail::Store(e) => e,
+        Fail::Db(e) | Fail::Commit(e) => StoreError::backend(e.to_string()),
+    }
+}
+
 /// The claims of a request: each key with its scope.
 fn claims_of(req: &AcquireRequest) -> Vec<(Key, Scope)> {
     req.keys.iter().map(|k| (k.clone(), req.scope)).collect()
@@ -291,7 +337,7 @@ impl Store for PgStore {
         let mut kept: Option<Ticket> = None;
         // Fences are drawn with the locks, in the same round trip; a request
         // that is not granted leaves a gap, never a number used twice.
-        let result = self.write(&claims, req.keys.len(), |tx, ctx| {
+        let result = self.write_ahead(&claims, req.keys.len(), &loads_of(req)?, |tx, ctx| {
             // A transaction run again starts from the ticket as given.
             let mut ticket = start.clone();
             let out = flow::acquire(&mut Tables { tx, ctx }, req, ticket.as_mut())?;
@@ -313,14 +359,14 @@ impl Store for PgStore {
     }
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
-        self.write(&on_key(&target.key), 0, |tx, ctx| {
+        self.write_ahead(&on_key(&target.key), 0, &named_load(target)?, |tx, ctx| {
             let renewal = flow::renew(&mut Tables { tx, ctx }, target, ttl)?;
             Ok((renewal, Vec::new()))
         })
     }
 
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write(&on_key(&target.key), 0, |tx, ctx| {
+        self.write_ahead(&on_key(&target.key), 0, &named_load(target)?, |tx, ctx| {
             Ok(flow::release(
                 &mut Tables { tx, ctx },
                 target,
@@ -331,7 +377,7 @@ impl Store for PgStore {
     }
 
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write(&on_key(&target.key), 0, |tx, ctx| {
+        self.write_ahead(&on_key(&target.key), 0, &named_load(target)?, |tx, ctx| {
             Ok(flow::release(
                 &mut Tables { tx, ctx },
                 target,

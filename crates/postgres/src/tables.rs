@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use locksmith_core::decide::{Policy, Queued};
 use locksmith_core::flow::{self, NewEvent, QueueEntry};
-use locksmith_core::tenure::{self, Extension, Ledger, Named};
+use locksmith_core::tenure::{self, Extension, Ledger};
 use locksmith_core::{
     AcquireRequest, Fence, Grant, HeldLock, Hold, Holder, Key, Mono, Now, ReleaseReason, Scope,
     StoreError, Target,
@@ -42,16 +42,8 @@ impl Tables<'_, '_> {
     }
 
     fn named(&mut self, target: &Target) -> Result<Vec<Hold>, StoreError> {
-        match tenure::named(target)? {
-            Named::Grant(grant, key) => self.load(
-                "(key = $1 AND grant_id = $2) OR (grant_id = $2 AND grant_keys > 1) ORDER BY fence",
-                &[&key.as_str(), &grant],
-            ),
-            Named::Owner(key, owner) => self.load(
-                "key = $1 AND owner = $2 ORDER BY fence",
-                &[&key.as_str(), &owner],
-            ),
-        }
+        let named = tenure::named(target)?;
+        rows::named(&named, |w, a| load_holds(self.tx, w, a)).map_err(|e| self.fail(e))
     }
 }
 
@@ -131,10 +123,8 @@ impl flow::Tables for Tables<'_, '_> {
     }
 
     fn holds_of_request(&mut self, request_id: &str, owner: &str) -> Result<Vec<Hold>, StoreError> {
-        let rows = self.load(
-            "request_id = $1 AND owner = $2 ORDER BY fence",
-            &[&request_id, &owner],
-        )?;
+        let rows = rows::of_request(request_id, owner, |w, a| load_holds(self.tx, w, a))
+            .map_err(|e| self.fail(e))?;
         Ok(observe(rows, self.ctx.host))
     }
 
