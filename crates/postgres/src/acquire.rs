@@ -37,7 +37,7 @@ pub(crate) fn grant(
     let h = &req.holder;
     let metadata = h.metadata.as_ref().map(|m| m.to_string());
     let keys: Vec<&str> = req.keys.iter().map(|k| k.as_str()).collect();
-    tx.exec(
+    tx.exec_prepared(
         "WITH g AS (SELECT * FROM unnest($3::text[], $7::int8[]) AS g(key, fence)),
          h AS (INSERT INTO holds (grant_id, secret, key, mode, slots, scope, fence, owner, task,
                 metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall,

@@ -117,6 +117,10 @@ pub(crate) struct Target {
     /// Whether this process listens for wake-ups (`listen=off` behind a
     /// pooler in transaction mode, where LISTEN cannot work).
     pub listen: bool,
+    /// Whether the statements of the hot path are prepared on each
+    /// connection (`prepare=off` behind a pooler in transaction mode, which
+    /// cannot keep them; the store also finds out by itself).
+    pub prepare: bool,
     /// The URL without its password, for messages and logs.
     pub shown: String,
 }
@@ -165,12 +169,20 @@ pub(crate) fn parse(url: &str, connect_timeout: Duration) -> Result<Target, Stor
     };
     let mut schema = "locksmith".to_string();
     let mut listen = true;
+    let mut prepare = true;
     let mut kept = Vec::new();
     for p in query.split('&').filter(|p| !p.is_empty()) {
         match p.split_once('=') {
             Some(("schema", s)) => schema = s.to_string(),
             Some(("listen", "on" | "true")) => listen = true,
             Some(("listen", "off" | "false")) => listen = false,
+            Some(("prepare", "on" | "true")) => prepare = true,
+            Some(("prepare", "off" | "false")) => prepare = false,
+            Some(("prepare", other)) => {
+                return Err(bad(format!(
+                    "prepare={other}: use prepare=on or prepare=off"
+                )));
+            }
             Some(("listen", other)) => {
                 return Err(bad(format!("listen={other}: use listen=on or listen=off")));
             }
@@ -212,6 +224,7 @@ pub(crate) fn parse(url: &str, connect_timeout: Duration) -> Result<Target, Stor
         config,
         schema,
         listen,
+        prepare,
         shown,
     })
 }
@@ -293,17 +306,38 @@ pub(crate) fn map_err(e: postgres::Error, target: &str) -> StoreError {
 /// and may simply run again: a serialization failure or a deadlock that
 /// PostgreSQL broke, also when it reached us as a store error.
 fn retryable(e: &Fail) -> bool {
+    matches!(
+        db_code(e),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+/// The SQLSTATE of the database error under `e`, if any (also when it
+/// reached us as a store error).
+fn db_code(e: &Fail) -> Option<&SqlState> {
     let db = match e {
-        Fail::Db(e) => Some(e),
+        Fail::Db(e) | Fail::Commit(e) => Some(e),
         Fail::Store(StoreError::Backend {
             source: Some(s), ..
         }) => s.downcast_ref::<postgres::Error>(),
         _ => None,
     };
+    db.and_then(|e| e.code())
+}
+
+/// True for the failures that show prepared statements cannot be kept on
+/// this connection: one is missing, or one of the same name is there.
+fn unprepared(e: &Fail) -> bool {
     matches!(
-        db.and_then(|e| e.code()),
-        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        db_code(e),
+        Some(c) if *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::DUPLICATE_PSTATEMENT
     )
+}
+
+/// A connection of the pool and the statements prepared on it.
+struct Conn {
+    client: Client,
+    prepared: std::collections::HashSet<u64>,
 }
 
 /// A failure inside a transaction: a store answer, or a database error that
@@ -330,7 +364,14 @@ impl From<postgres::Error> for Fail {
 /// A small pool of connections; a connection that failed is dropped.
 pub(crate) struct Pool {
     target: Target,
-    state: Mutex<(Vec<Client>, usize)>,
+    state: Mutex<(Vec<Conn>, usize)>,
+    /// Statements are prepared (see [`Tx::exec_prepared`]); turned off for
+    /// good when the server says one is missing or already there, as it
+    /// does behind a pooler in transaction mode.
+    prepare: std::sync::atomic::AtomicBool,
+    /// Mixed into the names of prepared statements: the schema they were
+    /// planned in.
+    seed: u64,
     freed: Condvar,
     max: usize,
     wait: Duration,
@@ -346,7 +387,12 @@ impl Pool {
                 target.schema
             )
         };
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        target.schema.hash(&mut h);
         Pool {
+            prepare: std::sync::atomic::AtomicBool::new(target.prepare),
+            seed: h.finish(),
             begin: [
                 begin("BEGIN"),
                 begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
@@ -368,7 +414,7 @@ impl Pool {
         connect(&self.target, self.wait)
     }
 
-    fn take(&self) -> Result<Client, StoreError> {
+    fn take(&self) -> Result<Conn, StoreError> {
         let deadline = Instant::now() + self.wait;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -378,7 +424,13 @@ impl Pool {
             if st.1 < self.max {
                 st.1 += 1;
                 drop(st);
-                return self.connect().inspect_err(|_| self.give_back(None));
+                return self
+                    .connect()
+                    .map(|client| Conn {
+                        client,
+                        prepared: std::collections::HashSet::new(),
+                    })
+                    .inspect_err(|_| self.give_back(None));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -395,10 +447,10 @@ impl Pool {
         }
     }
 
-    fn give_back(&self, c: Option<Client>) {
+    fn give_back(&self, c: Option<Conn>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match c {
-            Some(c) if !c.is_closed() => st.0.push(c),
+            Some(c) if !c.client.is_closed() => st.0.push(c),
             _ => st.1 -= 1,
         }
         drop(st);
@@ -413,23 +465,50 @@ impl Pool {
         read: bool,
         mut f: impl FnMut(&mut Tx<'_>) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
-        let mut client = self.take()?;
+        let mut conn = self.take()?;
         let mut tries = 0;
         let begin = &self.begin[read as usize];
         let out = loop {
             tries += 1;
+            let prepare = self.prepare.load(std::sync::atomic::Ordering::Relaxed);
             let mut tx = Tx {
-                c: &mut client,
+                c: &mut conn.client,
                 shown: &self.target.shown,
                 begin,
                 pending: String::new(),
                 sent: false,
                 ahead: Vec::new(),
+                prepared: prepare.then_some(&mut conn.prepared),
+                seed: self.seed,
             };
             let result = f(&mut tx).and_then(|v| tx.commit().map(|()| v));
             let sent = tx.sent;
             if result.is_err() && sent {
-                let _ = client.batch_execute("ROLLBACK");
+                // A failed batch may have stopped before some of its
+                // PREPAREs (which a rollback does not undo): start over.
+                let reset = match prepare {
+                    true => "ROLLBACK; DEALLOCATE ALL",
+                    false => "ROLLBACK",
+                };
+                let _ = conn.client.batch_execute(reset);
+                conn.prepared.clear();
+            }
+            if result.as_ref().is_err_and(unprepared) {
+                // Behind a pooler in transaction mode the next transaction
+                // may run on another server connection: prepare no more.
+                if self
+                    .prepare
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::info!(
+                        event = "prepared_statements_off",
+                        store = %self.target.shown,
+                        "PostgreSQL lost or already had a prepared statement (a pooler in transaction mode?); statements are no longer prepared. Add prepare=off to the URL to skip this"
+                    );
+                }
+                if tries < 20 {
+                    continue;
+                }
             }
             let result = match result {
                 // The connection broke during the commit: it may or may not
@@ -451,7 +530,7 @@ impl Pool {
                 other => break other,
             }
         };
-        self.give_back(Some(client));
+        self.give_back(Some(conn));
         out.map_err(|e| match e {
             Fail::Store(e) => e,
             Fail::Db(e) | Fail::Commit(e) => map_err(e, &self.target.shown),
@@ -474,7 +553,11 @@ pub(crate) struct Tx<'c> {
     sent: bool,
     /// Reads sent ahead with the key locks (see [`Tx::lock`]): each one's
     /// text and rows, until it is asked for or anything is written.
-    ahead: Vec<(String, Vec<SimpleQueryRow>)>,
+    ahead: Vec<(Stmt, Vec<SimpleQueryRow>)>,
+    /// The statements prepared on this connection, when they are used.
+    prepared: Option<&'c mut std::collections::HashSet<u64>>,
+    /// See [`Pool::seed`].
+    seed: u64,
 }
 
 fn params<'a>(args: &'a [&'a dyn Arg]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
@@ -492,8 +575,9 @@ impl Tx<'_> {
     fn flush(&mut self) -> Result<(), Fail> {
         if !self.pending.is_empty() {
             let sql = std::mem::take(&mut self.pending);
-            self.c.batch_execute(&sql)?;
+            // Sent, even if it fails: the server may have begun.
             self.sent = true;
+            self.c.batch_execute(&sql)?;
         }
         Ok(())
     }
@@ -528,15 +612,57 @@ impl Tx<'_> {
     pub fn has_ahead(&self) -> bool {
         !self.ahead.is_empty()
     }
-    /// The rows of the read `sql` (as [`render`] writes it), when it was
-    /// sent ahead and nothing was kept or written since.
-    pub fn take_ahead(&mut self, sql: &str) -> Option<Vec<SimpleQueryRow>> {
+    /// The rows of the read `stmt`, when it was sent ahead and nothing was
+    /// kept or written since.
+    pub fn take_ahead(&mut self, stmt: &Stmt) -> Option<Vec<SimpleQueryRow>> {
         if !self.pending.is_empty() {
             return None;
         }
-        let at = self.ahead.iter().position(|(s, _)| s == sql)?;
+        let at = self.ahead.iter().position(|(s, _)| s == stmt)?;
         Some(self.ahead.swap_remove(at).1)
     }
+    /// Keeps one statement of the hot path for the next round trip, as
+    /// [`Tx::exec`] does; where statements are prepared, as `EXECUTE` of a
+    /// statement prepared on this connection (first in the same batch),
+    /// so that PostgreSQL neither parses nor plans it again.
+    pub fn exec_prepared(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<(), Fail> {
+        self.ahead.clear();
+        self.open();
+        let (prepare, run) = self.statement(&Stmt::new(sql, args)?)?;
+        for s in prepare.iter().chain([&run]) {
+            self.pending.push_str(s);
+            self.pending.push_str(";\n");
+        }
+        Ok(())
+    }
+
+    /// `stmt` as statements to send: the `PREPARE` of it where it is not
+    /// prepared on this connection yet, and its `EXECUTE`; or, where
+    /// statements are not prepared, no `PREPARE` and the statement with
+    /// its arguments written in.
+    fn statement(&mut self, stmt: &Stmt) -> Result<(Option<String>, String), Fail> {
+        let Some(prepared) = self.prepared.as_deref_mut() else {
+            return Ok((None, stmt.literal()?));
+        };
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.seed, &stmt.sql).hash(&mut h);
+        let id = h.finish();
+        let name = format!("locksmith_{id:016x}");
+        let prepare = prepared.insert(id).then(|| {
+            let types: Vec<&str> = stmt.types.iter().map(Type::name).collect();
+            match types.is_empty() {
+                true => format!("PREPARE {name} AS {}", stmt.sql),
+                false => format!("PREPARE {name}({}) AS {}", types.join(", "), stmt.sql),
+            }
+        });
+        let run = match stmt.values.is_empty() {
+            true => format!("EXECUTE {name}"),
+            false => format!("EXECUTE {name}({})", stmt.values.join(", ")),
+        };
+        Ok((prepare, run))
+    }
+
     /// Keeps one statement without results for the next round trip.
     pub fn exec(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<(), Fail> {
         self.ahead.clear();
@@ -603,15 +729,14 @@ impl Tx<'_> {
     /// circle; then reads the database's clock, after the locks, so that
     /// the instant is later than every change this transaction can see;
     /// whether anything is queued; `fences` fences, also under the locks;
-    /// and the reads `ahead` (each a `SELECT` as [`render`] writes it),
-    /// kept for [`Tx::take_ahead`]. One round trip, with `BEGIN` and
-    /// whatever statements were kept.
+    /// and the reads `ahead`, kept for [`Tx::take_ahead`]. One round trip,
+    /// with `BEGIN` and whatever statements were kept.
     pub fn lock(
         &mut self,
         ns: i32,
         claims: &[(Key, Scope)],
         fences: usize,
-        ahead: Vec<String>,
+        ahead: Vec<Stmt>,
     ) -> Result<Locked, Fail> {
         self.open();
         self.pending.push_str(&format!(
@@ -626,19 +751,19 @@ impl Tx<'_> {
                 "SELECT 'f', nextval('fences')::text FROM generate_series(1, {fences});\n"
             ));
         }
-        // Each read answers its number first, in a column of its own.
-        for (i, sql) in ahead.iter().enumerate() {
-            let rest = sql.strip_prefix("SELECT ").ok_or_else(|| {
-                Fail::Store(StoreError::backend("a read sent ahead must be a SELECT"))
-            })?;
-            self.pending.push_str(&format!("SELECT 'p{i}', {rest};\n"));
+        // The reads go last, after the clock, so that the last statements'
+        // rows are theirs; their PREPAREs (if any) before.
+        let mut reads = Vec::with_capacity(ahead.len());
+        for stmt in &ahead {
+            let (prepare, run) = self.statement(stmt)?;
+            if let Some(p) = prepare {
+                self.pending.push_str(&p);
+                self.pending.push_str(";\n");
+            }
+            reads.push(run);
         }
-        let (now, answers, mut read) = self.send_with_clock()?;
-        self.ahead = ahead
-            .into_iter()
-            .enumerate()
-            .map(|(i, sql)| (sql, read.get_mut(i).map(std::mem::take).unwrap_or_default()))
-            .collect();
+        let (now, answers, read) = self.send_with_clock(&reads)?;
+        self.ahead = ahead.into_iter().zip(read).collect();
         let mut queued = true;
         let mut drawn = Vec::with_capacity(fences);
         for (tag, v) in answers {
@@ -686,38 +811,52 @@ impl Tx<'_> {
     /// round trip.
     pub fn now(&mut self) -> Result<Now, Fail> {
         self.open();
-        Ok(self.send_with_clock()?.0)
+        Ok(self.send_with_clock(&[])?.0)
     }
 
-    /// Sends the kept statements and a reading of the clock in one simple
-    /// query; answers the clock, every `(tag, number)` row they gave, and
-    /// the rows of each read sent ahead (tagged `p0`, `p1`, …), by number.
+    /// Sends the kept statements, a reading of the clock, and the `reads`
+    /// in one simple query; answers the clock, every `(tag, number)` row
+    /// the kept statements gave, and the rows of each read.
     #[allow(clippy::type_complexity)]
     fn send_with_clock(
         &mut self,
+        reads: &[String],
     ) -> Result<(Now, Vec<(char, i64)>, Vec<Vec<SimpleQueryRow>>), Fail> {
         let mut sql = std::mem::take(&mut self.pending);
         sql.push_str(
             "SELECT 'c', (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text;\n",
         );
-        let answer = self.c.simple_query(&sql)?;
+        for r in reads {
+            sql.push_str(r);
+            sql.push_str(";\n");
+        }
+        // Sent, even if it fails: the server may have begun.
         self.sent = true;
+        let answer = self.c.simple_query(&sql)?;
+        // Each statement ends with one CommandComplete: the reads are the
+        // last `reads.len()` statements.
+        let statements = answer
+            .iter()
+            .filter(|m| matches!(m, postgres::SimpleQueryMessage::CommandComplete(_)))
+            .count();
+        let first_read = statements.checked_sub(reads.len()).ok_or_else(|| {
+            Fail::Store(StoreError::backend(format!(
+                "PostgreSQL at {} answered {statements} statements of more",
+                self.shown
+            )))
+        })?;
         let mut now = None;
         let mut rows = Vec::new();
-        let mut read: Vec<Vec<SimpleQueryRow>> = Vec::new();
+        let mut read: Vec<Vec<SimpleQueryRow>> = reads.iter().map(|_| Vec::new()).collect();
+        let mut done = 0;
         for m in answer {
+            if let postgres::SimpleQueryMessage::CommandComplete(_) = m {
+                done += 1;
+                continue;
+            }
             if let postgres::SimpleQueryMessage::Row(r) = m {
-                let ahead = r
-                    .try_get(0)
-                    .ok()
-                    .flatten()
-                    .and_then(|t| t.strip_prefix('p'))
-                    .and_then(|n| n.parse::<usize>().ok());
-                if let Some(n) = ahead {
-                    if read.len() <= n {
-                        read.resize_with(n + 1, Vec::new);
-                    }
-                    read[n].push(r);
+                if done >= first_read {
+                    read[done - first_read].push(r);
                     continue;
                 }
                 // The lock statements answer one column, the others two.
@@ -763,37 +902,61 @@ pub(crate) struct Locked {
     pub queue_empty: bool,
 }
 
-/// `sql` with each `$N` replaced by the literal of `args[N - 1]`.
-pub(crate) fn render(sql: &str, args: &[&dyn Arg]) -> Result<String, Fail> {
-    let mut out = String::with_capacity(sql.len() + 64);
-    let mut chars = sql.char_indices().peekable();
-    let mut quoted = false;
-    while let Some((_, c)) = chars.next() {
-        if c == '\'' {
-            quoted = !quoted;
-        }
-        if c != '$' || quoted {
-            out.push(c);
-            continue;
-        }
-        let mut n = 0usize;
-        let mut digits = 0;
-        while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
-            n = n * 10 + (d as usize - '0' as usize);
-            digits += 1;
-            chars.next();
-        }
-        match (digits, args.get(n.wrapping_sub(1))) {
-            (0, _) => out.push('$'),
-            (_, Some(a)) => out.push_str(&a.literal()?),
-            (_, None) => {
-                return Err(Fail::Store(StoreError::backend(format!(
-                    "statement argument ${n} is missing"
-                ))));
+/// A statement with its arguments written out: its text (with `$1`, `$2`,
+/// …), and each argument's type and literal.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Stmt {
+    sql: String,
+    types: Vec<Type>,
+    values: Vec<String>,
+}
+
+impl Stmt {
+    pub fn new(sql: impl Into<String>, args: &[&dyn Arg]) -> Result<Stmt, Fail> {
+        Ok(Stmt {
+            sql: sql.into(),
+            types: args.iter().map(|a| a.ty()).collect(),
+            values: args.iter().map(|a| a.literal()).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The statement with its arguments in place.
+    pub fn literal(&self) -> Result<String, Fail> {
+        let mut out = String::with_capacity(self.sql.len() + 64);
+        let mut chars = self.sql.char_indices().peekable();
+        let mut quoted = false;
+        while let Some((_, c)) = chars.next() {
+            if c == '\'' {
+                quoted = !quoted;
+            }
+            if c != '$' || quoted {
+                out.push(c);
+                continue;
+            }
+            let mut n = 0usize;
+            let mut digits = 0;
+            while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+                n = n * 10 + (d as usize - '0' as usize);
+                digits += 1;
+                chars.next();
+            }
+            match (digits, self.values.get(n.wrapping_sub(1))) {
+                (0, _) => out.push('$'),
+                (_, Some(v)) => out.push_str(v),
+                (_, None) => {
+                    return Err(Fail::Store(StoreError::backend(format!(
+                        "statement argument ${n} is missing"
+                    ))));
+                }
             }
         }
+        Ok(out)
     }
-    Ok(out)
+}
+
+/// `sql` with each `$N` replaced by the literal of `args[N - 1]`.
+pub(crate) fn render(sql: &str, args: &[&dyn Arg]) -> Result<String, Fail> {
+    Stmt::new(sql, args)?.literal()
 }
 
 /// The database's clock: microseconds since the epoch serve as the
@@ -848,6 +1011,20 @@ mod tests {
         assert_eq!(t.schema, "team_a");
         assert!(!t.listen);
         assert_eq!(t.config.get_dbname(), Some("db"));
+        assert!(t.prepare, "statements are prepared unless told not to");
+        let t = parse(
+            "postgres://u@localhost/db?prepare=off",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(!t.prepare);
+        let e = parse(
+            "postgres://u@localhost/db?prepare=maybe",
+            Duration::from_secs(5),
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("prepare=on or prepare=off"), "{e}");
         let e = parse(
             "postgres://u@localhost/db?schema=Bad-Name",
             Duration::from_secs(5),

@@ -237,7 +237,7 @@ impl PgStore {
         &self,
         claims: &[(Key, Scope)],
         fences: usize,
-        ahead: &[String],
+        ahead: &[conn::Stmt],
         mut f: impl FnMut(&mut Tx<'_>, &Ctx<'_>) -> Result<(T, Vec<String>), Fail>,
     ) -> Result<T, StoreError> {
         let (out, wakes) = self.pool.run(false, |tx| {
@@ -283,7 +283,7 @@ impl ProcessBinder for PgStore {
 
 /// The loads an acquire makes first (see [`PgStore::write_ahead`]): the
 /// holds of each claim, and those of its request id.
-fn loads_of(req: &AcquireRequest) -> Result<Vec<String>, StoreError> {
+fn loads_of(req: &AcquireRequest) -> Result<Vec<conn::Stmt>, StoreError> {
     let mut out = Vec::new();
     for (key, scope) in claims_of(req) {
         let sql = rows::touching(&key, scope, rows::select).map_err(fail)?;
@@ -299,7 +299,7 @@ fn loads_of(req: &AcquireRequest) -> Result<Vec<String>, StoreError> {
 
 /// The load a renew or release makes first: the holds its target names
 /// (none for a malformed handle, which the rules refuse).
-fn named_load(target: &Target) -> Result<Vec<String>, StoreError> {
+fn named_load(target: &Target) -> Result<Vec<conn::Stmt>, StoreError> {
     match locksmith_core::tenure::named(target) {
         Ok(named) => Ok(vec![rows::named(&named, rows::select).map_err(fail)?]),
         Err(_) => Ok(Vec::new()),

@@ -10,7 +10,7 @@ use locksmith_core::{
 };
 use postgres::{Row, SimpleQueryRow};
 
-use crate::conn::{Arg, Fail, Tx, render};
+use crate::conn::{Arg, Fail, Stmt, Tx};
 
 /// Columns of `holds` in the order [`hold_from_row`] reads them.
 pub(crate) const HOLD_COLUMNS: &str = "fence, grant_id, secret, key, mode, slots, scope, owner, task, \
@@ -62,19 +62,19 @@ impl Cells for Row {
     }
 }
 
-/// A row of a read sent ahead (see [`Tx::take_ahead`]): its tag first,
-/// then the columns, as text.
+/// A row of a read sent ahead (see [`Tx::take_ahead`]): its columns, as
+/// text.
 pub(crate) struct Ahead<'r>(pub &'r SimpleQueryRow);
 
 impl Cells for Ahead<'_> {
     fn int(&self, i: usize) -> Result<Option<i64>, Fail> {
-        match self.0.try_get(i + 1)? {
+        match self.0.try_get(i)? {
             Some(v) => v.parse().map(Some).map_err(|_| bad_row("number")),
             None => Ok(None),
         }
     }
     fn text(&self, i: usize) -> Result<Option<String>, Fail> {
-        Ok(self.0.try_get(i + 1)?.map(str::to_string))
+        Ok(self.0.try_get(i)?.map(str::to_string))
     }
 }
 
@@ -129,11 +129,11 @@ pub(crate) fn hold_from_row(r: &impl Cells) -> Result<Hold, Fail> {
     })
 }
 
-/// The `SELECT` of the holds matching `where_sql`, its arguments written
-/// in, as [`Tx::lock`] sends a read ahead and [`load_holds`] finds it.
-pub(crate) fn select(where_sql: &str, args: &[&dyn Arg]) -> Result<String, Fail> {
-    render(
-        &format!("SELECT {HOLD_COLUMNS} FROM holds WHERE {where_sql}"),
+/// The `SELECT` of the holds matching `where_sql`, with its arguments, as
+/// [`Tx::lock`] sends a read ahead and [`load_holds`] finds it.
+pub(crate) fn select(where_sql: &str, args: &[&dyn Arg]) -> Result<Stmt, Fail> {
+    Stmt::new(
+        format!("SELECT {HOLD_COLUMNS} FROM holds WHERE {where_sql}"),
         args,
     )
 }
@@ -214,7 +214,7 @@ pub(crate) fn of_request<T>(
 }
 
 pub(crate) fn record(tx: &mut Tx<'_>, now: Now, e: NewEvent<'_>) -> Result<(), Fail> {
-    tx.exec(
+    tx.exec_prepared(
         "INSERT INTO events (at_wall, key, kind, owner, task, fence, grant_id, reason, detail)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
@@ -240,7 +240,7 @@ pub(crate) fn end_hold(
     reason: ReleaseReason,
     detail: Option<serde_json::Value>,
 ) -> Result<(), Fail> {
-    tx.exec(
+    tx.exec_prepared(
         "DELETE FROM holds WHERE key = $1 AND fence = $2",
         &[&lock.key.as_str(), &(lock.fence.0 as i64)],
     )?;

@@ -218,7 +218,7 @@ impl flow::Tables for Tables<'_, '_> {
     fn extend(&mut self, ext: &Extension) -> Result<(), StoreError> {
         let now = self.ctx.now;
         self.tx
-            .exec(
+            .exec_prepared(
                 "UPDATE holds SET seen_mono = $2, expires_mono = $3, ttl_ms = $4,
                     renew_logged = CASE WHEN $5 THEN $2 ELSE renew_logged END
                  WHERE key = $6 AND fence = $1",
