@@ -70,7 +70,7 @@ pub struct Cli {
     /// The store: `sqlite:` (the embedded file of $LOCKSMITH_HOME, the
     /// default), `sqlite:///path/to/locksmith.db`, or
     /// `postgres://USER:PASSWORD@HOST/DATABASE` (add `?schema=NAME`, and
-    /// `listen=off` behind PgBouncer). Also $LOCKSMITH_STORE or `store` in
+    /// `listen=off&prepare=off` behind PgBouncer). Also $LOCKSMITH_STORE or `store` in
     /// locksmith.toml.
     #[arg(long, global = true, value_name = "URL")]
     store: Option<String>,

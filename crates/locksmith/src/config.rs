@@ -79,7 +79,7 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "store",
         default: "sqlite:",
-        help: "the store: sqlite: (the embedded file in home), sqlite:///path/to/locksmith.db, or postgres://USER:PASSWORD@HOST/DATABASE (?schema=NAME, ?listen=off behind PgBouncer); --store overrides it; printed without its password",
+        help: "the store: sqlite: (the embedded file in home), sqlite:///path/to/locksmith.db, or postgres://USER:PASSWORD@HOST/DATABASE (?schema=NAME, ?listen=off&prepare=off behind PgBouncer); --store overrides it; printed without its password",
     },
     Setting {
         name: "server",

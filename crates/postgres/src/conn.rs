@@ -2,11 +2,13 @@
 //! key locks and the database's clock, typed statement arguments, and what
 //! a PostgreSQL failure means for the user.
 //!
-//! Reads are sent unnamed with their argument types (`query_typed`, one
-//! round trip each); statements without results are kept and sent as
-//! literals with the next read or with `COMMIT` (see [`Tx`]). No prepared
-//! statement outlives its transaction, so a pooler in transaction mode
-//! (PgBouncer) can hand the next transaction to another server connection.
+//! The loads a call makes first go with its key locks ([`Tx::lock`]);
+//! other reads are sent unnamed with their argument types (`query_typed`,
+//! one round trip each); statements without results are kept and sent with
+//! the next read or with `COMMIT` (see [`Tx`]). The statements of the hot
+//! path are prepared once per connection ([`Tx::exec_prepared`]) until a
+//! pooler in transaction mode shows it cannot keep them; nothing the rules
+//! need lives in the session.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};

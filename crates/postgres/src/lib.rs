@@ -418,7 +418,7 @@ impl Store for PgStore {
     }
 
     /// Following the history (`after`) never skips an event of a
-    /// transaction that commits late (see [`conn::EVENTS_LOCK`]): the ids
+    /// transaction that commits late (see `EVENTS_LOCK` in `conn.rs`): the ids
     /// that follow `after` without a gap are final and returned at once;
     /// when the next id is missing, the ids up to the horizon are.
     fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
