@@ -4,6 +4,7 @@
 //! secrets of lease handles.
 
 pub mod life;
+mod ofd;
 pub mod sys;
 pub mod wake;
 

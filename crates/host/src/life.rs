@@ -1,11 +1,17 @@
 //! Proof of life for process-bound locks.
 //!
-//! A process that binds locks to itself creates `holders/<boot>-<pid>-<start>`
-//! in the folder its store names (next to the embedded store's file; the
-//! CLI's home folder for PostgreSQL) and keeps an exclusive `flock` on it for
-//! its whole life. The kernel drops that lock the moment the process dies, however it
-//! dies, so any other process can tell a dead holder from a live one at once
-//! by asking for a shared lock without blocking. Where the file is gone, pid
+//! A process that binds locks to itself creates
+//! `holders/<boot>-<pid>-<start>.life` in the folder its store names (next to
+//! the embedded store's file; the CLI's home folder for PostgreSQL), mode
+//! 0640, and keeps a write lock on it (an open file description lock, see
+//! `ofd.rs`) for its whole life. The kernel drops that lock the moment the
+//! process dies, however it dies, so any other process can tell a dead
+//! holder from a live one at once by asking what is locked, without locking
+//! anything. A write lock needs the file open for writing, which only its
+//! owner can do: a reader of the folder (a member of a shared store's group)
+//! cannot keep a dead holder's lock to make it look alive. Life files
+//! without `.life`, made by earlier versions, carry an exclusive `flock`
+//! and are judged by asking for a shared one. Where the file is gone, pid
 //! and process start time decide (never the pid alone).
 
 use std::collections::HashMap;
@@ -44,6 +50,12 @@ pub struct HostProbe;
 impl ProcessProbe for HostProbe {
     fn life_file(&self, path: &str) -> LifeFile {
         match File::open(path) {
+            Ok(f) if path.ends_with(LIFE) => match crate::ofd::probe(&f) {
+                Ok(crate::ofd::Found::Writer) => LifeFile::Held,
+                // Read locks are not the holder's: it holds a write lock.
+                Ok(_) => LifeFile::Free,
+                Err(_) => LifeFile::Unreadable,
+            },
             Ok(f) => match flock(&f, FlockOperation::NonBlockingLockShared) {
                 Ok(()) => LifeFile::Free,
                 Err(_) => LifeFile::Held,
@@ -56,6 +68,9 @@ impl ProcessProbe for HostProbe {
         sys::process_alive(pid, start)
     }
 }
+
+/// The ending of the life files judged by their write lock.
+const LIFE: &str = ".life";
 
 /// True when the life file at `path` proves its process gone.
 pub fn proves_death(path: &str) -> bool {
@@ -142,8 +157,9 @@ fn fit_holders_mode(dir: &Path, folder: &Path) {
     }
 }
 
-/// Creates `holders/<boot>-<pid>-<start><suffix>` in `dir` and takes an
-/// exclusive lock on it; `inherited` leaves the descriptor open across exec.
+/// Creates `holders/<boot>-<pid>-<start><suffix>.life` in `dir`, readable
+/// by its owner's group, and takes a write lock on it; `inherited` leaves
+/// the descriptor open across exec.
 fn make_life_file(
     dir: &Path,
     boot_id: &str,
@@ -157,7 +173,10 @@ fn make_life_file(
         StoreError::backend_from(format!("cannot create {}: {e}", folder.display()), e)
     })?;
     fit_holders_mode(dir, &folder);
-    let path = folder.join(format!("{boot_id}-{pid}-{}{suffix}", start.unwrap_or(0)));
+    let path = folder.join(format!(
+        "{boot_id}-{pid}-{}{suffix}{LIFE}",
+        start.unwrap_or(0)
+    ));
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         StoreError::backend(format!(
             "cannot {what} the life file {}: {e}",
@@ -170,7 +189,12 @@ fn make_life_file(
         .write(true)
         .open(&path)
         .map_err(|e| fail("create", &e))?;
-    flock(&file, FlockOperation::LockExclusive).map_err(|e| fail("lock", &e))?;
+    // Whatever the umask: others of a shared store's group read it to ask
+    // whether it is locked; nobody else writes it.
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o640))
+        .map_err(|e| fail("set the mode of", &e))?;
+    crate::ofd::lock_write(&file).map_err(|e| fail("lock", &e))?;
     if inherited {
         rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty())
             .map_err(|e| fail("share", &e))?;

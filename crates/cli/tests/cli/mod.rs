@@ -819,6 +819,127 @@ fn by_owner_name_only_the_os_user_that_took_a_lock_or_root_may_end_it() {
     ok(bob(&["release", "team/c"]));
 }
 
+/// `setpriv` as another user, for a command that runs on.
+fn spawn_as(uid: u32, gid: u32, cmd: &[&str], env: &Env) -> std::process::Child {
+    std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            format!("--groups={gid}"),
+        ])
+        .args(cmd)
+        .env("LOCKSMITH_HOME", env.home.path())
+        .env("LOCKSMITH_OWNER", format!("uid{uid}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) runs")
+}
+
+#[test]
+fn a_group_member_cannot_keep_a_dead_holder_looking_alive() {
+    use std::io::BufRead;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: acting as other users needs root (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let home = env.home.path();
+    group_store(&env);
+    // Alice runs a command under a lock with a long lease; the command
+    // tells its pid.
+    let pid_file = home.join("cmd.pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let bin = env!("CARGO_BIN_EXE_locksmith");
+    let mut alice = spawn_as(
+        40001,
+        40000,
+        &[
+            bin, "run", "-l", "team/x", "--ttl", "1h", "--", "sh", "-c", &script,
+        ],
+        &env,
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    let cmd_pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < until, "alice's command did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let life = std::fs::read_dir(home.join("holders"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-tree.life"))
+        .expect("run's life file");
+    assert_eq!(
+        mode_of(&life),
+        0o640,
+        "readable by the group, written by its owner only"
+    );
+
+    // Bob, of the same group, opens her life file and keeps an exclusive
+    // flock on it, which made a dead holder look alive before.
+    let life_s = life.to_string_lossy().to_string();
+    let mut bob = spawn_as(
+        40002,
+        40000,
+        &[
+            "flock",
+            "-x",
+            &life_s,
+            "sh",
+            "-c",
+            "echo locked; exec sleep 60",
+        ],
+        &env,
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(bob.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    // While she lives, her lock stands.
+    assert_eq!(code(&env.run(&["acquire", "team/x"])), 3);
+
+    // She dies, command and all: the lock is free at once, lease or not.
+    for pid in [alice.id() as i32, cmd_pid] {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    let _ = alice.wait();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = env.run(&["acquire", "team/x", "--ttl", "1m"]);
+        if code(&out) == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the dead holder still looks alive: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let history = env.json(&["history", "team/x"]);
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "dead_process"),
+        "{history}"
+    );
+    let _ = bob.kill();
+    let _ = bob.wait();
+}
+
 #[test]
 fn two_users_of_a_group_share_a_store_and_no_one_else_gets_in() {
     if !rustix::process::geteuid().is_root() {
