@@ -281,10 +281,14 @@ impl ProcessBinder for PgStore {
     }
 }
 
-/// The loads an acquire makes first (see [`PgStore::write_ahead`]): the
-/// holds of each claim, and those of its request id.
-fn loads_of(req: &AcquireRequest) -> Result<Vec<conn::Stmt>, StoreError> {
+/// The loads an acquire makes first (see [`PgStore::write_ahead`]): a
+/// waiter's own queue entry `seq`, the holds of each claim and those of its
+/// request id, and the queue entries of each claim.
+fn loads_of(req: &AcquireRequest, seq: Option<i64>) -> Result<Vec<conn::Stmt>, StoreError> {
     let mut out = Vec::new();
+    if let Some(seq) = seq {
+        out.push(queue::own_stmt(seq).map_err(fail)?);
+    }
     for (key, scope) in claims_of(req) {
         let sql = rows::touching(&key, scope, rows::select).map_err(fail)?;
         if !out.contains(&sql) {
@@ -293,6 +297,12 @@ fn loads_of(req: &AcquireRequest) -> Result<Vec<conn::Stmt>, StoreError> {
     }
     if let Some(rid) = &req.request_id {
         out.push(rows::of_request(rid, &req.holder.owner, rows::select).map_err(fail)?);
+    }
+    for (key, scope) in claims_of(req) {
+        let sql = queue::touching_query(&key, scope, |s, a| conn::Stmt::new(s, a)).map_err(fail)?;
+        if !out.contains(&sql) {
+            out.push(sql);
+        }
     }
     Ok(out)
 }
@@ -337,7 +347,9 @@ impl Store for PgStore {
         let mut kept: Option<Ticket> = None;
         // Fences are drawn with the locks, in the same round trip; a request
         // that is not granted leaves a gap, never a number used twice.
-        let result = self.write_ahead(&claims, req.keys.len(), &loads_of(req)?, |tx, ctx| {
+        let seq = queue.as_ref().and_then(|t| t.seq);
+        let ahead = loads_of(req, seq)?;
+        let result = self.write_ahead(&claims, req.keys.len(), &ahead, |tx, ctx| {
             // A transaction run again starts from the ticket as given.
             let mut ticket = start.clone();
             let out = flow::acquire(&mut Tables { tx, ctx }, req, ticket.as_mut())?;

@@ -1,14 +1,13 @@
 //! The queue tables: one decoder for queue rows, the loaders the rules ask
 //! for, and the writes that join, refresh and leave the queue.
 
+use crate::Ctx;
+use crate::conn::{Arg, Fail, Stmt, Tx};
+use crate::rows::{Ahead, Cells};
 use locksmith_core::decide::Queued;
 use locksmith_core::flow::QueueEntry;
 use locksmith_core::{Key, Mode, Mono, Scope, StoreError};
 use locksmith_host::life::waiter_gone;
-use postgres::Row;
-
-use crate::Ctx;
-use crate::conn::{Fail, Tx};
 
 /// Columns every queue query selects first, in the order [`decode`] reads
 /// them (from `queue q` joined to `queue_keys k`); a query may select more
@@ -21,12 +20,12 @@ pub(crate) const NEXT_COLUMN: usize = 12;
 
 /// Decodes one queue row (one key of a queued request) with the facts this
 /// host has about its process. A malformed row is reported as corrupt.
-pub(crate) fn decode(r: &Row, ctx: &Ctx<'_>) -> Result<Queued, Fail> {
-    let seq: i64 = r.try_get(0)?;
-    let mode: String = r.try_get(2)?;
-    let slots: Option<i64> = r.try_get(3)?;
-    let key: String = r.try_get(6)?;
-    let scope: String = r.try_get(7)?;
+pub(crate) fn decode(r: &impl Cells, ctx: &Ctx<'_>) -> Result<Queued, Fail> {
+    let seq = r.num(0)?;
+    let mode = r.string(2)?;
+    let slots = r.int(3)?;
+    let key = r.string(6)?;
+    let scope = r.string(7)?;
     let (Some(mode), Some(scope), Ok(key)) = (
         Mode::from_parts(&mode, slots.map(|s| s as u32)),
         Scope::from_name(&scope),
@@ -36,11 +35,11 @@ pub(crate) fn decode(r: &Row, ctx: &Ctx<'_>) -> Result<Queued, Fail> {
             "queue entry {seq} of the lock tables is malformed; nothing was changed. Were they edited by hand? Delete that row from the queue table"
         ))));
     };
-    let machine: String = r.try_get(8)?;
-    let pid: i64 = r.try_get(9)?;
-    let pid_start: Option<i64> = r.try_get(10)?;
-    let alive_until = Mono(r.try_get::<_, i64>(11)?.max(0) as u64);
-    let wake: String = r.try_get(5)?;
+    let machine = r.string(8)?;
+    let pid = r.num(9)?;
+    let pid_start = r.int(10)?;
+    let alive_until = Mono(r.num(11)?.max(0) as u64);
+    let wake = r.string(5)?;
     // Only an entry that has not lapsed needs its process looked at.
     let gone = alive_until > ctx.now.mono
         && waiter_gone(
@@ -53,9 +52,9 @@ pub(crate) fn decode(r: &Row, ctx: &Ctx<'_>) -> Result<Queued, Fail> {
         );
     Ok(Queued {
         seq,
-        priority: r.try_get(1)?,
+        priority: r.num(1)? as i32,
         mode,
-        owner: r.try_get(4)?,
+        owner: r.string(4)?,
         wake,
         key,
         scope,
@@ -77,6 +76,28 @@ pub(crate) fn touching(
     if ctx.queue_empty {
         return Ok(());
     }
+    touching_query(key, scope, |sql, args| {
+        if tx.has_ahead()
+            && let Some(rows) = tx.take_ahead(&Stmt::new(sql, args)?)
+        {
+            for r in &rows {
+                out.push(decode(&Ahead(r), ctx)?);
+            }
+            return Ok(());
+        }
+        for r in tx.rows(sql, args)? {
+            out.push(decode(&r, ctx)?);
+        }
+        Ok(())
+    })
+}
+
+/// Answers `f` applied to the statement and arguments of [`touching`].
+pub(crate) fn touching_query<T>(
+    key: &Key,
+    scope: Scope,
+    f: impl FnOnce(&str, &[&dyn Arg]) -> Result<T, Fail>,
+) -> Result<T, Fail> {
     let ancestors: Vec<&str> = key.ancestors();
     let (lo, hi) = match scope {
         Scope::Tree => key.descendant_range(),
@@ -87,11 +108,15 @@ pub(crate) fn touching(
           WHERE k.key = $1 OR (k.key = ANY($2) AND k.scope = 'tree') OR (k.key >= $3 AND k.key < $4)
           ORDER BY k.key <> $1, array_position($2, k.key), k.key, k.seq"
     );
-    for r in tx.rows(&sql, &[&key.as_str(), &ancestors, &lo, &hi])? {
-        out.push(decode(&r, ctx)?);
-    }
-    Ok(())
+    f(&sql, &[&key.as_str(), &ancestors, &lo, &hi])
 }
+
+/// The statement of [`own`] for `seq`, as a read sent ahead.
+pub(crate) fn own_stmt(seq: i64) -> Result<Stmt, Fail> {
+    Stmt::new(OWN, &[&seq])
+}
+
+const OWN: &str = "SELECT alive_until, since_mono FROM queue WHERE seq = $1";
 
 /// Every queue entry, one per key of each request.
 pub(crate) fn all(tx: &mut Tx<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, Fail> {
@@ -102,17 +127,21 @@ pub(crate) fn all(tx: &mut Tx<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, Fail> {
 /// The caller's own entry `seq`: the instant its place lapses, and when it
 /// joined the queue.
 pub(crate) fn own(tx: &mut Tx<'_>, seq: i64) -> Result<Option<(Mono, Mono)>, Fail> {
-    let row = tx.opt(
-        "SELECT alive_until, since_mono FROM queue WHERE seq = $1",
-        &[&seq],
-    )?;
-    Ok(match row {
-        Some(r) => Some((
-            Mono(r.try_get::<_, i64>(0)?.max(0) as u64),
-            Mono(r.try_get::<_, i64>(1)?.max(0) as u64),
-        )),
-        None => None,
-    })
+    let place = |r: &dyn Fn(usize) -> Result<i64, Fail>| -> Result<(Mono, Mono), Fail> {
+        Ok((Mono(r(0)?.max(0) as u64), Mono(r(1)?.max(0) as u64)))
+    };
+    if tx.has_ahead()
+        && let Some(rows) = tx.take_ahead(&own_stmt(seq)?)
+    {
+        return match rows.first() {
+            Some(row) => place(&|i| Ahead(row).num(i)).map(Some),
+            None => Ok(None),
+        };
+    }
+    match tx.opt(OWN, &[&seq])? {
+        Some(row) => place(&|i| row.num(i)).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Removes queue entry `seq` (its keys go with it).
