@@ -39,8 +39,11 @@ pub trait Ledger {
     /// path of a handle used for a key its grant does not hold).
     fn keys_of_grant(&mut self, grant: i64) -> Result<Vec<Key>, StoreError>;
     /// The OS user (uid) of the calling process, where the store can tell
-    /// (a local store: the process it runs in); `None` checks no user.
-    fn caller_uid(&self) -> Option<u32> {
+    /// (a local store: the process it runs in) and the caller runs on the
+    /// machine of `holder` (a uid means nothing on another machine); `None`
+    /// checks no user.
+    fn caller_uid(&self, holder: &crate::model::Holder) -> Option<u32> {
+        let _ = holder;
         None
     }
 }
@@ -98,7 +101,7 @@ fn prove(target: &Target, rows: &[Hold], ledger: &mut dyn Ledger) -> Result<(), 
         Proof::Handle(h) if rows.iter().any(|r| r.secret != h.secret()) => {
             Err(not_holder(&target.key, ledger)?)
         }
-        Proof::Owner(owner) => match other_user(rows, ledger.caller_uid()) {
+        Proof::Owner(owner) => match other_user(rows, &*ledger) {
             Some(uid) => Err(StoreError::OtherUser {
                 key: target.key.clone(),
                 owner: owner.clone(),
@@ -110,11 +113,14 @@ fn prove(target: &Target, rows: &[Hold], ledger: &mut dyn Ledger) -> Result<(), 
     }
 }
 
-/// The uid of a hold in `rows` taken by an OS user other than `caller`
-/// (root may act for any user; unknown uids are not checked).
-fn other_user(rows: &[Hold], caller: Option<u32>) -> Option<u32> {
-    let caller = caller.filter(|&c| c != 0)?;
-    rows.iter().filter_map(|r| r.uid).find(|&u| u != caller)
+/// The uid of a hold in `rows` taken by an OS user other than the caller,
+/// on the caller's machine (root may act for any user; unknown uids, and
+/// holds of other machines, are not checked).
+fn other_user(rows: &[Hold], ledger: &dyn Ledger) -> Option<u32> {
+    rows.iter().find_map(|r| {
+        let caller = ledger.caller_uid(&r.lock.holder).filter(|&c| c != 0)?;
+        r.uid.filter(|&u| u != caller)
+    })
 }
 
 fn not_holder(key: &Key, ledger: &mut dyn Ledger) -> Result<StoreError, StoreError> {
@@ -439,8 +445,8 @@ mod tests {
         fn keys_of_grant(&mut self, _: i64) -> Result<Vec<Key>, StoreError> {
             Ok(Vec::new())
         }
-        fn caller_uid(&self) -> Option<u32> {
-            self.0
+        fn caller_uid(&self, holder: &Holder) -> Option<u32> {
+            self.0.filter(|_| holder.hostname == "h")
         }
     }
 
@@ -477,6 +483,15 @@ mod tests {
             alive: None,
             uid,
         }
+    }
+
+    fn tenure_release(
+        target: &Target,
+        rows: Vec<Hold>,
+        now: Now,
+        ledger: &mut dyn Ledger,
+    ) -> Result<ReleasePlan, StoreError> {
+        release(target, rows, ReleaseReason::Completed, false, now, ledger)
     }
 
     #[test]
@@ -526,5 +541,10 @@ mod tests {
             matches!(renewed, Err(StoreError::OtherUser { .. })),
             "{renewed:?}"
         );
+        // A uid of another machine is another numbering: not checked.
+        let mut elsewhere = held_by(Some(1000));
+        elsewhere.lock.holder.hostname = "other".into();
+        let plan = tenure_release(&target, vec![elsewhere], now, &mut Caller(Some(1001))).unwrap();
+        assert_eq!(plan.end.len(), 1);
     }
 }

@@ -11,7 +11,8 @@
 //! owner can do: a reader of the folder (a member of a shared store's group)
 //! cannot keep a dead holder's lock to make it look alive. Life files
 //! without `.life`, made by earlier versions, carry an exclusive `flock`
-//! and are judged by asking for a shared one. Where the file is gone, pid
+//! and are judged by asking for a shared one; a `.life` file carries one
+//! too, for earlier versions still running during an upgrade. Where the file is gone, pid
 //! and process start time decide (never the pid alone).
 
 use std::collections::HashMap;
@@ -143,12 +144,14 @@ fn mode_of(path: &Path) -> u32 {
 /// may enter a private store's (no other user can open a life file there,
 /// let alone keep its lock to make a dead holder look alive); a shared
 /// store's is open to the group (and keeps the folder's setgid bit, so
-/// every file in it belongs to the group). Changed only by its owner.
+/// every file in it belongs to the group), sticky, so that a member can
+/// neither remove nor replace another's life file. Changed only by its
+/// owner.
 fn fit_holders_mode(dir: &Path, folder: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mode = mode_of(dir);
     let want = if shared_mode(mode) {
-        0o770 | mode & 0o2000
+        0o1770 | mode & 0o2000
     } else {
         0o700
     };
@@ -195,6 +198,10 @@ fn make_life_file(
     file.set_permissions(std::fs::Permissions::from_mode(0o640))
         .map_err(|e| fail("set the mode of", &e))?;
     crate::ofd::lock_write(&file).map_err(|e| fail("lock", &e))?;
+    // Also the flock that earlier versions look for, so that one still
+    // running during an upgrade does not judge this holder dead; this
+    // version never asks it of a `.life` file.
+    flock(&file, FlockOperation::LockExclusive).map_err(|e| fail("lock", &e))?;
     if inherited {
         rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty())
             .map_err(|e| fail("share", &e))?;
@@ -219,6 +226,13 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
+    /// This process's OS user, when `holder` ran on this machine (same
+    /// boot id and host name): a uid means nothing on another one.
+    pub fn uid_on(&self, holder: &locksmith_core::Holder) -> Option<u32> {
+        (holder.boot_id == self.machine_id.boot_id && holder.hostname == self.machine_id.hostname)
+            .then_some(self.uid)
+    }
+
     /// The facts of this machine.
     pub fn current() -> HostFacts {
         let (boot_id, hostname) = (sys::boot_id(), sys::hostname());

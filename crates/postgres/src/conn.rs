@@ -314,6 +314,18 @@ fn retryable(e: &Fail) -> bool {
     )
 }
 
+/// True when `e` comes from the database (a batch failed there, or the
+/// connection), not from the rules.
+fn from_db(e: &Fail) -> bool {
+    match e {
+        Fail::Db(_) | Fail::Commit(_) => true,
+        Fail::Store(StoreError::Backend {
+            source: Some(s), ..
+        }) => s.downcast_ref::<postgres::Error>().is_some(),
+        Fail::Store(_) => false,
+    }
+}
+
 /// The SQLSTATE of the database error under `e`, if any (also when it
 /// reached us as a store error).
 fn db_code(e: &Fail) -> Option<&SqlState> {
@@ -481,19 +493,29 @@ impl Pool {
                 sent: false,
                 ahead: Vec::new(),
                 prepared: prepare.then_some(&mut conn.prepared),
+                unsent: Vec::new(),
                 seed: self.seed,
             };
             let result = f(&mut tx).and_then(|v| tx.commit().map(|()| v));
-            let sent = tx.sent;
-            if result.is_err() && sent {
-                // A failed batch may have stopped before some of its
-                // PREPAREs (which a rollback does not undo): start over.
-                let reset = match prepare {
+            let (sent, unsent) = (tx.sent, std::mem::take(&mut tx.unsent));
+            if let Err(e) = &result {
+                // A batch the server refused may have stopped before some
+                // of its PREPAREs (which a rollback does not undo): start
+                // over. A refusal of the rules came after every batch sent
+                // went through: only the PREPAREs never sent are forgotten.
+                let reset = match prepare && from_db(e) {
                     true => "ROLLBACK; DEALLOCATE ALL",
                     false => "ROLLBACK",
                 };
-                let _ = conn.client.batch_execute(reset);
-                conn.prepared.clear();
+                if sent {
+                    let _ = conn.client.batch_execute(reset);
+                }
+                match prepare && from_db(e) {
+                    true => conn.prepared.clear(),
+                    false => unsent.iter().for_each(|id| {
+                        conn.prepared.remove(id);
+                    }),
+                }
             }
             if result.as_ref().is_err_and(unprepared) {
                 // Behind a pooler in transaction mode the next transaction
@@ -558,6 +580,8 @@ pub(crate) struct Tx<'c> {
     ahead: Vec<(Stmt, Vec<SimpleQueryRow>)>,
     /// The statements prepared on this connection, when they are used.
     prepared: Option<&'c mut std::collections::HashSet<u64>>,
+    /// Statements counted as prepared whose `PREPARE` is still kept.
+    unsent: Vec<u64>,
     /// See [`Pool::seed`].
     seed: u64,
 }
@@ -580,6 +604,7 @@ impl Tx<'_> {
             // Sent, even if it fails: the server may have begun.
             self.sent = true;
             self.c.batch_execute(&sql)?;
+            self.unsent.clear();
         }
         Ok(())
     }
@@ -590,22 +615,28 @@ impl Tx<'_> {
         let mut sql = std::mem::take(&mut self.pending);
         sql.push_str("COMMIT");
         self.sent = true;
-        self.c.batch_execute(&sql).map_err(Fail::Commit)
+        self.c.batch_execute(&sql).map_err(Fail::Commit)?;
+        self.unsent.clear();
+        Ok(())
     }
     /// The rows of one statement.
     pub fn rows(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<Row>, Fail> {
+        // It may write (`INSERT … RETURNING`): reads sent ahead are stale.
+        self.ahead.clear();
         self.open();
         self.flush()?;
         Ok(self.c.query_typed(sql, &params(args))?)
     }
     /// The first row of one statement, if any.
     pub fn opt(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Option<Row>, Fail> {
+        self.ahead.clear();
         self.open();
         self.flush()?;
         Ok(self.c.query_typed_opt(sql, &params(args))?)
     }
     /// The one row of one statement.
     pub fn one(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Row, Fail> {
+        self.ahead.clear();
         self.open();
         self.flush()?;
         Ok(self.c.query_typed_one(sql, &params(args))?)
@@ -648,10 +679,15 @@ impl Tx<'_> {
         };
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (self.seed, &stmt.sql).hash(&mut h);
+        let types: Vec<u32> = stmt.types.iter().map(Type::oid).collect();
+        (self.seed, &stmt.sql, types).hash(&mut h);
         let id = h.finish();
         let name = format!("locksmith_{id:016x}");
-        let prepare = prepared.insert(id).then(|| {
+        let fresh = prepared.insert(id);
+        if fresh {
+            self.unsent.push(id);
+        }
+        let prepare = fresh.then(|| {
             let types: Vec<&str> = stmt.types.iter().map(Type::name).collect();
             match types.is_empty() {
                 true => format!("PREPARE {name} AS {}", stmt.sql),
@@ -835,6 +871,7 @@ impl Tx<'_> {
         // Sent, even if it fails: the server may have begun.
         self.sent = true;
         let answer = self.c.simple_query(&sql)?;
+        self.unsent.clear();
         // Each statement ends with one CommandComplete: the reads are the
         // last `reads.len()` statements.
         let statements = answer

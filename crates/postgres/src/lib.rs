@@ -434,14 +434,17 @@ impl Store for PgStore {
     /// that follow `after` without a gap are final and returned at once;
     /// when the next id is missing, the ids up to the horizon are.
     fn history(&self, filter: &HistoryFilter) -> Result<Vec<Event>, StoreError> {
+        let unfiltered = filter.key.is_none() && filter.owner.is_none() && filter.kind.is_none();
         let Some(after) = filter.after else {
-            return self.read(|tx, _| read::history(tx, filter, None));
+            // The newest event alone is where a follower starts: only a
+            // final one, so that no smaller id commits behind the start.
+            let upto = match unfiltered && filter.limit == 1 {
+                true => Some(self.pool.run(false, |tx| tx.events_horizon(self.ns))?),
+                false => None,
+            };
+            return self.read(|tx, _| read::history(tx, filter, upto));
         };
-        let whole = filter.key.is_none()
-            && filter.owner.is_none()
-            && filter.kind.is_none()
-            && filter.limit == 0;
-        if whole {
+        if unfiltered && filter.limit == 0 {
             let mut events = self.read(|tx, _| read::history(tx, filter, None))?;
             // Newest first: the run without a gap is at the end.
             let run = events
@@ -452,6 +455,16 @@ impl Store for PgStore {
                 .count();
             if run > 0 || events.is_empty() {
                 events.drain(..events.len() - run);
+                return Ok(events);
+            }
+        } else {
+            // With a filter the ids of every event tell where the run ends.
+            let found = self.read(|tx, _| match read::run_end(tx, after)? {
+                read::Run::Nothing => Ok(Some(Vec::new())),
+                read::Run::Upto(end) => read::history(tx, filter, Some(end)).map(Some),
+                read::Run::Gap => Ok(None),
+            })?;
+            if let Some(events) = found {
                 return Ok(events);
             }
         }

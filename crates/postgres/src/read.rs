@@ -136,6 +136,38 @@ pub(crate) fn waiters(
     Ok(locksmith_core::view::waiter_list(found, f))
 }
 
+/// Where the events after id `after` stand (see `PgStore::history`).
+pub(crate) enum Run {
+    /// There are none.
+    Nothing,
+    /// Those up to this id follow `after` without a gap: they are final.
+    Upto(i64),
+    /// The next id is missing: it may still commit.
+    Gap,
+}
+
+/// Reads the ids after `after` (at most a page of them) to find the run
+/// that follows it without a gap.
+pub(crate) fn run_end(tx: &mut Tx<'_>, after: i64) -> Result<Run, Fail> {
+    let ids = tx.rows(
+        "SELECT id FROM events WHERE id > $1 ORDER BY id LIMIT 10000",
+        &[&after],
+    )?;
+    let mut end = None;
+    for (r, want) in ids.iter().zip(after + 1..) {
+        let id: i64 = r.try_get(0)?;
+        if id != want {
+            break;
+        }
+        end = Some(id);
+    }
+    Ok(match (ids.is_empty(), end) {
+        (true, _) => Run::Nothing,
+        (false, Some(end)) => Run::Upto(end),
+        (false, None) => Run::Gap,
+    })
+}
+
 /// The events `f` asks for, newest first; none above id `upto`.
 pub(crate) fn history(
     tx: &mut Tx<'_>,

@@ -48,8 +48,8 @@ impl Tables<'_, '_> {
 }
 
 impl Ledger for Tables<'_, '_> {
-    fn caller_uid(&self) -> Option<u32> {
-        Some(self.ctx.host.uid)
+    fn caller_uid(&self, holder: &Holder) -> Option<u32> {
+        self.ctx.host.uid_on(holder)
     }
 
     fn holders_of(&mut self, key: &Key) -> Result<Vec<String>, StoreError> {

@@ -130,12 +130,16 @@ fn following_the_history_misses_no_event_of_concurrent_writers() {
             })
         })
         .collect::<Vec<_>>();
-    let mut seen = BTreeSet::new();
-    let mut last = 0;
-    let follow = |last: &mut i64, seen: &mut BTreeSet<i64>| {
+    // Two followers: one of every event, one through a filter (which
+    // matches every event here).
+    let (mut seen, mut seen_filtered) = (BTreeSet::new(), BTreeSet::new());
+    let (mut last, mut last_filtered) = (0, 0);
+    let follow = |filtered: bool, last: &mut i64, seen: &mut BTreeSet<i64>| {
         let page = store
             .history(&HistoryFilter {
                 after: Some(*last),
+                key: filtered.then(|| "follow/".to_string()),
+                prefix: filtered,
                 ..HistoryFilter::default()
             })
             .unwrap();
@@ -145,12 +149,18 @@ fn following_the_history_misses_no_event_of_concurrent_writers() {
         }
     };
     while !writers.iter().all(|w| w.is_finished()) {
-        follow(&mut last, &mut seen);
+        follow(false, &mut last, &mut seen);
+        follow(true, &mut last_filtered, &mut seen_filtered);
     }
     for w in writers {
         w.join().unwrap();
     }
-    follow(&mut last, &mut seen);
+    follow(false, &mut last, &mut seen);
+    follow(true, &mut last_filtered, &mut seen_filtered);
+    assert_eq!(
+        seen, seen_filtered,
+        "the filtered follower saw other events"
+    );
     let all: BTreeSet<i64> = store
         .history(&HistoryFilter::default())
         .unwrap()

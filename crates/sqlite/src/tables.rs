@@ -25,8 +25,8 @@ pub(crate) struct Tables<'t> {
 }
 
 impl Ledger for Tables<'_> {
-    fn caller_uid(&self) -> Option<u32> {
-        Some(self.ctx.host.uid)
+    fn caller_uid(&self, holder: &Holder) -> Option<u32> {
+        self.ctx.host.uid_on(holder)
     }
 
     fn holders_of(&mut self, key: &Key) -> Result<Vec<String>, StoreError> {

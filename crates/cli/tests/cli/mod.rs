@@ -882,8 +882,9 @@ fn a_group_member_cannot_keep_a_dead_holder_looking_alive() {
         "readable by the group, written by its owner only"
     );
 
-    // Bob, of the same group, opens her life file and keeps an exclusive
-    // flock on it, which made a dead holder look alive before.
+    // Bob, of the same group, opens her life file and waits for an
+    // exclusive flock on it, to keep it the moment she dies: that made a
+    // dead holder look alive before.
     let life_s = life.to_string_lossy().to_string();
     let mut bob = spawn_as(
         40002,
@@ -898,13 +899,16 @@ fn a_group_member_cannot_keep_a_dead_holder_looking_alive() {
         ],
         &env,
     );
-    let mut line = String::new();
-    std::io::BufReader::new(bob.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
-    // While she lives, her lock stands.
+    // While she lives, her lock stands, and bob can neither remove nor
+    // replace her life file (the folder is sticky).
     assert_eq!(code(&env.run(&["acquire", "team/x"])), 3);
+    let rm = spawn_as(40002, 40000, &["rm", "-f", &life_s], &env)
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        !rm.status.success() && life.exists(),
+        "bob removed her life file"
+    );
 
     // She dies, command and all: the lock is free at once, lease or not.
     for pid in [alice.id() as i32, cmd_pid] {
@@ -914,6 +918,11 @@ fn a_group_member_cannot_keep_a_dead_holder_looking_alive() {
         );
     }
     let _ = alice.wait();
+    let mut line = String::new();
+    std::io::BufReader::new(bob.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked", "bob holds her file's flock now");
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let out = env.run(&["acquire", "team/x", "--ttl", "1m"]);
@@ -984,7 +993,7 @@ fn two_users_of_a_group_share_a_store_and_no_one_else_gets_in() {
             assert_eq!(mode_of(&path), 0o660, "{name}");
         }
     }
-    assert_eq!(mode_of(&home.join("holders")), 0o2770);
+    assert_eq!(mode_of(&home.join("holders")), 0o3770);
     for entry in std::fs::read_dir(home.join("holders")).unwrap() {
         assert_eq!(mode_of(&entry.unwrap().path()) & 0o007, 0);
     }
