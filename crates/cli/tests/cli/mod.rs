@@ -760,6 +760,18 @@ fn mode_of(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
+/// A home with a store shared by a group ([`group_store`]); `None` (the
+/// test is skipped) unless the tests run as root, who can act as others.
+fn group_env() -> Option<Env> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: acting as other users needs root (CI runs as root)");
+        return None;
+    }
+    let env = Env::new();
+    group_store(&env);
+    Some(env)
+}
+
 /// The documented set-up of a store shared by a group: a folder of the
 /// group (gid 40000, owned by uid 40001), setgid, 2770.
 fn group_store(env: &Env) {
@@ -776,12 +788,7 @@ fn group_store(env: &Env) {
 
 #[test]
 fn by_owner_name_only_the_os_user_that_took_a_lock_or_root_may_end_it() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: acting as other users needs root (CI runs as root)");
-        return;
-    }
-    let env = Env::new();
-    group_store(&env);
+    let Some(env) = group_env() else { return };
     // Both users run their workers under one owner name.
     let alice = |args: &[&str]| as_user(&env, 40001, 40000, "worker", args);
     let bob = |args: &[&str]| as_user(&env, 40002, 40000, "worker", args);
@@ -840,13 +847,8 @@ fn spawn_as(uid: u32, gid: u32, cmd: &[&str], env: &Env) -> std::process::Child 
 #[test]
 fn a_group_member_cannot_keep_a_dead_holder_looking_alive() {
     use std::io::BufRead;
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: acting as other users needs root (CI runs as root)");
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = group_env() else { return };
     let home = env.home.path();
-    group_store(&env);
     // Alice runs a command under a lock with a long lease; the command
     // tells its pid.
     let pid_file = home.join("cmd.pid");
@@ -951,13 +953,8 @@ fn a_group_member_cannot_keep_a_dead_holder_looking_alive() {
 
 #[test]
 fn two_users_of_a_group_share_a_store_and_no_one_else_gets_in() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: acting as other users needs root (CI runs as root)");
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = group_env() else { return };
     let home = env.home.path();
-    group_store(&env);
     let alice = |args: &[&str]| as_user(&env, 40001, 40000, "alice", args);
     let bob = |args: &[&str]| as_user(&env, 40002, 40000, "bob", args);
     let ok = |out: std::process::Output| {
