@@ -200,8 +200,9 @@ fn make_life_file(
     crate::ofd::lock_write(&file).map_err(|e| fail("lock", &e))?;
     // Also the flock that earlier versions look for, so that one still
     // running during an upgrade does not judge this holder dead; this
-    // version never asks it of a `.life` file.
-    flock(&file, FlockOperation::LockExclusive).map_err(|e| fail("lock", &e))?;
+    // version never asks it of a `.life` file, so a reader of the group
+    // that holds a flock on it first only costs that courtesy.
+    let _ = flock(&file, FlockOperation::NonBlockingLockExclusive);
     if inherited {
         rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty())
             .map_err(|e| fail("share", &e))?;
@@ -227,10 +228,10 @@ pub struct HostFacts {
 
 impl HostFacts {
     /// This process's OS user, when `holder` ran on this machine (same
-    /// boot id and host name): a uid means nothing on another one.
+    /// host name, in this boot or an earlier one): a uid means nothing on
+    /// another machine.
     pub fn uid_on(&self, holder: &locksmith_core::Holder) -> Option<u32> {
-        (holder.boot_id == self.machine_id.boot_id && holder.hostname == self.machine_id.hostname)
-            .then_some(self.uid)
+        (holder.hostname == self.machine_id.hostname).then_some(self.uid)
     }
 
     /// The facts of this machine.

@@ -314,18 +314,6 @@ fn retryable(e: &Fail) -> bool {
     )
 }
 
-/// True when `e` comes from the database (a batch failed there, or the
-/// connection), not from the rules.
-fn from_db(e: &Fail) -> bool {
-    match e {
-        Fail::Db(_) | Fail::Commit(_) => true,
-        Fail::Store(StoreError::Backend {
-            source: Some(s), ..
-        }) => s.downcast_ref::<postgres::Error>().is_some(),
-        Fail::Store(_) => false,
-    }
-}
-
 /// The SQLSTATE of the database error under `e`, if any (also when it
 /// reached us as a store error).
 fn db_code(e: &Fail) -> Option<&SqlState> {
@@ -494,23 +482,25 @@ impl Pool {
                 ahead: Vec::new(),
                 prepared: prepare.then_some(&mut conn.prepared),
                 unsent: Vec::new(),
+                broke: false,
                 seed: self.seed,
             };
             let result = f(&mut tx).and_then(|v| tx.commit().map(|()| v));
-            let (sent, unsent) = (tx.sent, std::mem::take(&mut tx.unsent));
-            if let Err(e) = &result {
-                // A batch the server refused may have stopped before some
-                // of its PREPAREs (which a rollback does not undo): start
-                // over. A refusal of the rules came after every batch sent
-                // went through: only the PREPAREs never sent are forgotten.
-                let reset = match prepare && from_db(e) {
+            let (sent, unsent, broke) = (tx.sent, std::mem::take(&mut tx.unsent), tx.broke);
+            if result.is_err() {
+                // A batch that failed may have stopped before some of its
+                // PREPAREs (which a rollback does not undo): start over.
+                // Otherwise every batch sent went through (a refusal of the
+                // rules, a failed read): only the PREPAREs never sent are
+                // forgotten.
+                let reset = match prepare && broke {
                     true => "ROLLBACK; DEALLOCATE ALL",
                     false => "ROLLBACK",
                 };
                 if sent {
                     let _ = conn.client.batch_execute(reset);
                 }
-                match prepare && from_db(e) {
+                match prepare && broke {
                     true => conn.prepared.clear(),
                     false => unsent.iter().for_each(|id| {
                         conn.prepared.remove(id);
@@ -582,6 +572,9 @@ pub(crate) struct Tx<'c> {
     prepared: Option<&'c mut std::collections::HashSet<u64>>,
     /// Statements counted as prepared whose `PREPARE` is still kept.
     unsent: Vec<u64>,
+    /// A batch of kept statements failed: which of its `PREPARE`s ran is
+    /// unknown.
+    broke: bool,
     /// See [`Pool::seed`].
     seed: u64,
 }
@@ -603,7 +596,9 @@ impl Tx<'_> {
             let sql = std::mem::take(&mut self.pending);
             // Sent, even if it fails: the server may have begun.
             self.sent = true;
+            self.broke = true;
             self.c.batch_execute(&sql)?;
+            self.broke = false;
             self.unsent.clear();
         }
         Ok(())
@@ -615,7 +610,9 @@ impl Tx<'_> {
         let mut sql = std::mem::take(&mut self.pending);
         sql.push_str("COMMIT");
         self.sent = true;
+        self.broke = true;
         self.c.batch_execute(&sql).map_err(Fail::Commit)?;
+        self.broke = false;
         self.unsent.clear();
         Ok(())
     }
@@ -870,7 +867,9 @@ impl Tx<'_> {
         }
         // Sent, even if it fails: the server may have begun.
         self.sent = true;
+        self.broke = true;
         let answer = self.c.simple_query(&sql)?;
+        self.broke = false;
         self.unsent.clear();
         // Each statement ends with one CommandComplete: the reads are the
         // last `reads.len()` statements.

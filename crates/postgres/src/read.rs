@@ -140,31 +140,36 @@ pub(crate) fn waiters(
 pub(crate) enum Run {
     /// There are none.
     Nothing,
-    /// Those up to this id follow `after` without a gap: they are final.
+    /// Every id after `after` follows it without a gap, up to this one:
+    /// they are all final.
     Upto(i64),
-    /// The next id is missing: it may still commit.
+    /// An id is missing (it may still commit), or there were too many to
+    /// look at in one read.
     Gap,
 }
 
-/// Reads the ids after `after` (at most a page of them) to find the run
-/// that follows it without a gap.
+/// Reads the ids after `after` (at most a page of them) to tell whether
+/// they all follow it without a gap. A filtered reader moves on only with
+/// the events it gets: were it answered up to a gap with none of its own,
+/// it would ask again from the same place for ever.
 pub(crate) fn run_end(tx: &mut Tx<'_>, after: i64) -> Result<Run, Fail> {
+    const PAGE: usize = 10_000;
     let ids = tx.rows(
-        "SELECT id FROM events WHERE id > $1 ORDER BY id LIMIT 10000",
+        &format!("SELECT id FROM events WHERE id > $1 ORDER BY id LIMIT {PAGE}"),
         &[&after],
     )?;
     let mut end = None;
     for (r, want) in ids.iter().zip(after + 1..) {
         let id: i64 = r.try_get(0)?;
         if id != want {
-            break;
+            return Ok(Run::Gap);
         }
         end = Some(id);
     }
-    Ok(match (ids.is_empty(), end) {
-        (true, _) => Run::Nothing,
-        (false, Some(end)) => Run::Upto(end),
-        (false, None) => Run::Gap,
+    Ok(match end {
+        None => Run::Nothing,
+        Some(_) if ids.len() == PAGE => Run::Gap,
+        Some(end) => Run::Upto(end),
     })
 }
 

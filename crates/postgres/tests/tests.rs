@@ -203,20 +203,30 @@ fn following_the_history_goes_past_an_id_never_used() {
     };
     acquire("gap/a");
     let before = newest();
+    acquire("other/x");
     server
         .psql(&format!("SELECT nextval('{schema}.events_id_seq')"))
         .unwrap();
     acquire("gap/b");
     let after = newest();
-    assert_eq!(after, before + 2, "one id was skipped");
-    let got: Vec<i64> = store
-        .history(&HistoryFilter {
-            after: Some(before),
-            ..HistoryFilter::default()
-        })
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
-    assert_eq!(got, [after]);
+    assert_eq!(after, before + 3, "one id was skipped");
+    let follow = |from: i64, prefix: Option<&str>| -> Vec<i64> {
+        store
+            .history(&HistoryFilter {
+                after: Some(from),
+                key: prefix.map(str::to_string),
+                prefix: prefix.is_some(),
+                ..HistoryFilter::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    // Up to the gap at once, then past it.
+    assert_eq!(follow(before, None), [before + 1]);
+    assert_eq!(follow(before + 1, None), [after]);
+    // A follower of gap/ alone moves on only with its own events: it gets
+    // past the other key's event and the gap in one read.
+    assert_eq!(follow(before, Some("gap/")), [after]);
 }

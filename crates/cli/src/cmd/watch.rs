@@ -95,15 +95,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                     .map_or(0, |e| e.id),
             };
             loop {
+                // Every event, filtered here: the place moves on past
+                // events of other keys too.
                 let mut fresh = store.history(&HistoryFilter {
-                    key: a.prefix.clone(),
-                    prefix: a.prefix.is_some(),
                     after: Some(last),
                     ..HistoryFilter::default()
                 })?;
                 fresh.reverse();
                 for e in fresh {
                     last = e.id;
+                    if a.prefix.as_deref().is_some_and(|p| !e.key.starts_with(p)) {
+                        continue;
+                    }
                     if !show(Watched::Event(e)) {
                         return Ok(());
                     }
