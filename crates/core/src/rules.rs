@@ -247,4 +247,4 @@ pub fn find_cycle(start: &str, mut edges: impl FnMut(&str) -> Vec<String>) -> Op
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

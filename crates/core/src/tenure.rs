@@ -421,7 +421,7 @@ pub fn still_due(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HeldLock, Holder, Mode, Scope};
+    use crate::model::{Holder, Mode, Scope};
     use crate::time::{Mono, Wall};
 
     /// A ledger of one transaction whose caller runs as `caller`.
@@ -446,37 +446,16 @@ mod tests {
             Ok(Vec::new())
         }
         fn caller_uid(&self, holder: &Holder) -> Option<u32> {
-            self.0.filter(|_| holder.hostname == "h")
+            self.0.filter(|_| holder.hostname == "host")
         }
     }
 
+    /// A hold of `team/a` by owner `worker` on host `host`, taken as `uid`.
     fn held_by(uid: Option<u32>) -> Hold {
+        let mut lock = crate::rules::tests::held("team/a", Mode::Exclusive, Scope::Key, 7);
+        lock.holder.owner = "worker".into();
         Hold {
-            lock: HeldLock {
-                grant: 7,
-                key: Key::new("team/a").unwrap(),
-                mode: Mode::Exclusive,
-                scope: Scope::Key,
-                fence: Fence(7),
-                holder: Holder {
-                    owner: "worker".into(),
-                    task: None,
-                    metadata: None,
-                    hostname: "h".into(),
-                    boot_id: "b".into(),
-                    pid: 1,
-                    pid_start: None,
-                },
-                acquired: Mono(0),
-                acquired_wall: Wall(0),
-                last_seen: Mono(0),
-                expires: None,
-                ttl: None,
-                max_hold: None,
-                request_id: None,
-                bind: None,
-                stale_after: None,
-            },
+            lock,
             secret: "s".into(),
             grant_keys: 1,
             renew_logged: Mono(0),
@@ -485,56 +464,52 @@ mod tests {
         }
     }
 
-    fn tenure_release(
-        target: &Target,
-        rows: Vec<Hold>,
-        now: Now,
-        ledger: &mut dyn Ledger,
-    ) -> Result<ReleasePlan, StoreError> {
-        release(target, rows, ReleaseReason::Completed, false, now, ledger)
-    }
-
-    #[test]
-    fn by_owner_name_only_the_same_os_user_or_root_ends_a_lock() {
-        let now = Now {
-            mono: Mono(1),
-            wall: Wall(1),
-        };
+    fn release_as(rows: Vec<Hold>, caller: Option<u32>) -> Result<ReleasePlan, StoreError> {
         let target = Target {
             key: Key::new("team/a").unwrap(),
             by: Proof::Owner("worker".into()),
         };
-        let release = |held: Option<u32>, caller: Option<u32>| {
-            let rows = vec![held_by(held)];
-            release(
-                &target,
-                rows,
-                ReleaseReason::Completed,
-                false,
-                now,
-                &mut Caller(caller),
-            )
-        };
+        release(
+            &target,
+            rows,
+            ReleaseReason::Completed,
+            false,
+            NOW,
+            &mut Caller(caller),
+        )
+    }
+
+    const NOW: Now = Now {
+        mono: Mono(1),
+        wall: Wall(1),
+    };
+
+    #[test]
+    fn by_owner_name_only_the_same_os_user_or_root_ends_a_lock() {
         for (held, caller) in [
             (Some(1000), Some(1000)),
             (Some(1000), Some(0)),
             (None, Some(1000)),
             (Some(1000), None),
         ] {
-            let plan = release(held, caller).unwrap();
+            let plan = release_as(vec![held_by(held)], caller).unwrap();
             assert_eq!(plan.end.len(), 1, "{held:?} by {caller:?}");
         }
-        match release(Some(1000), Some(1001)) {
+        match release_as(vec![held_by(Some(1000))], Some(1001)) {
             Err(StoreError::OtherUser {
                 uid: 1000, owner, ..
             }) => assert_eq!(owner, "worker"),
             other => panic!("another user by name: {other:?}"),
         }
+        let target = Target {
+            key: Key::new("team/a").unwrap(),
+            by: Proof::Owner("worker".into()),
+        };
         let renewed = renew(
             &target,
             vec![held_by(Some(1000))],
             None,
-            now,
+            NOW,
             &mut Caller(Some(1001)),
         );
         assert!(
@@ -544,7 +519,7 @@ mod tests {
         // A uid of another machine is another numbering: not checked.
         let mut elsewhere = held_by(Some(1000));
         elsewhere.lock.holder.hostname = "other".into();
-        let plan = tenure_release(&target, vec![elsewhere], now, &mut Caller(Some(1001))).unwrap();
+        let plan = release_as(vec![elsewhere], Some(1001)).unwrap();
         assert_eq!(plan.end.len(), 1);
     }
 }

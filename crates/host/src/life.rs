@@ -12,11 +12,12 @@
 //! cannot keep a dead holder's lock to make it look alive. Life files
 //! without `.life`, made by earlier versions, carry an exclusive `flock`
 //! and are judged by asking for a shared one; a `.life` file carries one
-//! too, for earlier versions still running during an upgrade. Where the file is gone, pid
-//! and process start time decide (never the pid alone).
+//! too, for earlier versions still running during an upgrade. Where the
+//! file is gone, pid and process start time decide (never the pid alone).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -136,7 +137,6 @@ fn shared_mode(mode: u32) -> bool {
 }
 
 fn mode_of(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).map_or(0, |m| m.permissions().mode())
 }
 
@@ -148,7 +148,6 @@ fn mode_of(path: &Path) -> u32 {
 /// neither remove nor replace another's life file. Changed only by its
 /// owner.
 fn fit_holders_mode(dir: &Path, folder: &Path) {
-    use std::os::unix::fs::PermissionsExt;
     let mode = mode_of(dir);
     let want = if shared_mode(mode) {
         0o1770 | mode & 0o2000
@@ -194,7 +193,6 @@ fn make_life_file(
         .map_err(|e| fail("create", &e))?;
     // Whatever the umask: others of a shared store's group read it to ask
     // whether it is locked; nobody else writes it.
-    use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(0o640))
         .map_err(|e| fail("set the mode of", &e))?;
     crate::ofd::lock_write(&file).map_err(|e| fail("lock", &e))?;

@@ -19,6 +19,8 @@ use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Row, SimpleQueryRow};
 
+use crate::rows::{Ahead, Cells};
+
 /// A statement argument with its PostgreSQL type.
 pub(crate) trait Arg {
     /// The value.
@@ -351,6 +353,17 @@ pub(crate) enum Fail {
     Commit(postgres::Error),
 }
 
+impl Fail {
+    /// The failure as the store reports it; a database error keeps its
+    /// source, so that a transaction PostgreSQL rolled back runs again.
+    pub fn into_store(self, shown: &str) -> StoreError {
+        match self {
+            Fail::Store(e) => e,
+            Fail::Db(e) | Fail::Commit(e) => map_err(e, shown),
+        }
+    }
+}
+
 impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Fail {
         Fail::Store(e)
@@ -493,14 +506,15 @@ impl Pool {
                 // Otherwise every batch sent went through (a refusal of the
                 // rules, a failed read): only the PREPAREs never sent are
                 // forgotten.
-                let reset = match prepare && broke {
-                    true => "ROLLBACK; DEALLOCATE ALL",
-                    false => "ROLLBACK",
-                };
+                let forget_all = prepare && broke;
                 if sent {
+                    let reset = match forget_all {
+                        true => "ROLLBACK; DEALLOCATE ALL",
+                        false => "ROLLBACK",
+                    };
                     let _ = conn.client.batch_execute(reset);
                 }
-                match prepare && broke {
+                match forget_all {
                     true => conn.prepared.clear(),
                     false => unsent.iter().for_each(|id| {
                         conn.prepared.remove(id);
@@ -545,10 +559,7 @@ impl Pool {
             }
         };
         self.give_back(Some(conn));
-        out.map_err(|e| match e {
-            Fail::Store(e) => e,
-            Fail::Db(e) | Fail::Commit(e) => map_err(e, &self.target.shown),
-        })
+        out.map_err(|e| e.into_store(&self.target.shown))
     }
 }
 
@@ -594,14 +605,23 @@ impl Tx<'_> {
     fn flush(&mut self) -> Result<(), Fail> {
         if !self.pending.is_empty() {
             let sql = std::mem::take(&mut self.pending);
-            // Sent, even if it fails: the server may have begun.
-            self.sent = true;
-            self.broke = true;
-            self.c.batch_execute(&sql)?;
-            self.broke = false;
-            self.unsent.clear();
+            self.send(|c| c.batch_execute(&sql))?;
         }
         Ok(())
+    }
+    /// Sends a batch of kept statements with `how`. It counts as sent even
+    /// if it fails (the server may have begun); a failure leaves unknown
+    /// which of its `PREPARE`s ran, a success that all of them did.
+    fn send<T>(
+        &mut self,
+        how: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        self.sent = true;
+        self.broke = true;
+        let out = how(self.c)?;
+        self.broke = false;
+        self.unsent.clear();
+        Ok(out)
     }
     fn commit(&mut self) -> Result<(), Fail> {
         if !self.sent && self.pending.is_empty() {
@@ -609,12 +629,7 @@ impl Tx<'_> {
         }
         let mut sql = std::mem::take(&mut self.pending);
         sql.push_str("COMMIT");
-        self.sent = true;
-        self.broke = true;
-        self.c.batch_execute(&sql).map_err(Fail::Commit)?;
-        self.broke = false;
-        self.unsent.clear();
-        Ok(())
+        self.send(|c| c.batch_execute(&sql)).map_err(Fail::Commit)
     }
     /// The rows of one statement.
     pub fn rows(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<Row>, Fail> {
@@ -638,27 +653,41 @@ impl Tx<'_> {
         self.flush()?;
         Ok(self.c.query_typed_one(sql, &params(args))?)
     }
-    /// Whether reads sent ahead are waiting to be asked for.
-    pub fn has_ahead(&self) -> bool {
-        !self.ahead.is_empty()
-    }
-    /// The rows of the read `stmt`, when it was sent ahead and nothing was
-    /// kept or written since.
-    pub fn take_ahead(&mut self, stmt: &Stmt) -> Option<Vec<SimpleQueryRow>> {
-        if !self.pending.is_empty() {
-            return None;
+    /// The rows of `sql` with `args`, each decoded by `decode`: those of
+    /// the same read sent ahead (see [`Tx::lock`]) while nothing was kept
+    /// or written since, else in a round trip of their own.
+    pub fn load<T>(
+        &mut self,
+        sql: &str,
+        args: &[&dyn Arg],
+        decode: impl Fn(&dyn Cells) -> Result<T, Fail>,
+    ) -> Result<Vec<T>, Fail> {
+        if !self.ahead.is_empty() && self.pending.is_empty() {
+            let stmt = Stmt::new(sql, args)?;
+            if let Some(at) = self.ahead.iter().position(|(s, _)| *s == stmt) {
+                let (_, rows) = self.ahead.swap_remove(at);
+                return rows.iter().map(|r| decode(&Ahead(r))).collect();
+            }
         }
-        let at = self.ahead.iter().position(|(s, _)| s == stmt)?;
-        Some(self.ahead.swap_remove(at).1)
+        self.rows(sql, args)?.iter().map(|r| decode(r)).collect()
     }
     /// Keeps one statement of the hot path for the next round trip, as
     /// [`Tx::exec`] does; where statements are prepared, as `EXECUTE` of a
     /// statement prepared on this connection (first in the same batch),
     /// so that PostgreSQL neither parses nor plans it again.
     pub fn exec_prepared(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<(), Fail> {
+        self.keep(Stmt::new(sql, args)?, true)
+    }
+
+    /// Keeps `stmt` for the next round trip, prepared where `prepare` and
+    /// statements are prepared on this connection.
+    fn keep(&mut self, stmt: Stmt, prepare: bool) -> Result<(), Fail> {
         self.ahead.clear();
         self.open();
-        let (prepare, run) = self.statement(&Stmt::new(sql, args)?)?;
+        let (prepare, run) = match prepare {
+            true => self.statement(&stmt)?,
+            false => (None, stmt.literal()?),
+        };
         for s in prepare.iter().chain([&run]) {
             self.pending.push_str(s);
             self.pending.push_str(";\n");
@@ -700,11 +729,7 @@ impl Tx<'_> {
 
     /// Keeps one statement without results for the next round trip.
     pub fn exec(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<(), Fail> {
-        self.ahead.clear();
-        self.open();
-        self.pending.push_str(&render(sql, args)?);
-        self.pending.push_str(";\n");
-        Ok(())
+        self.keep(Stmt::new(sql, args)?, false)
     }
     /// Keeps statements without arguments for the next round trip.
     pub fn batch(&mut self, sql: &str) -> Result<(), Fail> {
@@ -764,7 +789,7 @@ impl Tx<'_> {
     /// circle; then reads the database's clock, after the locks, so that
     /// the instant is later than every change this transaction can see;
     /// whether anything is queued; `fences` fences, also under the locks;
-    /// and the reads `ahead`, kept for [`Tx::take_ahead`]. One round trip,
+    /// and the reads `ahead`, kept for [`Tx::load`]. One round trip,
     /// with `BEGIN` and whatever statements were kept.
     pub fn lock(
         &mut self,
@@ -797,7 +822,11 @@ impl Tx<'_> {
             }
             reads.push(run);
         }
-        let (now, answers, read) = self.send_with_clock(&reads)?;
+        let Answer {
+            now,
+            tagged: answers,
+            reads: read,
+        } = self.send_with_clock(&reads)?;
         self.ahead = ahead.into_iter().zip(read).collect();
         let mut queued = true;
         let mut drawn = Vec::with_capacity(fences);
@@ -846,17 +875,12 @@ impl Tx<'_> {
     /// round trip.
     pub fn now(&mut self) -> Result<Now, Fail> {
         self.open();
-        Ok(self.send_with_clock(&[])?.0)
+        Ok(self.send_with_clock(&[])?.now)
     }
 
     /// Sends the kept statements, a reading of the clock, and the `reads`
-    /// in one simple query; answers the clock, every `(tag, number)` row
-    /// the kept statements gave, and the rows of each read.
-    #[allow(clippy::type_complexity)]
-    fn send_with_clock(
-        &mut self,
-        reads: &[String],
-    ) -> Result<(Now, Vec<(char, i64)>, Vec<Vec<SimpleQueryRow>>), Fail> {
+    /// in one simple query.
+    fn send_with_clock(&mut self, reads: &[String]) -> Result<Answer, Fail> {
         let mut sql = std::mem::take(&mut self.pending);
         sql.push_str(
             "SELECT 'c', (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text;\n",
@@ -865,12 +889,7 @@ impl Tx<'_> {
             sql.push_str(r);
             sql.push_str(";\n");
         }
-        // Sent, even if it fails: the server may have begun.
-        self.sent = true;
-        self.broke = true;
-        let answer = self.c.simple_query(&sql)?;
-        self.broke = false;
-        self.unsent.clear();
+        let answer = self.send(|c| c.simple_query(&sql))?;
         // Each statement ends with one CommandComplete: the reads are the
         // last `reads.len()` statements.
         let statements = answer
@@ -913,7 +932,11 @@ impl Tx<'_> {
                 self.shown
             )))
         })?;
-        Ok((now, rows, read))
+        Ok(Answer {
+            now,
+            tagged: rows,
+            reads: read,
+        })
     }
 }
 
@@ -927,6 +950,16 @@ impl Tx<'_> {
 /// that may hold such an id, so the ids up to the sequence's last value
 /// are final (see [`Tx::events_horizon`]).
 pub(crate) const EVENTS_LOCK: i32 = 1;
+
+/// What one round trip of [`Tx::send_with_clock`] answered.
+struct Answer {
+    /// The database's clock.
+    now: Now,
+    /// Every `(tag, number)` row of the kept statements.
+    tagged: Vec<(char, i64)>,
+    /// The rows of each read, in order.
+    reads: Vec<Vec<SimpleQueryRow>>,
+}
 
 /// What [`Tx::lock`] learnt.
 pub(crate) struct Locked {
@@ -990,11 +1023,6 @@ impl Stmt {
         }
         Ok(out)
     }
-}
-
-/// `sql` with each `$N` replaced by the literal of `args[N - 1]`.
-pub(crate) fn render(sql: &str, args: &[&dyn Arg]) -> Result<String, Fail> {
-    Stmt::new(sql, args)?.literal()
 }
 
 /// The database's clock: microseconds since the epoch serve as the

@@ -204,6 +204,17 @@ impl PgStore {
         })
     }
 
+    /// [`named_load`], as the store reports a failure.
+    fn named_load(&self, target: &Target) -> Result<Vec<conn::Stmt>, StoreError> {
+        named_load(target).map_err(|e| e.into_store(self.shown()))
+    }
+
+    /// The highest event id below which every event is final (see
+    /// `EVENTS_LOCK` in `conn.rs`).
+    fn events_horizon(&self) -> Result<i64, StoreError> {
+        self.pool.run(false, |tx| tx.events_horizon(self.ns))
+    }
+
     fn ctx(&self, locked: conn::Locked) -> Ctx<'_> {
         Ctx {
             now: self.clock.as_ref().map_or(locked.now, |c| c.now()),
@@ -284,24 +295,26 @@ impl ProcessBinder for PgStore {
 /// The loads an acquire makes first (see [`PgStore::write_ahead`]): a
 /// waiter's own queue entry `seq`, the holds of each claim and those of its
 /// request id, and the queue entries of each claim.
-fn loads_of(req: &AcquireRequest, seq: Option<i64>) -> Result<Vec<conn::Stmt>, StoreError> {
+fn loads_of(
+    req: &AcquireRequest,
+    claims: &[(Key, Scope)],
+    seq: Option<i64>,
+) -> Result<Vec<conn::Stmt>, Fail> {
     let mut out = Vec::new();
     if let Some(seq) = seq {
-        out.push(queue::own_stmt(seq).map_err(fail)?);
-    }
-    for (key, scope) in claims_of(req) {
-        let sql = rows::touching(&key, scope, rows::select).map_err(fail)?;
-        if !out.contains(&sql) {
-            out.push(sql);
-        }
+        out.push(queue::own_stmt(seq)?);
     }
     if let Some(rid) = &req.request_id {
-        out.push(rows::of_request(rid, &req.holder.owner, rows::select).map_err(fail)?);
+        out.push(rows::of_request(rid, &req.holder.owner, rows::select)?);
     }
-    for (key, scope) in claims_of(req) {
-        let sql = queue::touching_query(&key, scope, |s, a| conn::Stmt::new(s, a)).map_err(fail)?;
-        if !out.contains(&sql) {
-            out.push(sql);
+    for (key, scope) in claims {
+        for stmt in [
+            rows::touching(key, *scope, rows::select)?,
+            queue::touching_query(key, *scope, |s, a| conn::Stmt::new(s, a))?,
+        ] {
+            if !out.contains(&stmt) {
+                out.push(stmt);
+            }
         }
     }
     Ok(out)
@@ -309,18 +322,10 @@ fn loads_of(req: &AcquireRequest, seq: Option<i64>) -> Result<Vec<conn::Stmt>, S
 
 /// The load a renew or release makes first: the holds its target names
 /// (none for a malformed handle, which the rules refuse).
-fn named_load(target: &Target) -> Result<Vec<conn::Stmt>, StoreError> {
+fn named_load(target: &Target) -> Result<Vec<conn::Stmt>, Fail> {
     match locksmith_core::tenure::named(target) {
-        Ok(named) => Ok(vec![rows::named(&named, rows::select).map_err(fail)?]),
+        Ok(named) => Ok(vec![rows::named(&named, rows::select)?]),
         Err(_) => Ok(Vec::new()),
-    }
-}
-
-/// A failure outside a transaction, as the store reports it.
-fn fail(e: Fail) -> StoreError {
-    match e {
-        Fail::Store(e) => e,
-        Fail::Db(e) | Fail::Commit(e) => StoreError::backend(e.to_string()),
     }
 }
 
@@ -348,7 +353,7 @@ impl Store for PgStore {
         // Fences are drawn with the locks, in the same round trip; a request
         // that is not granted leaves a gap, never a number used twice.
         let seq = queue.as_ref().and_then(|t| t.seq);
-        let ahead = loads_of(req, seq)?;
+        let ahead = loads_of(req, &claims, seq).map_err(|e| e.into_store(self.shown()))?;
         let result = self.write_ahead(&claims, req.keys.len(), &ahead, |tx, ctx| {
             // A transaction run again starts from the ticket as given.
             let mut ticket = start.clone();
@@ -371,32 +376,47 @@ impl Store for PgStore {
     }
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {
-        self.write_ahead(&on_key(&target.key), 0, &named_load(target)?, |tx, ctx| {
-            let renewal = flow::renew(&mut Tables { tx, ctx }, target, ttl)?;
-            Ok((renewal, Vec::new()))
-        })
+        self.write_ahead(
+            &on_key(&target.key),
+            0,
+            &self.named_load(target)?,
+            |tx, ctx| {
+                let renewal = flow::renew(&mut Tables { tx, ctx }, target, ttl)?;
+                Ok((renewal, Vec::new()))
+            },
+        )
     }
 
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write_ahead(&on_key(&target.key), 0, &named_load(target)?, |tx, ctx| {
-            Ok(flow::release(
-                &mut Tables { tx, ctx },
-                target,
-                reason,
-                false,
-            )?)
-        })
+        self.write_ahead(
+            &on_key(&target.key),
+            0,
+            &self.named_load(target)?,
+            |tx, ctx| {
+                Ok(flow::release(
+                    &mut Tables { tx, ctx },
+                    target,
+                    reason,
+                    false,
+                )?)
+            },
+        )
     }
 
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write_ahead(&on_key(&target.key), 0, &named_load(target)?, |tx, ctx| {
-            Ok(flow::release(
-                &mut Tables { tx, ctx },
-                target,
-                reason,
-                true,
-            )?)
-        })
+        self.write_ahead(
+            &on_key(&target.key),
+            0,
+            &self.named_load(target)?,
+            |tx, ctx| {
+                Ok(flow::release(
+                    &mut Tables { tx, ctx },
+                    target,
+                    reason,
+                    true,
+                )?)
+            },
+        )
     }
 
     fn force_release_seen(
@@ -439,7 +459,7 @@ impl Store for PgStore {
             // The newest event alone is where a follower starts: only a
             // final one, so that no smaller id commits behind the start.
             let upto = match unfiltered && filter.limit == 1 {
-                true => Some(self.pool.run(false, |tx| tx.events_horizon(self.ns))?),
+                true => Some(self.events_horizon()?),
                 false => None,
             };
             return self.read(|tx, _| read::history(tx, filter, upto));
@@ -468,7 +488,7 @@ impl Store for PgStore {
                 return Ok(events);
             }
         }
-        let upto = self.pool.run(false, |tx| tx.events_horizon(self.ns))?;
+        let upto = self.events_horizon()?;
         self.read(|tx, _| read::history(tx, filter, Some(upto)))
     }
 

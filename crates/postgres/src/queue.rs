@@ -3,7 +3,7 @@
 
 use crate::Ctx;
 use crate::conn::{Arg, Fail, Stmt, Tx};
-use crate::rows::{Ahead, Cells};
+use crate::rows::Cells;
 use locksmith_core::decide::Queued;
 use locksmith_core::flow::QueueEntry;
 use locksmith_core::{Key, Mode, Mono, Scope, StoreError};
@@ -20,7 +20,7 @@ pub(crate) const NEXT_COLUMN: usize = 12;
 
 /// Decodes one queue row (one key of a queued request) with the facts this
 /// host has about its process. A malformed row is reported as corrupt.
-pub(crate) fn decode(r: &impl Cells, ctx: &Ctx<'_>) -> Result<Queued, Fail> {
+pub(crate) fn decode(r: &(impl Cells + ?Sized), ctx: &Ctx<'_>) -> Result<Queued, Fail> {
     let seq = r.num(0)?;
     let mode = r.string(2)?;
     let slots = r.int(3)?;
@@ -76,20 +76,10 @@ pub(crate) fn touching(
     if ctx.queue_empty {
         return Ok(());
     }
-    touching_query(key, scope, |sql, args| {
-        if tx.has_ahead()
-            && let Some(rows) = tx.take_ahead(&Stmt::new(sql, args)?)
-        {
-            for r in &rows {
-                out.push(decode(&Ahead(r), ctx)?);
-            }
-            return Ok(());
-        }
-        for r in tx.rows(sql, args)? {
-            out.push(decode(&r, ctx)?);
-        }
-        Ok(())
-    })
+    out.extend(touching_query(key, scope, |sql, args| {
+        tx.load(sql, args, |r| decode(r, ctx))
+    })?);
+    Ok(())
 }
 
 /// Answers `f` applied to the statement and arguments of [`touching`].
@@ -127,21 +117,9 @@ pub(crate) fn all(tx: &mut Tx<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, Fail> {
 /// The caller's own entry `seq`: the instant its place lapses, and when it
 /// joined the queue.
 pub(crate) fn own(tx: &mut Tx<'_>, seq: i64) -> Result<Option<(Mono, Mono)>, Fail> {
-    let place = |r: &dyn Fn(usize) -> Result<i64, Fail>| -> Result<(Mono, Mono), Fail> {
-        Ok((Mono(r(0)?.max(0) as u64), Mono(r(1)?.max(0) as u64)))
-    };
-    if tx.has_ahead()
-        && let Some(rows) = tx.take_ahead(&own_stmt(seq)?)
-    {
-        return match rows.first() {
-            Some(row) => place(&|i| Ahead(row).num(i)).map(Some),
-            None => Ok(None),
-        };
-    }
-    match tx.opt(OWN, &[&seq])? {
-        Some(row) => place(&|i| row.num(i)).map(Some),
-        None => Ok(None),
-    }
+    let mono = |r: &dyn Cells, i| Ok::<_, Fail>(Mono(r.num(i)?.max(0) as u64));
+    let places = tx.load(OWN, &[&seq], |r| Ok((mono(r, 0)?, mono(r, 1)?)))?;
+    Ok(places.into_iter().next())
 }
 
 /// Removes queue entry `seq` (its keys go with it).

@@ -62,7 +62,7 @@ impl Cells for Row {
     }
 }
 
-/// A row of a read sent ahead (see [`Tx::take_ahead`]): its columns, as
+/// A row of a read sent ahead (see [`Tx::load`]): its columns, as
 /// text.
 pub(crate) struct Ahead<'r>(pub &'r SimpleQueryRow);
 
@@ -80,7 +80,7 @@ impl Cells for Ahead<'_> {
 
 /// Decodes one `holds` row; its liveness is left unknown (see
 /// [`locksmith_host::life::observe`]).
-pub(crate) fn hold_from_row(r: &impl Cells) -> Result<Hold, Fail> {
+pub(crate) fn hold_from_row(r: &(impl Cells + ?Sized)) -> Result<Hold, Fail> {
     let key = r.string(3)?;
     let mode = r.string(4)?;
     let slots = r.int(5)?;
@@ -145,13 +145,8 @@ pub(crate) fn load_holds(
     where_sql: &str,
     args: &[&dyn Arg],
 ) -> Result<Vec<Hold>, Fail> {
-    if tx.has_ahead()
-        && let Some(rows) = tx.take_ahead(&select(where_sql, args)?)
-    {
-        return rows.iter().map(|r| hold_from_row(&Ahead(r))).collect();
-    }
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE {where_sql}");
-    tx.rows(&sql, args)?.iter().map(hold_from_row).collect()
+    tx.load(&sql, args, |r| hold_from_row(r))
 }
 
 /// Answers `f` applied to the condition and arguments of every hold that

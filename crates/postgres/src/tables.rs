@@ -17,7 +17,7 @@ use locksmith_core::{
 use locksmith_host::life::observe;
 
 use crate::Ctx;
-use crate::conn::{Arg, Fail, Tx, map_err};
+use crate::conn::{Arg, Fail, Tx};
 use crate::queue;
 use crate::rows::{self, load_holds};
 
@@ -31,10 +31,7 @@ impl Tables<'_, '_> {
     /// A failure as the store reports it (a database error keeps its
     /// source, so that a transaction PostgreSQL rolled back runs again).
     fn fail(&self, e: Fail) -> StoreError {
-        match e {
-            Fail::Store(e) => e,
-            Fail::Db(e) | Fail::Commit(e) => map_err(e, self.tx.shown()),
-        }
+        e.into_store(self.tx.shown())
     }
 
     fn load(&mut self, where_sql: &str, args: &[&dyn Arg]) -> Result<Vec<Hold>, StoreError> {

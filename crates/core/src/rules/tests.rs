@@ -67,7 +67,7 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-fn held(k: &str, mode: Mode, scope: Scope, fence: u64) -> HeldLock {
+pub(crate) fn held(k: &str, mode: Mode, scope: Scope, fence: u64) -> HeldLock {
     HeldLock {
         grant: fence as i64,
         key: key(k),
