@@ -5,8 +5,8 @@ mod common;
 
 mod cli;
 mod dashboard;
+mod docs;
 mod mcp;
 mod postgres;
-mod readme;
 mod run;
 mod server;

@@ -82,7 +82,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         return Ok(());
     }
     match ctx.store()? {
-        Opened::Remote(http) => Ok(http.watch(a.prefix.as_deref(), a.after, &mut show)?),
+        Opened::Remote(http) => {
+            // The stream blocks in a read between events (keep-alives come
+            // every 15 s): a signal ends the process from here at once.
+            // Lines are printed whole, so none is cut.
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                std::process::exit(0);
+            });
+            Ok(http.watch(a.prefix.as_deref(), a.after, &mut show)?)
+        }
         store => {
             let mut last = match a.after {
                 Some(id) => id,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
-use crate::common::{Env, code, stderr};
+use crate::common::{Env, code, output_within, stderr};
 
 /// A `locksmith serve` child on a free loopback port over the env's store.
 pub(crate) struct Served {
@@ -389,6 +389,42 @@ fn watch_follows_events_on_the_embedded_store_and_through_a_server() {
             [("acquired", "job/1"), ("released", "job/1")],
             "server: {through_server}"
         );
+    }
+}
+
+#[test]
+fn watch_stops_at_once_on_sigterm_and_sigint_also_through_a_server() {
+    for through_server in [false, true] {
+        for signal in [Signal::TERM, Signal::INT] {
+            let home = Env::new();
+            let served = through_server.then(|| Served::start(&home, &[]));
+            let client = Env::new();
+            let mut cmd = match &served {
+                Some(s) => s.cmd(&client, &["watch"]),
+                None => home.cmd(&["watch"]),
+            };
+            let watcher = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Waiting for events, with none coming.
+            std::thread::sleep(Duration::from_millis(700));
+            let sent = Instant::now();
+            kill_process(Pid::from_child(&watcher), signal).unwrap();
+            let out = output_within(watcher, Duration::from_secs(10));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "server {through_server}, {signal:?}: {}",
+                stderr(&out)
+            );
+            assert!(
+                sent.elapsed() < Duration::from_secs(2),
+                "server {through_server}, {signal:?}: stopped after {:?}",
+                sent.elapsed()
+            );
+        }
     }
 }
 
