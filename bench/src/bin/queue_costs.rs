@@ -6,8 +6,12 @@
 //! waiter's periodic re-check. Also times one `/proc/PID/stat` read
 //! (`sys::process_start`), which the store does per queue entry.
 //!
+//! With `--bind 1` the requests are bound to this process, as the library's
+//! are: a release then grants the head waiter in its own transaction (a
+//! hand-over), and the head waiter's attempt only picks its grant up.
+//!
 //! ```text
-//! queue_costs [--waiters 1,7,15,31] [--cycles 200] [--secs 60] [--dir DIR]
+//! queue_costs [--waiters 1,7,15,31] [--cycles 200] [--secs 60] [--bind 1] [--dir DIR]
 //! ```
 
 use std::collections::VecDeque;
@@ -26,23 +30,30 @@ fn new_waiter(notifier: &dyn Notifier, wakes: &mut Vec<Box<dyn WakeSource>>) -> 
     let ticket = Waiter {
         seq: None,
         wake: source.address().to_string(),
+        claim: None,
     };
     wakes.push(source);
     ticket
 }
 
-fn request(owner: &str) -> AcquireRequest {
+fn request(owner: &str, bind: bool) -> AcquireRequest {
+    let holder = locksmith::host::this_process(owner);
+    let bind = bind.then_some(locksmith_core::Binding {
+        pid: holder.pid,
+        start: holder.pid_start,
+        life_file: None,
+    });
     AcquireRequest {
         keys: vec![Key::new("probe/k").expect("valid key")],
         mode: Mode::Exclusive,
         scope: Scope::Key,
-        holder: locksmith::host::this_process(owner),
+        holder,
         ttl: Some(std::time::Duration::from_secs(30)),
         max_hold: None,
         priority: 0,
         takeover: Takeover::None,
         request_id: None,
-        bind: None,
+        bind,
     }
 }
 
@@ -55,10 +66,12 @@ struct Row {
     recheck: Summary,
 }
 
-fn measure(store: &SqliteStore, w: usize, cycles: usize, secs: u64) -> Row {
+fn measure(store: &SqliteStore, w: usize, cycles: usize, secs: u64, bind: bool) -> Row {
     let deadline = mono_ns() + secs * 1_000_000_000;
     // Owners 0..=w: owner 0 holds, the others queue in order.
-    let reqs: Vec<AcquireRequest> = (0..=w).map(|i| request(&format!("owner-{i}"))).collect();
+    let reqs: Vec<AcquireRequest> = (0..=w)
+        .map(|i| request(&format!("owner-{i}"), bind))
+        .collect();
     let first = match store.acquire(&reqs[0], None).expect("acquire") {
         Attempt::Granted(g) => g,
         Attempt::Blocked(_) => panic!("probe/k should be free"),
@@ -154,6 +167,7 @@ fn main() {
         .collect();
     let cycles = args.num("cycles", 200).max(1) as usize;
     let secs = args.num("secs", 60);
+    let bind = args.num("bind", 0) != 0;
     let work = WorkDir::new(&args, "locksmith-queue-").expect("cannot create the work folder");
     let machine = Machine::current(work.path());
     let store = SqliteStore::open(&work.path().join("locksmith.db"), Options::default())
@@ -163,7 +177,7 @@ fn main() {
     let rows: Vec<Vec<String>> = sizes
         .iter()
         .map(|&w| {
-            let r = measure(&store, w.max(1), cycles, secs);
+            let r = measure(&store, w.max(1), cycles, secs, bind);
             let cell = |s: &Summary| format!("{} / {}", fmt_ns(s.p50), fmt_ns(s.p99));
             vec![
                 r.waiters.to_string(),

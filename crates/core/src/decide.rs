@@ -527,10 +527,14 @@ fn find_deadlock(
 /// The waiters that a change on some key may have made grantable, from the
 /// queue entries bearing on that key (`entries`, as loaded) and the holds
 /// bearing on their keys: each entry, in queue order, with no live holder
-/// and no earlier entry in its way. Returns their wake addresses, each once,
-/// and the entries that no longer count (to drop). A wrong guess costs the
-/// waiter one attempt.
-pub fn grantable(entries: &[Queued], holds: &[HeldLock], now: Mono) -> (Vec<String>, Vec<i64>) {
+/// and no earlier entry in its way. Returns their seqs with their wake
+/// addresses, each entry once, and the entries that no longer count (to
+/// drop). A wrong guess costs the waiter one attempt.
+pub fn grantable(
+    entries: &[Queued],
+    holds: &[HeldLock],
+    now: Mono,
+) -> (Vec<(i64, String)>, Vec<i64>) {
     let mut drop = Vec::new();
     let mut live: Vec<&Queued> = Vec::new();
     for q in entries {
@@ -546,16 +550,16 @@ pub fn grantable(entries: &[Queued], holds: &[HeldLock], now: Mono) -> (Vec<Stri
         .iter()
         .filter(|h| rules::ended(h, now).is_none())
         .collect();
-    let mut wakes: Vec<String> = Vec::new();
+    let mut found: Vec<(i64, String)> = Vec::new();
     for (i, e) in live.iter().enumerate() {
         let c = e.claim();
         let held = rules::blockers(&c, &standing, |h| h.claim()).unwrap_or_default();
         let queued = rules::blockers(&c, &live[..i], |q| q.claim()).unwrap_or_default();
-        if held.is_empty() && queued.is_empty() && !wakes.contains(&e.wake) {
-            wakes.push(e.wake.clone());
+        if held.is_empty() && queued.is_empty() && !found.iter().any(|(s, _)| *s == e.seq) {
+            found.push((e.seq, e.wake.clone()));
         }
     }
-    (wakes, drop)
+    (found, drop)
 }
 
 /// The grant answered again for a replayed request id: the holds loaded in

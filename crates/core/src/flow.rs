@@ -98,9 +98,39 @@ pub trait Tables: Ledger {
     fn drop_entry(&mut self, seq: i64) -> Result<(), StoreError>;
     /// Keeps entry `seq` alive until `until`.
     fn refresh_entry(&mut self, seq: i64, until: Mono) -> Result<(), StoreError>;
-    /// Adds `req` at the back of the queue; its seq.
-    fn enqueue(&mut self, req: &AcquireRequest, wake: &str, until: Mono)
-    -> Result<i64, StoreError>;
+    /// Adds `req` at the back of the queue; its seq, and the claim of a
+    /// hand-over (see [`Ticket::claim`]) where the store keeps the request
+    /// whole for one.
+    fn enqueue(
+        &mut self,
+        req: &AcquireRequest,
+        wake: &str,
+        until: Mono,
+    ) -> Result<(i64, Option<String>), StoreError>;
+    /// The request of queue entry `seq` as it joined, where the store kept
+    /// it for a hand-over, with whether its waiter is proven alive on this
+    /// host now; `None` otherwise (the waiter is then woken to try itself).
+    fn parked(&mut self, seq: i64) -> Result<Option<Parked>, StoreError> {
+        let _ = seq;
+        Ok(None)
+    }
+    /// The holds a hand-over granted to queue entry `seq`.
+    fn holds_of_ticket(&mut self, seq: i64) -> Result<Vec<Hold>, StoreError> {
+        let _ = seq;
+        Ok(Vec::new())
+    }
+    /// [`Tables::write_grant`] for the parked request of entry `seq`: its
+    /// holds carry the entry's claim as their secret, the waiter's uid, and
+    /// the entry, for the waiter to find them.
+    fn write_handover(
+        &mut self,
+        parked: &Parked,
+        seq: i64,
+        waited: Option<Duration>,
+    ) -> Result<Grant, StoreError> {
+        let _ = (parked, seq, waited);
+        Err(StoreError::backend("this store does not hand over"))
+    }
     /// Issues fences and writes the holds of `req` with their `acquired`
     /// events (`waited`: how long it waited in the queue).
     fn write_grant(
@@ -124,6 +154,22 @@ pub trait Tables: Ledger {
     /// before its next renewal would find out; `None` where the store
     /// cannot reach it. A hint, sent after commit like a waiter's wake-up.
     fn holder_address(&self, holder: &Holder) -> Option<String>;
+}
+
+/// A queued request kept whole for a hand-over ([`Tables::parked`]).
+#[derive(Clone, Debug)]
+pub struct Parked {
+    /// The request as it joined.
+    pub req: AcquireRequest,
+    /// Where its waiter is woken.
+    pub wake: String,
+    /// The secret its grant gets (see [`Ticket::claim`]).
+    pub claim: String,
+    /// The OS user of the waiting process, as the store saw it join.
+    pub uid: Option<u32>,
+    /// The waiting process is proven alive on this host now (a fact the
+    /// store gathers: its wake socket is bound).
+    pub alive: bool,
 }
 
 /// A queued request as [`leave_queue`] needs it.
@@ -191,6 +237,17 @@ fn decide(
     req: &AcquireRequest,
     ticket: Option<&Ticket>,
 ) -> Result<(Snapshot, Decision, Option<Mono>), StoreError> {
+    decide_with(t, req, ticket, None)
+}
+
+/// [`decide`], with the queue entries bearing on the request already
+/// loaded (`queue`) when the caller has them.
+fn decide_with(
+    t: &mut dyn Tables,
+    req: &AcquireRequest,
+    ticket: Option<&Ticket>,
+    queue: Option<Vec<Queued>>,
+) -> Result<(Snapshot, Decision, Option<Mono>), StoreError> {
     let mut snap = Snapshot::default();
     let mut joined = None;
     if let Some(seq) = ticket.and_then(|t| t.seq)
@@ -204,8 +261,13 @@ fn decide(
     }
     let claims = req.keys.iter().map(|k| (k.clone(), req.scope));
     snap.holds = holds_of(t, claims)?;
-    for key in &req.keys {
-        t.queue_touching(key, req.scope, &mut snap.queue)?;
+    match queue {
+        Some(queue) => snap.queue = queue,
+        None => {
+            for key in &req.keys {
+                t.queue_touching(key, req.scope, &mut snap.queue)?;
+            }
+        }
     }
     loop {
         match decide::decide(&snap, req, ticket.is_some(), t.now(), t.policy())? {
@@ -275,6 +337,9 @@ fn attempt(
     mut ticket: Option<&mut Ticket>,
     told: &mut Vec<String>,
 ) -> Result<Result<Attempt, StoreError>, StoreError> {
+    if let Some(grant) = picked_up(t, req, ticket.as_deref())? {
+        return Ok(Ok(Attempt::Granted(grant)));
+    }
     let now = t.now();
     let (snap, decision, joined) = decide(t, req, ticket.as_deref())?;
     // How long a queued request waited, kept with its grant for `stats`.
@@ -305,7 +370,8 @@ fn attempt(
                     seq
                 }
                 None => {
-                    let seq = t.enqueue(req, &ticket.wake, alive_until)?;
+                    let (seq, claim) = t.enqueue(req, &ticket.wake, alive_until)?;
+                    ticket.claim = claim;
                     t.record(NewEvent {
                         key: req.keys[0].as_str(),
                         kind: EventKind::Waiting,
@@ -341,15 +407,54 @@ fn attempt(
     }
 }
 
+/// The grant a releaser made for the place of `ticket` (a hand-over, see
+/// [`wake_list`]), answered as the waiter's own: it holds the entry's claim
+/// as its secret. `None` when there is none (or the ticket has no claim).
+pub fn picked_up(
+    t: &mut dyn Tables,
+    req: &AcquireRequest,
+    ticket: Option<&Ticket>,
+) -> Result<Option<Grant>, StoreError> {
+    let Some((seq, claim)) = ticket.and_then(|t| Some((t.seq?, t.claim.as_deref()?))) else {
+        return Ok(None);
+    };
+    let rows: Vec<Hold> = t
+        .holds_of_ticket(seq)?
+        .into_iter()
+        .filter(|h| crate::model::same_secret(&h.secret, claim))
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Grant {
+        replayed: false,
+        ..decide::replayed_grant(&rows, req, t.now())
+    }))
+}
+
 /// Removes a queued request that gives up, records why, and answers whom
-/// its leaving may let in.
+/// its leaving may let in. A grant a releaser made for the place meanwhile
+/// (a hand-over) is given back, released as `completed`.
 pub fn leave_queue(
     t: &mut dyn Tables,
-    seq: i64,
+    ticket: &Ticket,
     why: LeaveReason,
 ) -> Result<Vec<String>, StoreError> {
-    let Some(entry) = t.queue_entry(seq)? else {
+    let Some(seq) = ticket.seq else {
         return Ok(Vec::new());
+    };
+    let Some(entry) = t.queue_entry(seq)? else {
+        let Some(claim) = ticket.claim.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let mut freed = Vec::new();
+        for h in t.holds_of_ticket(seq)? {
+            if crate::model::same_secret(&h.secret, claim) {
+                t.end_hold(&h.lock, ReleaseReason::Completed, None)?;
+                freed.push((h.lock.key.clone(), h.lock.scope));
+            }
+        }
+        return wake_list(t, freed);
     };
     t.drop_entry(seq)?;
     if let Some((key, _)) = entry.keys.first() {
@@ -372,7 +477,13 @@ pub fn leave_queue(
 
 /// The wake addresses of queued requests that a change on each of `keys`
 /// may have made grantable (the rules decide which); entries that no longer
-/// count are removed on the way.
+/// count are removed on the way. Each such request that the store kept
+/// whole, whose locks would be bound to a process proven alive on this host,
+/// is granted here, in the releaser's transaction (a hand-over): its waiter
+/// is then woken only to pick its grant up, with no write of its own, so no
+/// newcomer can take the write lock between the release and the grant. A
+/// request that could not prove its waiter alive is woken to try itself,
+/// so a dead waiter is never handed a lock it would keep until its lease.
 pub fn wake_list(
     t: &mut dyn Tables,
     keys: impl IntoIterator<Item = (Key, Scope)>,
@@ -394,13 +505,129 @@ pub fn wake_list(
         for seq in drop {
             t.drop_entry(seq)?;
         }
-        for w in found {
-            if !wakes.contains(&w) {
-                wakes.push(w);
+        for (seq, wake) in found {
+            if !hand_over(t, seq, (&key, scope, &entries), &mut wakes)? && !wakes.contains(&wake) {
+                wakes.push(wake);
             }
         }
     }
     Ok(wakes)
+}
+
+/// Grants queue entry `seq` in this transaction when [`wake_list`] may (see
+/// there) and the rules grant its request now, as they would its own
+/// attempt; adds where to tell holders it ended (dead, expired) to `wakes`,
+/// and the waiter's wake-up with its grant (see [`handed`]). True when it
+/// granted.
+fn hand_over(
+    t: &mut dyn Tables,
+    seq: i64,
+    (key, scope, entries): (&Key, Scope, &[Queued]),
+    wakes: &mut Vec<String>,
+) -> Result<bool, StoreError> {
+    let Some(parked) = t.parked(seq)? else {
+        return Ok(false);
+    };
+    if !parked.alive || parked.req.bind.is_none() {
+        return Ok(false);
+    }
+    let ticket = Ticket {
+        seq: Some(seq),
+        wake: parked.wake.clone(),
+        claim: Some(parked.claim.clone()),
+    };
+    // The entries loaded for `key` are the request's own when it asks for
+    // just that key with that scope, and nothing has changed them since.
+    let loaded =
+        (parked.req.keys == [key.clone()] && parked.req.scope == scope).then(|| entries.to_vec());
+    let (snap, decision, joined) = decide_with(t, &parked.req, Some(&ticket), loaded)?;
+    if decision.outcome != Outcome::Grant {
+        return Ok(false);
+    }
+    let waited = joined.map(|j| t.now().mono.since(j));
+    for address in apply_endings(t, &snap.holds, decision.end)? {
+        if !wakes.contains(&address) {
+            wakes.push(address);
+        }
+    }
+    for seq in decision.drop {
+        t.drop_entry(seq)?;
+    }
+    let grant = t.write_handover(&parked, seq, waited)?;
+    wakes.push(match handed_message(seq, &parked.claim, &grant) {
+        Some(message) => crate::local::wake_with(&parked.wake, &message),
+        None => parked.wake,
+    });
+    Ok(true)
+}
+
+/// The longest message a hand-over's wake-up carries; a grant of many keys
+/// goes without (its waiter reads it from the store).
+const MAX_MESSAGE: usize = 480;
+
+/// The message that tells a waiter the grant a releaser made for its place
+/// (see [`handed`]); `None` when too long for one wake-up.
+pub fn handed_message(seq: i64, claim: &str, grant: &Grant) -> Option<String> {
+    let fences: Vec<String> = grant.locks.iter().map(|l| l.fence.0.to_string()).collect();
+    let expires = grant
+        .locks
+        .first()
+        .and_then(|l| l.expires_at)
+        .map_or("-".to_string(), |w| w.0.to_string());
+    // A last word, so that a message cut short is not read as another.
+    let m = format!(
+        "h1 {seq} {claim} {} {expires} {} .",
+        grant.grant,
+        fences.join(",")
+    );
+    (m.len() <= MAX_MESSAGE).then_some(m)
+}
+
+/// The grant of `req` that a releaser's wake-up message tells of (see
+/// [`wake_list`]), when it is for the place of `ticket`: its seq, and its
+/// claim, which only the store and the waiter know. The waiter then needs
+/// no store call at all; a wake-up without it, or lost, costs one read
+/// ([`picked_up`]).
+pub fn handed(req: &AcquireRequest, ticket: &Ticket, message: &str) -> Option<Grant> {
+    let mut parts = message.split(' ');
+    if parts.next()? != "h1" {
+        return None;
+    }
+    let seq: i64 = parts.next()?.parse().ok()?;
+    let claim = parts.next()?;
+    if ticket.seq != Some(seq) || !crate::model::same_secret(claim, ticket.claim.as_deref()?) {
+        return None;
+    }
+    let grant: i64 = parts.next()?.parse().ok()?;
+    let expires_at = match parts.next()? {
+        "-" => None,
+        w => Some(crate::time::Wall(w.parse().ok()?)),
+    };
+    let fences: Vec<u64> = parts
+        .next()?
+        .split(',')
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if fences.len() != req.keys.len() || parts.next() != Some(".") || parts.next().is_some() {
+        return None;
+    }
+    Some(Grant {
+        grant,
+        handle: crate::model::LeaseHandle::from_parts(grant, claim),
+        owner: req.holder.owner.clone(),
+        locks: req
+            .keys
+            .iter()
+            .zip(fences)
+            .map(|(key, fence)| crate::store::GrantedLock {
+                key: key.clone(),
+                fence: Fence(fence),
+                expires_at,
+            })
+            .collect(),
+        ttl: req.ttl,
+        replayed: false,
+    })
 }
 
 /// Extends every lock of the caller's grant (or the owner's lock).
@@ -502,4 +729,83 @@ pub fn reap(t: &mut dyn Tables, batch: &[Reap]) -> Result<(Vec<bool>, Vec<String
     }
     told.extend(wake_list(t, freed)?);
     Ok((out, told))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::GrantedLock;
+    use crate::time::Wall;
+
+    fn request() -> AcquireRequest {
+        let lock = crate::rules::tests::held("a", crate::model::Mode::Exclusive, Scope::Key, 1);
+        AcquireRequest {
+            ttl: Some(Duration::from_secs(30)),
+            ..AcquireRequest::exclusive(
+                vec![Key::new("a").unwrap(), Key::new("b").unwrap()],
+                lock.holder,
+            )
+        }
+    }
+
+    fn ticket(claim: &str) -> Ticket {
+        Ticket {
+            seq: Some(7),
+            wake: "w".into(),
+            claim: Some(claim.into()),
+        }
+    }
+
+    #[test]
+    fn a_hand_over_message_is_the_grant_only_for_its_own_place() {
+        let req = request();
+        let grant = Grant {
+            grant: 100,
+            handle: crate::model::LeaseHandle::from_parts(100, "c0ffee"),
+            owner: req.holder.owner.clone(),
+            locks: vec![
+                GrantedLock {
+                    key: req.keys[0].clone(),
+                    fence: Fence(100),
+                    expires_at: Some(Wall(1_700_000_030_000)),
+                },
+                GrantedLock {
+                    key: req.keys[1].clone(),
+                    fence: Fence(101),
+                    expires_at: Some(Wall(1_700_000_030_000)),
+                },
+            ],
+            ttl: req.ttl,
+            replayed: false,
+        };
+        let m = handed_message(7, "c0ffee", &grant).unwrap();
+        assert_eq!(handed(&req, &ticket("c0ffee"), &m), Some(grant.clone()));
+        // Another place's claim, another seq, no claim: not this waiter's.
+        assert_eq!(handed(&req, &ticket("c0ffef"), &m), None);
+        let other_seq = Ticket {
+            seq: Some(8),
+            ..ticket("c0ffee")
+        };
+        assert_eq!(handed(&req, &other_seq, &m), None);
+        let no_claim = Ticket {
+            claim: None,
+            ..ticket("c0ffee")
+        };
+        assert_eq!(handed(&req, &no_claim, &m), None);
+        // A plain wake-up, a cut or padded message, a fence short.
+        for bad in [
+            "w".to_string(),
+            m[..m.len() - 2].to_string(),
+            format!("{m} 1"),
+            "h1 7 c0ffee 100 - 100 .".to_string(),
+        ] {
+            assert_eq!(handed(&req, &ticket("c0ffee"), &bad), None, "{bad}");
+        }
+        // Too long for one wake-up: none is made (the waiter reads instead).
+        let many = Grant {
+            locks: (0..200).map(|_| grant.locks[0].clone()).collect(),
+            ..grant.clone()
+        };
+        assert_eq!(handed_message(7, "c0ffee", &many), None);
+    }
 }

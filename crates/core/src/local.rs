@@ -20,6 +20,29 @@ pub trait WakeSource: Send {
     /// Also wake when one of these holders dies (life-file paths from
     /// [`crate::store::Blocked::watch`]); sources without such proofs ignore it.
     fn watch(&mut self, _targets: &[String]) {}
+    /// The message of the last wake-up that carried one (see [`wake_with`]),
+    /// taken; sources that carry none answer `None`.
+    fn message(&mut self) -> Option<String> {
+        None
+    }
+}
+
+/// Separates a wake address from the message a wake-up carries.
+const MESSAGE: char = '\u{1f}';
+
+/// A wake-up of `address` that carries `message` for the waiter (a
+/// hand-over's grant, see [`crate::flow::handed`]), as one entry of the
+/// wake lists the store calls answer.
+pub fn wake_with(address: &str, message: &str) -> String {
+    format!("{address}{MESSAGE}{message}")
+}
+
+/// The address of a wake list entry, and its message if it carries one.
+pub fn split_wake(wake: &str) -> (&str, Option<&str>) {
+    match wake.split_once(MESSAGE) {
+        Some((address, message)) => (address, Some(message)),
+        None => (wake, None),
+    }
 }
 
 /// Makes wake sources for the waiters of one store.

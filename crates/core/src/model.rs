@@ -478,3 +478,9 @@ impl Health {
         }
     }
 }
+
+/// Whether two secrets are equal, compared in time that does not depend on
+/// where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}

@@ -15,7 +15,7 @@ use crate::tenure::Reap;
 use crate::time::Wall;
 
 /// What to do with holders in the way.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Takeover {
     /// Respect them (default).
     #[default]
@@ -30,7 +30,9 @@ pub enum Takeover {
 }
 
 /// One request for one or more keys, granted all together or not at all.
-#[derive(Clone, Debug)]
+/// A queued request is kept whole (as JSON) where the store can grant it
+/// in a releaser's transaction (see [`crate::flow::wake_list`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AcquireRequest {
     /// The keys, at least one.
     pub keys: Vec<Key>,
@@ -143,6 +145,12 @@ pub struct Ticket {
     /// Where a releaser wakes the waiter (see [`crate::local::WakeSource`]);
     /// empty where the transport wakes its waiters by itself.
     pub wake: String,
+    /// The secret of the grant a releaser may make for this place in its
+    /// own transaction (a hand-over), given by the store when the request
+    /// joins the queue; the waiter's next attempt answers that grant. `None`
+    /// where the store does not hand over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
 }
 
 /// Which tenure a renew or release is about.

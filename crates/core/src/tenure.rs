@@ -98,7 +98,11 @@ pub fn named(target: &Target) -> Result<Named, StoreError> {
 /// must use the handle.
 fn prove(target: &Target, rows: &[Hold], ledger: &mut dyn Ledger) -> Result<(), StoreError> {
     match &target.by {
-        Proof::Handle(h) if rows.iter().any(|r| r.secret != h.secret()) => {
+        Proof::Handle(h)
+            if rows
+                .iter()
+                .any(|r| !crate::model::same_secret(&r.secret, h.secret())) =>
+        {
             Err(not_holder(&target.key, ledger)?)
         }
         Proof::Owner(owner) => match other_user(rows, &*ledger) {

@@ -31,6 +31,8 @@ pub struct WakeSocket {
     watched: Vec<String>,
     /// A watched holder was already dead when the watch began.
     pending: bool,
+    /// The last message a wake-up carried (see [`locksmith_core::local::wake_with`]).
+    message: Option<String>,
 }
 
 impl WakeSocket {
@@ -47,6 +49,7 @@ impl WakeSocket {
             deaths: None,
             watched: Vec::new(),
             pending: false,
+            message: None,
         })
     }
 }
@@ -74,14 +77,23 @@ impl WakeSource for WakeSocket {
         }
         let death = fds.get(1).is_some_and(|f| !f.revents().is_empty());
         drop(fds);
-        // Collapse a burst of wake-ups into one attempt.
+        // Collapse a burst of wake-ups into one attempt, keeping the last
+        // message one carried.
         let mut buf = [0u8; 512];
         let _ = self.socket.set_nonblocking(true);
-        while self.socket.recv(&mut buf).is_ok() {}
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            if n > 1 {
+                self.message = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
         if death && let Some(d) = &self.deaths {
             while rustix::io::read(d, &mut buf).is_ok_and(|n| n > 0) {}
         }
         true
+    }
+
+    fn message(&mut self) -> Option<String> {
+        self.message.take()
     }
 
     fn watch(&mut self, targets: &[String]) {
@@ -291,14 +303,17 @@ impl Waker {
         }
     }
 
-    /// Best effort: a waiter that is gone simply is not told.
-    pub fn wake(&self, address: &str) {
+    /// Best effort: a waiter that is gone simply is not told. An entry of
+    /// a wake list that carries a message ([`locksmith_core::local::wake_with`])
+    /// sends the message.
+    pub fn wake(&self, wake: &str) {
+        let (address, message) = locksmith_core::local::split_wake(wake);
         if let (Some(s), Ok(addr)) = (
             &self.socket,
             SocketAddr::from_abstract_name(address.as_bytes()),
         ) {
             let _ = s.set_nonblocking(true);
-            let _ = s.send_to_addr(b"w", &addr);
+            let _ = s.send_to_addr(message.map_or(&b"w"[..], str::as_bytes), &addr);
         }
     }
 }

@@ -39,6 +39,7 @@ pub fn acquire(
     let mut ticket = Ticket {
         seq: None,
         wake: wake.address().to_string(),
+        claim: None,
     };
     let started = Instant::now();
     let mut on_blocked = |b: &Blocked| on_blocked(b, started.elapsed());
@@ -112,6 +113,13 @@ pub fn wait_turn(
             if left.is_zero() || wake.wait(left.min(CANCEL_CHECK)) {
                 break;
             }
+        }
+        // A releaser that granted this place in its own transaction (a
+        // hand-over) said so with the wake-up: nothing to ask the store.
+        if let Some(message) = wake.message()
+            && let Some(grant) = locksmith_core::flow::handed(req, ticket, &message)
+        {
+            return Ok(Attempt::Granted(grant));
         }
     }
 }

@@ -514,6 +514,7 @@ impl Session {
                 let mut ticket = Ticket {
                     seq: None,
                     wake: wake.address().to_string(),
+                    claim: None,
                 };
                 let mut seen = |b: &Blocked| {
                     p.state.send_replace(WaitState::Waiting(Some(b.clone())));

@@ -369,9 +369,11 @@ impl Store for PgStore {
 
     /// The entry's keys are locked when it is found.
     fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
-        let Some(seq) = ticket.seq else { return Ok(()) };
+        if ticket.seq.is_none() {
+            return Ok(());
+        }
         self.write(&[], 0, |tx, ctx| {
-            Ok(((), flow::leave_queue(&mut Tables { tx, ctx }, seq, why)?))
+            Ok(((), flow::leave_queue(&mut Tables { tx, ctx }, ticket, why)?))
         })
     }
 

@@ -200,8 +200,9 @@ impl flow::Tables for Tables<'_, '_> {
         req: &AcquireRequest,
         wake: &str,
         until: Mono,
-    ) -> Result<i64, StoreError> {
-        queue::enqueue(self.tx, self.ctx, req, wake, until).map_err(|e| self.fail(e))
+    ) -> Result<(i64, Option<String>), StoreError> {
+        let seq = queue::enqueue(self.tx, self.ctx, req, wake, until).map_err(|e| self.fail(e))?;
+        Ok((seq, None))
     }
 
     fn write_grant(

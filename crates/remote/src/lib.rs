@@ -551,11 +551,13 @@ mod tests {
         let t = Ticket {
             seq: Some(7),
             wake: "7.abc".into(),
+            claim: None,
         };
         assert_eq!(server_ticket(&t).as_deref(), Some("7.abc"));
         let local = Ticket {
             seq: Some(7),
             wake: "@locksmith-wake-1".into(),
+            claim: None,
         };
         assert_eq!(server_ticket(&local), None);
         assert_eq!(server_ticket(&Ticket::default()), None);

@@ -37,6 +37,8 @@ struct Spot {
     /// The request id of the request, when it had one.
     request_id: Option<String>,
     wake: Box<dyn WakeSource>,
+    /// The store's claim of the place (see [`Ticket::claim`]).
+    claim: Option<String>,
     since: Instant,
 }
 
@@ -55,13 +57,13 @@ impl Parked {
         &self,
         ticket: &str,
         owner: Option<&str>,
-    ) -> Option<(i64, Box<dyn WakeSource>)> {
+    ) -> Option<(i64, Box<dyn WakeSource>, Option<String>)> {
         let (seq, secret) = ticket.split_once('.')?;
         let seq: i64 = seq.parse().ok()?;
         let mut spots = self.spots.lock().unwrap_or_else(|p| p.into_inner());
         match spots.get(&seq) {
             Some(s) if same(&s.secret, secret) && owner.is_none_or(|o| o == s.owner) => {
-                spots.remove(&seq).map(|s| (seq, s.wake))
+                spots.remove(&seq).map(|s| (seq, s.wake, s.claim))
             }
             _ => None,
         }
@@ -69,13 +71,17 @@ impl Parked {
 
     /// The parked place of the request `request_id` of `owner`, for a
     /// client that polls again with its request id instead of the ticket.
-    fn take_request(&self, owner: &str, request_id: &str) -> Option<(i64, Box<dyn WakeSource>)> {
+    fn take_request(
+        &self,
+        owner: &str,
+        request_id: &str,
+    ) -> Option<(i64, Box<dyn WakeSource>, Option<String>)> {
         let mut spots = self.spots.lock().unwrap_or_else(|p| p.into_inner());
         let seq = spots
             .iter()
             .find(|(_, s)| s.owner == owner && s.request_id.as_deref() == Some(request_id))
             .map(|(seq, _)| *seq)?;
-        spots.remove(&seq).map(|s| (seq, s.wake))
+        spots.remove(&seq).map(|s| (seq, s.wake, s.claim))
     }
 
     /// Keeps the wake source of a queued request between two polls; returns its ticket.
@@ -85,6 +91,7 @@ impl Parked {
         owner: &str,
         request_id: Option<String>,
         wake: Box<dyn WakeSource>,
+        claim: Option<String>,
     ) -> String {
         let secret = locksmith::host::random_hex(12);
         let ticket = format!("{seq}.{secret}");
@@ -98,6 +105,7 @@ impl Parked {
                 owner: owner.to_string(),
                 request_id,
                 wake,
+                claim,
                 since: Instant::now(),
             },
         );
@@ -217,8 +225,8 @@ pub(crate) async fn acquire(
         (None, Some(rid)) => st.parked.take_request(&owner, rid),
         (None, None) => None,
     };
-    let (seq, wake) = match parked {
-        Some((seq, w)) => (Some(seq), w),
+    let (seq, wake, claim) = match parked {
+        Some((seq, w, claim)) => (Some(seq), w, claim),
         None => {
             if st.parked.waiting_of(&owner) >= st.settings.max_waiters_per_owner {
                 return Err(ApiError::new(
@@ -230,12 +238,13 @@ pub(crate) async fn acquire(
                 ));
             }
             let notifier = st.notifier.clone();
-            (None, blocking(move || notifier.wake_source()).await??)
+            (None, blocking(move || notifier.wake_source()).await??, None)
         }
     };
     let mut t = Ticket {
         seq,
         wake: wake.address().to_string(),
+        claim,
     };
     st.parked.enter(&owner);
     let flight = InFlight {
@@ -285,7 +294,7 @@ pub(crate) async fn acquire(
         Attempt::Granted(g) => Ok(Answer::Granted(g)),
         Attempt::Blocked(b) => match t.seq {
             Some(seq) => Ok(Answer::Waiting(
-                st.parked.park(seq, &owner, request_id, wake),
+                st.parked.park(seq, &owner, request_id, wake, t.claim),
                 b,
             )),
             None => Err(AcquireError::Busy(b).into()),

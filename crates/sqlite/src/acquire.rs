@@ -11,12 +11,24 @@ use crate::Ctx;
 use crate::open::map_err;
 use crate::rows::record_as;
 
-/// Issues fences, writes the holds and their events.
+/// The queue entry a grant is handed over to, in a releaser's transaction.
+pub(crate) struct HandOver<'a> {
+    /// The entry.
+    pub seq: i64,
+    /// Its claim: the grant's secret.
+    pub claim: &'a str,
+    /// The OS user of the waiting process.
+    pub uid: Option<u32>,
+}
+
+/// Issues fences, writes the holds and their events; `to` names the queue
+/// entry of a hand-over.
 pub(crate) fn grant(
     tx: &Connection,
     ctx: &Ctx<'_>,
     req: &AcquireRequest,
     waited: Option<std::time::Duration>,
+    to: Option<HandOver<'_>>,
 ) -> Result<Grant, StoreError> {
     let detail = waited.map(|w| serde_json::json!({ "waited_ms": w.as_millis() as u64 }));
     let now = ctx.now;
@@ -38,8 +50,15 @@ pub(crate) fn grant(
         .query_row([], |r| r.get(0))
         .map_err(map_err)?;
     let first = (last + 1).max(now.wall.micros() as i64);
-    let handle = locksmith_host::new_handle(first);
+    let handle = match &to {
+        Some(to) => locksmith_core::LeaseHandle::from_parts(first, to.claim),
+        None => locksmith_host::new_handle(first),
+    };
     let secret = handle.secret().to_string();
+    let (ticket, uid) = match &to {
+        Some(to) => (Some(to.seq), to.uid),
+        None => (None, Some(ctx.host.uid)),
+    };
     let expires = req.ttl.map(|t| now.mono.plus(t));
     let h = &req.holder;
     let metadata = h.metadata.as_ref().map(|m| m.to_string());
@@ -50,9 +69,9 @@ pub(crate) fn grant(
             "INSERT INTO holds (grant_id, secret, key, mode, slots, scope, fence, owner, task,
                 metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall,
                 seen_mono, expires_mono, ttl_ms, max_hold_ms, request_id, bind_pid, bind_start,
-                bind_file, grant_keys, stale_after_ms, uid)
+                bind_file, grant_keys, stale_after_ms, uid, ticket)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                ?15, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
         )
         .map_err(map_err)?
         .execute(params![
@@ -81,7 +100,8 @@ pub(crate) fn grant(
             req.bind.as_ref().and_then(|b| b.life_file.clone()),
             n,
             ctx.opts.stale_after.as_millis() as i64,
-            ctx.host.uid,
+            uid,
+            ticket,
         ])
         .map_err(map_err)?;
         record_as(

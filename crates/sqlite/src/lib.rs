@@ -307,6 +307,14 @@ impl Store for SqliteStore {
         queue: Option<&mut Ticket>,
     ) -> Result<Attempt, StoreError> {
         validate::request(req)?;
+        // A waiter whose place a releaser granted (a hand-over) picks its
+        // grant up with a read, without the write lock.
+        if queue.as_ref().is_some_and(|t| t.claim.is_some())
+            && let Some(grant) = self
+                .read(|tx, ctx| flow::picked_up(&mut Tables { tx, ctx }, req, queue.as_deref()))?
+        {
+            return Ok(Attempt::Granted(grant));
+        }
         // An acquire never frees capacity for others (what it ends by itself,
         // waiters find by their own re-check), so it wakes no waiter; it
         // tells the holders it took locks from.
@@ -314,8 +322,10 @@ impl Store for SqliteStore {
     }
 
     fn leave_queue(&self, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
-        let Some(seq) = ticket.seq else { return Ok(()) };
-        self.write(|tx, ctx| Ok(((), flow::leave_queue(&mut Tables { tx, ctx }, seq, why)?)))
+        if ticket.seq.is_none() {
+            return Ok(());
+        }
+        self.write(|tx, ctx| Ok(((), flow::leave_queue(&mut Tables { tx, ctx }, ticket, why)?)))
     }
 
     fn renew(&self, target: &Target, ttl: Option<Duration>) -> Result<Renewal, StoreError> {

@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_history_retention.sql"),
     include_str!("../migrations/0005_fences_from_history.sql"),
     include_str!("../migrations/0006_holder_uid.sql"),
+    include_str!("../migrations/0007_handover.sql"),
 ];
 
 /// Kinds of filesystem the store cares about.

@@ -2,7 +2,7 @@
 //! for, and the writes that join, refresh and leave the queue.
 
 use locksmith_core::decide::Queued;
-use locksmith_core::flow::QueueEntry;
+use locksmith_core::flow::{Parked, QueueEntry};
 use locksmith_core::{Key, Mode, Mono, Scope, StoreError};
 use locksmith_host::life::waiter_gone;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -185,19 +185,23 @@ pub(crate) fn refresh(tx: &Connection, seq: i64, alive_until: Mono) -> Result<()
     Ok(())
 }
 
-/// Adds a request at the back of the queue; returns its seq.
+/// Adds a request at the back of the queue, kept whole with a new claim
+/// for a hand-over; returns its seq and the claim.
 pub(crate) fn enqueue(
     tx: &Connection,
     ctx: &Ctx<'_>,
     req: &locksmith_core::AcquireRequest,
     wake: &str,
     alive_until: Mono,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, Option<String>), StoreError> {
     let h = &req.holder;
+    let request = serde_json::to_string(req)
+        .map_err(|e| StoreError::backend(format!("cannot keep the queued request: {e}")))?;
+    let claim = locksmith_host::random_hex(16);
     tx.prepare_cached(
         "INSERT INTO queue (priority, mode, slots, scope, owner, task, hostname, boot_id, pid,
-            pid_start, since_mono, since_wall, alive_until, wake)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            pid_start, since_mono, since_wall, alive_until, wake, request, claim, uid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )
     .map_err(map_err)?
     .execute(params![
@@ -215,6 +219,9 @@ pub(crate) fn enqueue(
         ctx.now.wall.0 as i64,
         alive_until.0 as i64,
         wake,
+        request,
+        claim,
+        ctx.host.uid_on(h),
     ])
     .map_err(map_err)?;
     let seq = tx.last_insert_rowid();
@@ -224,7 +231,44 @@ pub(crate) fn enqueue(
             .execute(params![key.as_str(), seq, req.scope.name()])
             .map_err(map_err)?;
     }
-    Ok(seq)
+    Ok((seq, Some(claim)))
+}
+
+/// The request of entry `seq` as it joined, when it was kept for a
+/// hand-over, with whether its waiter is proven alive here now: on this
+/// machine, with its wake socket bound.
+pub(crate) fn parked(
+    tx: &Connection,
+    ctx: &Ctx<'_>,
+    seq: i64,
+) -> Result<Option<Parked>, StoreError> {
+    type Row = (Option<String>, Option<String>, String, String, Option<u32>);
+    let row: Option<Row> = tx
+        .prepare_cached(
+            "SELECT request, claim, wake, boot_id || char(31) || hostname, uid
+               FROM queue WHERE seq = ?1",
+        )
+        .map_err(map_err)?
+        .query_row([seq], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()
+        .map_err(map_err)?;
+    let Some((Some(request), Some(claim), wake, machine, uid)) = row else {
+        return Ok(None);
+    };
+    let Ok(req) = serde_json::from_str(&request) else {
+        // Unreadable (written by another build): the waiter tries itself.
+        return Ok(None);
+    };
+    let alive = machine == ctx.host.machine && ctx.waker.bound(&wake);
+    Ok(Some(Parked {
+        req,
+        wake,
+        claim,
+        uid,
+        alive,
+    }))
 }
 
 /// Who queued entry `seq`, and its keys; `None` when it is gone.

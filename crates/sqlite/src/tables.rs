@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use locksmith_core::decide::{Policy, Queued};
-use locksmith_core::flow::{self, NewEvent, QueueEntry};
+use locksmith_core::flow::{self, NewEvent, Parked, QueueEntry};
 use locksmith_core::tenure::{self, Extension, Ledger, Named};
 use locksmith_core::{
     AcquireRequest, Fence, Grant, HeldLock, Hold, Holder, Key, Mono, Now, ReleaseReason, Scope,
@@ -195,8 +195,16 @@ impl flow::Tables for Tables<'_> {
         req: &AcquireRequest,
         wake: &str,
         until: Mono,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(i64, Option<String>), StoreError> {
         queue::enqueue(self.tx, self.ctx, req, wake, until)
+    }
+
+    fn parked(&mut self, seq: i64) -> Result<Option<Parked>, StoreError> {
+        queue::parked(self.tx, self.ctx, seq)
+    }
+
+    fn holds_of_ticket(&mut self, seq: i64) -> Result<Vec<Hold>, StoreError> {
+        load_holds(self.tx, holds_where!("ticket = ?1 ORDER BY fence"), [seq])
     }
 
     fn write_grant(
@@ -204,7 +212,21 @@ impl flow::Tables for Tables<'_> {
         req: &AcquireRequest,
         waited: Option<Duration>,
     ) -> Result<Grant, StoreError> {
-        crate::acquire::grant(self.tx, self.ctx, req, waited)
+        crate::acquire::grant(self.tx, self.ctx, req, waited, None)
+    }
+
+    fn write_handover(
+        &mut self,
+        parked: &Parked,
+        seq: i64,
+        waited: Option<Duration>,
+    ) -> Result<Grant, StoreError> {
+        let to = crate::acquire::HandOver {
+            seq,
+            claim: &parked.claim,
+            uid: parked.uid,
+        };
+        crate::acquire::grant(self.tx, self.ctx, &parked.req, waited, Some(to))
     }
 
     fn extend(&mut self, ext: &Extension) -> Result<(), StoreError> {

@@ -108,6 +108,7 @@ impl Harness {
         let ticket = Ticket {
             seq: None,
             wake: source.address().to_string(),
+            claim: None,
         };
         self.wakes
             .lock()

@@ -44,6 +44,9 @@ impl WakeSource for TimedWake {
     fn watch(&mut self, targets: &[String]) {
         self.inner.watch(targets)
     }
+    fn message(&mut self) -> Option<String> {
+        self.inner.message()
+    }
 }
 
 impl Store for Timed {

@@ -392,6 +392,7 @@ fn steal_stale_does_not_steal_for_a_request_that_earlier_waiters_block() {
     let mut w = locksmith::core::Ticket {
         seq: None,
         wake: wake.address().to_string(),
+        claim: None,
     };
     assert!(matches!(
         s.acquire(&req("steal/k", "w"), Some(&mut w)).unwrap(),
