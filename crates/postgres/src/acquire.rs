@@ -9,7 +9,19 @@ use serde_json::json;
 use crate::Ctx;
 use crate::conn::{Fail, Tx};
 
-/// Writes the holds and their events, in one statement.
+/// The queue entry a grant is handed over to, in a releaser's transaction.
+pub(crate) struct HandOver<'a> {
+    /// The entry.
+    pub seq: i64,
+    /// Its claim: the grant's secret.
+    pub claim: &'a str,
+    /// The OS user of the waiting process.
+    pub uid: Option<u32>,
+}
+
+/// Writes the holds and their events, in one statement; `to` names the
+/// queue entry of a hand-over, whose fences are drawn here (the releaser's
+/// transaction holds the locks of its keys, see [`Tx::covers`]).
 ///
 /// The fences come from the store's sequence, drawn (with the key locks, in
 /// [`crate::conn::Tx::lock`]) while this transaction holds the locks of
@@ -21,18 +33,29 @@ pub(crate) fn grant(
     ctx: &Ctx<'_>,
     req: &AcquireRequest,
     waited: Option<std::time::Duration>,
+    to: Option<HandOver<'_>>,
 ) -> Result<Grant, Fail> {
     let detail = waited.map(|w| json!({ "waited_ms": w.as_millis() as u64 }).to_string());
     let now = ctx.now;
     let n = req.keys.len() as i64;
-    let fences: Vec<i64> = ctx.fences.iter().copied().take(req.keys.len()).collect();
+    let fences: Vec<i64> = match &to {
+        Some(_) => tx.draw_fences(req.keys.len())?,
+        None => ctx.fences.iter().copied().take(req.keys.len()).collect(),
+    };
     let Some(&first) = fences.first().filter(|_| fences.len() == req.keys.len()) else {
         return Err(Fail::Store(StoreError::backend(
             "no fences were drawn for this grant",
         )));
     };
-    let handle = locksmith_host::new_handle(first);
+    let handle = match &to {
+        Some(to) => locksmith_core::LeaseHandle::from_parts(first, to.claim),
+        None => locksmith_host::new_handle(first),
+    };
     let secret = handle.secret().to_string();
+    let (ticket, uid) = match &to {
+        Some(to) => (Some(to.seq), to.uid.map(i64::from)),
+        None => (None, Some(i64::from(ctx.host.uid))),
+    };
     let expires = req.ttl.map(|t| now.mono.plus(t));
     let h = &req.holder;
     let metadata = h.metadata.as_ref().map(|m| m.to_string());
@@ -42,9 +65,9 @@ pub(crate) fn grant(
          h AS (INSERT INTO holds (grant_id, secret, key, mode, slots, scope, fence, owner, task,
                 metadata, hostname, boot_id, pid, pid_start, acquired_mono, acquired_wall,
                 seen_mono, expires_mono, ttl_ms, max_hold_ms, request_id, bind_pid, bind_start,
-                bind_file, grant_keys, stale_after_ms, uid)
+                bind_file, grant_keys, stale_after_ms, uid, ticket)
              SELECT $1, $2, g.key, $4, $5, $6, g.fence, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                $15, $17, $18, $19, $20, $21, $22, $23, $24, $25, $27 FROM g)
+                $15, $17, $18, $19, $20, $21, $22, $23, $24, $25, $27, $28 FROM g)
          INSERT INTO events (at_wall, key, kind, owner, task, fence, grant_id, reason, detail)
          SELECT $16, g.key, 'acquired', $8, $9, g.fence, $1, NULL, $26 FROM g",
         &[
@@ -74,7 +97,8 @@ pub(crate) fn grant(
             &(n as i32),
             &(ctx.opts.stale_after.as_millis() as i64),
             &detail,
-            &i64::from(ctx.host.uid),
+            &uid,
+            &ticket,
         ],
     )?;
     let locks = req

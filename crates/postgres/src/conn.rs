@@ -497,6 +497,7 @@ impl Pool {
                 unsent: Vec::new(),
                 broke: false,
                 seed: self.seed,
+                locked: BTreeMap::new(),
             };
             let result = f(&mut tx).and_then(|v| tx.commit().map(|()| v));
             let (sent, unsent, broke) = (tx.sent, std::mem::take(&mut tx.unsent), tx.broke);
@@ -588,6 +589,8 @@ pub(crate) struct Tx<'c> {
     broke: bool,
     /// See [`Pool::seed`].
     seed: u64,
+    /// The key lock ids taken so far, true for exclusive (see [`Tx::covers`]).
+    locked: BTreeMap<i32, bool>,
 }
 
 fn params<'a>(args: &'a [&'a dyn Arg]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
@@ -765,7 +768,37 @@ impl Tx<'_> {
                 false => "pg_advisory_xact_lock_shared",
             };
             self.pending.push_str(&format!("SELECT {f}({ns}, {id});\n"));
+            let held = self.locked.entry(*id).or_insert(false);
+            *held |= *exclusive;
         }
+    }
+
+    /// Whether the key locks taken so far include every one that `claims`
+    /// would take, each at least as strong: a grant of them may then be
+    /// written in this transaction with no lock taken out of order.
+    pub fn covers(&self, claims: &[(Key, Scope)]) -> bool {
+        claims.iter().all(|(key, _)| {
+            self.locked.get(&lock_id(key.as_str())) == Some(&true)
+                && key
+                    .ancestors()
+                    .into_iter()
+                    .all(|a| self.locked.contains_key(&lock_id(a)))
+        })
+    }
+
+    /// Draws `n` fences from the store's sequence, in order, under the key
+    /// locks this transaction holds (see [`Tx::covers`]).
+    pub fn draw_fences(&mut self, n: usize) -> Result<Vec<i64>, Fail> {
+        let mut fences: Vec<i64> = self
+            .rows(
+                "SELECT nextval('fences') FROM generate_series(1, $1)",
+                &[&(n as i32)],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        fences.sort_unstable();
+        Ok(fences)
     }
 
     /// Waits until no write transaction is running and answers the highest

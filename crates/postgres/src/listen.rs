@@ -28,7 +28,12 @@ pub(crate) fn tag(machine: &str) -> String {
 /// Queues one notification per address, sent when the transaction commits;
 /// `tag` names this machine.
 pub(crate) fn notify(tx: &mut Tx<'_>, tag: &str, wakes: &[String]) -> Result<(), Fail> {
-    let wakes: Vec<&str> = wakes.iter().map(String::as_str).collect();
+    // Addresses only: a hand-over's message (its grant's secret) goes to
+    // its waiter on this machine alone, never to every listener.
+    let wakes: Vec<&str> = wakes
+        .iter()
+        .map(|w| locksmith_core::local::split_wake(w).0)
+        .collect();
     tx.exec(
         "SELECT pg_notify($1, $2 || ' ' || a) FROM unnest($3::text[]) AS a",
         &[&CHANNEL, &tag, &wakes],

@@ -5,7 +5,7 @@ use crate::Ctx;
 use crate::conn::{Arg, Fail, Stmt, Tx};
 use crate::rows::Cells;
 use locksmith_core::decide::Queued;
-use locksmith_core::flow::QueueEntry;
+use locksmith_core::flow::{Parked, QueueEntry};
 use locksmith_core::{Key, Mode, Mono, Scope, StoreError};
 use locksmith_host::life::waiter_gone;
 
@@ -135,21 +135,28 @@ pub(crate) fn refresh(tx: &mut Tx<'_>, seq: i64, alive_until: Mono) -> Result<()
     )
 }
 
-/// Adds a request at the back of the queue; returns its seq.
+/// Adds a request at the back of the queue, kept whole with a new claim
+/// for a hand-over; returns its seq and the claim.
 pub(crate) fn enqueue(
     tx: &mut Tx<'_>,
     ctx: &Ctx<'_>,
     req: &locksmith_core::AcquireRequest,
     wake: &str,
     alive_until: Mono,
-) -> Result<i64, Fail> {
+) -> Result<(i64, Option<String>), Fail> {
     let h = &req.holder;
     let keys: Vec<&str> = req.keys.iter().map(|k| k.as_str()).collect();
+    let request = serde_json::to_string(req).map_err(|e| {
+        Fail::Store(StoreError::backend(format!(
+            "cannot keep the queued request: {e}"
+        )))
+    })?;
+    let claim = locksmith_host::random_hex(16);
     let row = tx.one(
         "WITH q AS (
            INSERT INTO queue (priority, mode, slots, scope, owner, task, hostname, boot_id, pid,
-               pid_start, since_mono, since_wall, alive_until, wake)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+               pid_start, since_mono, since_wall, alive_until, wake, request, claim, uid)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16, $17, $18)
            RETURNING seq),
          k AS (INSERT INTO queue_keys (key, seq, scope)
            SELECT key, (SELECT seq FROM q), $4 FROM unnest($15::text[]) AS key)
@@ -170,10 +177,46 @@ pub(crate) fn enqueue(
             &(alive_until.0 as i64),
             &wake,
             &keys,
+            &request,
+            &claim,
+            &ctx.host.uid_on(h).map(i64::from),
         ],
     )?;
     let seq: i64 = row.try_get(0)?;
-    Ok(seq)
+    Ok((seq, Some(claim)))
+}
+
+/// The request of entry `seq` as it joined, when it was kept for a
+/// hand-over, with whether its waiter is proven alive here now: on this
+/// machine, with its wake socket bound.
+pub(crate) fn parked(tx: &mut Tx<'_>, ctx: &Ctx<'_>, seq: i64) -> Result<Option<Parked>, Fail> {
+    let rows = tx.rows(
+        "SELECT request, claim, wake, boot_id || chr(31) || hostname, uid FROM queue
+          WHERE seq = $1",
+        &[&seq],
+    )?;
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    let (request, claim): (Option<String>, Option<String>) = (r.try_get(0)?, r.try_get(1)?);
+    let (Some(request), Some(claim)) = (request, claim) else {
+        return Ok(None);
+    };
+    let Ok(req) = serde_json::from_str(&request) else {
+        // Unreadable (written by another build): the waiter tries itself.
+        return Ok(None);
+    };
+    let wake: String = r.try_get(2)?;
+    let machine: String = r.try_get(3)?;
+    let uid: Option<i64> = r.try_get(4)?;
+    let alive = machine == ctx.host.machine && ctx.waker.bound(&wake);
+    Ok(Some(Parked {
+        req,
+        wake,
+        claim,
+        uid: uid.and_then(|u| u32::try_from(u).ok()),
+        alive,
+    }))
 }
 
 /// Who queued entry `seq`, and its keys; `None` when it is gone.

@@ -11,6 +11,7 @@ use crate::conn::{Fail, Pool};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_holder_uid.sql"),
+    include_str!("../migrations/0003_handover.sql"),
 ];
 
 /// What `meta.app` says in a schema of ours.

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use locksmith_core::decide::{Policy, Queued};
-use locksmith_core::flow::{self, NewEvent, QueueEntry};
+use locksmith_core::flow::{self, NewEvent, Parked, QueueEntry};
 use locksmith_core::tenure::{self, Extension, Ledger};
 use locksmith_core::{
     AcquireRequest, Fence, Grant, HeldLock, Hold, Holder, Key, Mono, Now, ReleaseReason, Scope,
@@ -201,8 +201,56 @@ impl flow::Tables for Tables<'_, '_> {
         wake: &str,
         until: Mono,
     ) -> Result<(i64, Option<String>), StoreError> {
-        let seq = queue::enqueue(self.tx, self.ctx, req, wake, until).map_err(|e| self.fail(e))?;
-        Ok((seq, None))
+        queue::enqueue(self.tx, self.ctx, req, wake, until).map_err(|e| self.fail(e))
+    }
+
+    /// Only a request whose key locks this transaction holds already: a
+    /// hand-over takes no lock out of the one order.
+    fn parked(&mut self, seq: i64) -> Result<Option<Parked>, StoreError> {
+        let parked = queue::parked(self.tx, self.ctx, seq).map_err(|e| self.fail(e))?;
+        Ok(parked.filter(|p| {
+            let claims: Vec<(Key, Scope)> = p
+                .req
+                .keys
+                .iter()
+                .map(|k| (k.clone(), p.req.scope))
+                .collect();
+            self.tx.covers(&claims)
+        }))
+    }
+
+    /// Locks the keys of the holds found (read first; they can only end
+    /// meanwhile) and reads them again under those locks.
+    fn holds_of_ticket(&mut self, seq: i64) -> Result<Vec<Hold>, StoreError> {
+        let found = self.load("ticket = $1 ORDER BY fence", &[&seq])?;
+        if found.is_empty() {
+            return Ok(found);
+        }
+        let claims: Vec<(Key, Scope)> = found
+            .iter()
+            .map(|h| (h.lock.key.clone(), h.lock.scope))
+            .collect();
+        if self.tx.covers(&claims) {
+            return Ok(found);
+        }
+        let ns = self.ctx.ns;
+        self.tx.lock_more(ns, &claims);
+        self.load("ticket = $1 ORDER BY fence", &[&seq])
+    }
+
+    fn write_handover(
+        &mut self,
+        parked: &Parked,
+        seq: i64,
+        waited: Option<Duration>,
+    ) -> Result<Grant, StoreError> {
+        let to = crate::acquire::HandOver {
+            seq,
+            claim: &parked.claim,
+            uid: parked.uid,
+        };
+        crate::acquire::grant(self.tx, self.ctx, &parked.req, waited, Some(to))
+            .map_err(|e| self.fail(e))
     }
 
     fn write_grant(
@@ -210,7 +258,7 @@ impl flow::Tables for Tables<'_, '_> {
         req: &AcquireRequest,
         waited: Option<Duration>,
     ) -> Result<Grant, StoreError> {
-        crate::acquire::grant(self.tx, self.ctx, req, waited).map_err(|e| self.fail(e))
+        crate::acquire::grant(self.tx, self.ctx, req, waited, None).map_err(|e| self.fail(e))
     }
 
     fn extend(&mut self, ext: &Extension) -> Result<(), StoreError> {

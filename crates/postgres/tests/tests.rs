@@ -230,3 +230,5 @@ fn following_the_history_goes_past_an_id_never_used() {
     // past the other key's event and the gap in one read.
     assert_eq!(follow(before, Some("gap/")), [after]);
 }
+
+locksmith_testkit::handover_tests!(harness);
