@@ -498,6 +498,7 @@ impl Pool {
                 broke: false,
                 seed: self.seed,
                 locked: BTreeMap::new(),
+                drawn: Vec::new(),
             };
             let result = f(&mut tx).and_then(|v| tx.commit().map(|()| v));
             let (sent, unsent, broke) = (tx.sent, std::mem::take(&mut tx.unsent), tx.broke);
@@ -591,6 +592,8 @@ pub(crate) struct Tx<'c> {
     seed: u64,
     /// The key lock ids taken so far, true for exclusive (see [`Tx::covers`]).
     locked: BTreeMap<i32, bool>,
+    /// Fences drawn ahead for the next [`Tx::draw_fences`].
+    drawn: Vec<i64>,
 }
 
 fn params<'a>(args: &'a [&'a dyn Arg]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
@@ -672,7 +675,67 @@ impl Tx<'_> {
                 return rows.iter().map(|r| decode(&Ahead(r))).collect();
             }
         }
+        // Statements kept (writes) go with the read, in one round trip.
+        if !self.pending.is_empty() {
+            let stmt = Stmt::new(sql, args)?;
+            self.ahead.clear();
+            let rows = self.send_reads(&[stmt])?.pop().unwrap_or_default();
+            return rows.iter().map(|r| decode(&Ahead(r))).collect();
+        }
         self.rows(sql, args)?.iter().map(|r| decode(r)).collect()
+    }
+
+    /// Sends the kept statements and `reads` in one round trip, and keeps
+    /// the rows of the reads for [`Tx::load`], as [`Tx::lock`] does.
+    pub fn fetch_ahead(&mut self, reads: Vec<Stmt>) -> Result<(), Fail> {
+        let rows = self.send_reads(&reads)?;
+        self.ahead = reads.into_iter().zip(rows).collect();
+        Ok(())
+    }
+
+    /// Sends the kept statements and `reads` (prepared where statements
+    /// are) in one simple query; the rows of each read.
+    fn send_reads(&mut self, reads: &[Stmt]) -> Result<Vec<Vec<SimpleQueryRow>>, Fail> {
+        self.open();
+        let mut runs = Vec::with_capacity(reads.len());
+        for stmt in reads {
+            let (prepare, run) = self.statement(stmt)?;
+            if let Some(p) = prepare {
+                self.pending.push_str(&p);
+                self.pending.push_str(";\n");
+            }
+            runs.push(run);
+        }
+        let mut sql = std::mem::take(&mut self.pending);
+        for r in &runs {
+            sql.push_str(r);
+            sql.push_str(";\n");
+        }
+        let answer = self.send(|c| c.simple_query(&sql))?;
+        // Each statement ends with one CommandComplete: the reads are the
+        // last `reads.len()` statements.
+        let statements = answer
+            .iter()
+            .filter(|m| matches!(m, postgres::SimpleQueryMessage::CommandComplete(_)))
+            .count();
+        let first_read = statements.checked_sub(reads.len()).ok_or_else(|| {
+            Fail::Store(StoreError::backend(format!(
+                "PostgreSQL at {} answered {statements} statements of more",
+                self.shown
+            )))
+        })?;
+        let mut out: Vec<Vec<SimpleQueryRow>> = reads.iter().map(|_| Vec::new()).collect();
+        let mut done = 0;
+        for m in answer {
+            match m {
+                postgres::SimpleQueryMessage::CommandComplete(_) => done += 1,
+                postgres::SimpleQueryMessage::Row(r) if done >= first_read => {
+                    out[done - first_read].push(r)
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
     /// Keeps one statement of the hot path for the next round trip, as
     /// [`Tx::exec`] does; where statements are prepared, as `EXECUTE` of a
@@ -787,18 +850,31 @@ impl Tx<'_> {
     }
 
     /// Draws `n` fences from the store's sequence, in order, under the key
-    /// locks this transaction holds (see [`Tx::covers`]).
+    /// locks this transaction holds (see [`Tx::covers`]); from the read of
+    /// [`fences_stmt`] sent ahead when it was.
     pub fn draw_fences(&mut self, n: usize) -> Result<Vec<i64>, Fail> {
-        let mut fences: Vec<i64> = self
-            .rows(
-                "SELECT nextval('fences') FROM generate_series(1, $1)",
-                &[&(n as i32)],
-            )?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        if self.drawn.len() == n {
+            return Ok(std::mem::take(&mut self.drawn));
+        }
+        let mut fences: Vec<i64> = self.load(FENCES, &[&(n as i32)], |r| r.num(0))?;
         fences.sort_unstable();
         Ok(fences)
+    }
+
+    /// Keeps the fences of a [`fences_stmt`] read sent ahead for the next
+    /// [`Tx::draw_fences`], past writes that drop the other reads.
+    pub fn keep_fences(&mut self, n: usize) -> Result<(), Fail> {
+        let stmt = fences_stmt(n)?;
+        if let Some(at) = self.ahead.iter().position(|(s, _)| *s == stmt) {
+            let (_, rows) = self.ahead.swap_remove(at);
+            let mut fences = rows
+                .iter()
+                .map(|r| Ahead(r).num(0))
+                .collect::<Result<Vec<i64>, Fail>>()?;
+            fences.sort_unstable();
+            self.drawn = fences;
+        }
+        Ok(())
     }
 
     /// Waits until no write transaction is running and answers the highest
@@ -971,6 +1047,14 @@ impl Tx<'_> {
             reads: read,
         })
     }
+}
+
+/// Draws `$1` fences (see [`Tx::draw_fences`]).
+const FENCES: &str = "SELECT nextval('fences') FROM generate_series(1, $1)";
+
+/// The read of [`Tx::draw_fences`] for `n` fences, to send ahead.
+pub(crate) fn fences_stmt(n: usize) -> Result<Stmt, Fail> {
+    Stmt::new(FENCES, &[&(n as i32)])
 }
 
 /// The lock every write transaction holds shared from its first statement

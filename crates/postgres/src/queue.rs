@@ -190,25 +190,28 @@ pub(crate) fn enqueue(
 /// hand-over, with whether its waiter is proven alive here now: on this
 /// machine, with its wake socket bound.
 pub(crate) fn parked(tx: &mut Tx<'_>, ctx: &Ctx<'_>, seq: i64) -> Result<Option<Parked>, Fail> {
-    let rows = tx.rows(
+    type Kept = (Option<String>, Option<String>, String, String, Option<i64>);
+    let rows: Vec<Kept> = tx.load(
         "SELECT request, claim, wake, boot_id || chr(31) || hostname, uid FROM queue
           WHERE seq = $1",
         &[&seq],
+        |r| {
+            Ok((
+                r.text(0)?,
+                r.text(1)?,
+                r.string(2)?,
+                r.string(3)?,
+                r.int(4)?,
+            ))
+        },
     )?;
-    let Some(r) = rows.first() else {
-        return Ok(None);
-    };
-    let (request, claim): (Option<String>, Option<String>) = (r.try_get(0)?, r.try_get(1)?);
-    let (Some(request), Some(claim)) = (request, claim) else {
+    let Some((Some(request), Some(claim), wake, machine, uid)) = rows.into_iter().next() else {
         return Ok(None);
     };
     let Ok(req) = serde_json::from_str(&request) else {
         // Unreadable (written by another build): the waiter tries itself.
         return Ok(None);
     };
-    let wake: String = r.try_get(2)?;
-    let machine: String = r.try_get(3)?;
-    let uid: Option<i64> = r.try_get(4)?;
     let alive = machine == ctx.host.machine && ctx.waker.bound(&wake);
     Ok(Some(Parked {
         req,

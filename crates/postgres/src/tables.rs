@@ -205,18 +205,37 @@ impl flow::Tables for Tables<'_, '_> {
     }
 
     /// Only a request whose key locks this transaction holds already: a
-    /// hand-over takes no lock out of the one order.
+    /// hand-over takes no lock out of the one order. The loads of the
+    /// hand-over that follows (its place, the holds of its keys, its
+    /// fences) go in one round trip.
     fn parked(&mut self, seq: i64) -> Result<Option<Parked>, StoreError> {
-        let parked = queue::parked(self.tx, self.ctx, seq).map_err(|e| self.fail(e))?;
-        Ok(parked.filter(|p| {
-            let claims: Vec<(Key, Scope)> = p
-                .req
-                .keys
-                .iter()
-                .map(|k| (k.clone(), p.req.scope))
-                .collect();
-            self.tx.covers(&claims)
-        }))
+        let Some(parked) = queue::parked(self.tx, self.ctx, seq).map_err(|e| self.fail(e))? else {
+            return Ok(None);
+        };
+        let claims: Vec<(Key, Scope)> = parked
+            .req
+            .keys
+            .iter()
+            .map(|k| (k.clone(), parked.req.scope))
+            .collect();
+        if !self.tx.covers(&claims) {
+            return Ok(None);
+        }
+        if parked.alive && parked.req.bind.is_some() {
+            let n = parked.req.keys.len();
+            let ahead = || -> Result<Vec<crate::conn::Stmt>, Fail> {
+                let mut reads = vec![queue::own_stmt(seq)?];
+                for (key, scope) in &claims {
+                    reads.push(rows::touching(key, *scope, rows::select)?);
+                }
+                reads.push(crate::conn::fences_stmt(n)?);
+                Ok(reads)
+            };
+            let sent = ahead().and_then(|reads| self.tx.fetch_ahead(reads));
+            sent.and_then(|()| self.tx.keep_fences(n))
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(Some(parked))
     }
 
     /// Locks the keys of the holds found (read first; they can only end
