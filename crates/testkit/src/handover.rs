@@ -157,6 +157,44 @@ pub fn a_ticket_with_another_claim_picks_up_nothing(make: Factory<'_>) {
     }
 }
 
+/// A hand-over case on a fresh harness from `make`.
+pub fn a_waiter_that_dies_after_its_hand_over_frees_the_lock_at_once(make: Factory<'_>) {
+    let h = make();
+    let a = h.grant(&request("a", &["k"]));
+    // The waiting request is bound to a child process; this process keeps
+    // its wake socket, so it is proven alive when the lock is handed over.
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep runs");
+    let pid = child.id();
+    let start = locksmith_host::sys::process_start(pid);
+    let req = locksmith_core::AcquireRequest {
+        bind: Some(locksmith_core::Binding {
+            pid,
+            start,
+            life_file: None,
+        }),
+        ..request("w", &["k"])
+    };
+    h.queue(&req);
+    h.store
+        .release(&by_handle("k", &a), ReleaseReason::Completed)
+        .unwrap();
+    assert_eq!(holders_of(&h, "k")[0].0, "w");
+    // It dies before it used the lock: the next one frees it at once.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let next = h.grant(&request("n", &["k"]));
+    assert_eq!(next.owner, "n");
+    let ended = h
+        .history_of("k")
+        .into_iter()
+        .find(|e| e.owner == "w" && e.reason.is_some())
+        .expect("w's grant ended");
+    assert_eq!(ended.reason, Some(ReleaseReason::DeadProcess), "{ended:?}");
+}
+
 /// Expands to one `#[test]` per hand-over case for the given factory.
 #[macro_export]
 macro_rules! handover_tests {
@@ -173,6 +211,12 @@ macro_rules! handover_tests {
             #[test]
             fn a_waiter_that_gives_up_after_its_hand_over_gives_the_lock_to_the_next() {
                 $crate::handover::a_waiter_that_gives_up_after_its_hand_over_gives_the_lock_to_the_next(&super::harness_for_handover());
+            }
+            #[test]
+            fn a_waiter_that_dies_after_its_hand_over_frees_the_lock_at_once() {
+                $crate::handover::a_waiter_that_dies_after_its_hand_over_frees_the_lock_at_once(
+                    &super::harness_for_handover(),
+                );
             }
             #[test]
             fn a_ticket_with_another_claim_picks_up_nothing() {
