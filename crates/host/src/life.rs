@@ -251,6 +251,32 @@ pub fn observe(mut holds: Vec<Hold>, host: &HostFacts) -> Vec<Hold> {
     holds
 }
 
+/// A queue entry kept for a hand-over (see [`locksmith_core::flow::Parked`])
+/// from the columns a store keeps: its request as JSON, its claim, its wake
+/// address, its machine (`boot id` + char 31 + host name) and the waiting
+/// process's uid, with whether that process is proven alive here now (on
+/// this machine, its wake socket bound). `None` when the request cannot be
+/// read (written by another build): its waiter is woken to try itself.
+pub fn parked(
+    host: &HostFacts,
+    waker: &crate::wake::Waker,
+    request: &str,
+    claim: String,
+    wake: String,
+    machine: &str,
+    uid: Option<u32>,
+) -> Option<locksmith_core::flow::Parked> {
+    let req = serde_json::from_str(request).ok()?;
+    let alive = machine == host.machine && waker.bound(&wake);
+    Some(locksmith_core::flow::Parked {
+        req,
+        wake,
+        claim,
+        uid,
+        alive,
+    })
+}
+
 /// Whether a queued request recorded by `machine` for process `pid` no
 /// longer waits. Only on this machine (same kernel *and* host name, not
 /// another container sharing the kernel), where pids and wake sockets are

@@ -2,22 +2,13 @@
 //! fences drawn under the key locks. The steps of an acquire are
 //! [`locksmith_core::flow::acquire`].
 
+use locksmith_core::flow::Parked;
 use locksmith_core::store::GrantedLock;
 use locksmith_core::{AcquireRequest, Fence, Grant, StoreError};
 use serde_json::json;
 
 use crate::Ctx;
 use crate::conn::{Fail, Tx};
-
-/// The queue entry a grant is handed over to, in a releaser's transaction.
-pub(crate) struct HandOver<'a> {
-    /// The entry.
-    pub seq: i64,
-    /// Its claim: the grant's secret.
-    pub claim: &'a str,
-    /// The OS user of the waiting process.
-    pub uid: Option<u32>,
-}
 
 /// Writes the holds and their events, in one statement; `to` names the
 /// queue entry of a hand-over, whose fences are drawn here (the releaser's
@@ -33,7 +24,7 @@ pub(crate) fn grant(
     ctx: &Ctx<'_>,
     req: &AcquireRequest,
     waited: Option<std::time::Duration>,
-    to: Option<HandOver<'_>>,
+    to: Option<(i64, &Parked)>,
 ) -> Result<Grant, Fail> {
     let detail = waited.map(|w| json!({ "waited_ms": w.as_millis() as u64 }).to_string());
     let now = ctx.now;
@@ -48,12 +39,12 @@ pub(crate) fn grant(
         )));
     };
     let handle = match &to {
-        Some(to) => locksmith_core::LeaseHandle::from_parts(first, to.claim),
+        Some((_, to)) => locksmith_core::LeaseHandle::from_parts(first, &to.claim),
         None => locksmith_host::new_handle(first),
     };
     let secret = handle.secret().to_string();
     let (ticket, uid) = match &to {
-        Some(to) => (Some(to.seq), to.uid.map(i64::from)),
+        Some((seq, to)) => (Some(*seq), to.uid.map(i64::from)),
         None => (None, Some(i64::from(ctx.host.uid))),
     };
     let expires = req.ttl.map(|t| now.mono.plus(t));

@@ -697,6 +697,19 @@ impl Tx<'_> {
     /// are) in one simple query; the rows of each read.
     fn send_reads(&mut self, reads: &[Stmt]) -> Result<Vec<Vec<SimpleQueryRow>>, Fail> {
         self.open();
+        let runs = self.prepare_reads(reads)?;
+        let mut sql = std::mem::take(&mut self.pending);
+        for r in &runs {
+            sql.push_str(r);
+            sql.push_str(";\n");
+        }
+        let answer = self.send(|c| c.simple_query(&sql))?;
+        Ok(self.split_answer(answer, runs.len())?.1)
+    }
+
+    /// Keeps the `PREPARE`s `reads` need (where statements are prepared)
+    /// for the next round trip; the statements that run them.
+    fn prepare_reads(&mut self, reads: &[Stmt]) -> Result<Vec<String>, Fail> {
         let mut runs = Vec::with_capacity(reads.len());
         for stmt in reads {
             let (prepare, run) = self.statement(stmt)?;
@@ -706,37 +719,43 @@ impl Tx<'_> {
             }
             runs.push(run);
         }
-        let mut sql = std::mem::take(&mut self.pending);
-        for r in &runs {
-            sql.push_str(r);
-            sql.push_str(";\n");
-        }
-        let answer = self.send(|c| c.simple_query(&sql))?;
-        // Each statement ends with one CommandComplete: the reads are the
-        // last `reads.len()` statements.
+        Ok(runs)
+    }
+
+    /// The rows of a simple query's answer: those of the statements before
+    /// the last `reads`, and those of each of the last `reads` (each
+    /// statement ends with one CommandComplete).
+    fn split_answer(
+        &self,
+        answer: Vec<postgres::SimpleQueryMessage>,
+        reads: usize,
+    ) -> Result<(Vec<SimpleQueryRow>, Vec<Vec<SimpleQueryRow>>), Fail> {
         let statements = answer
             .iter()
             .filter(|m| matches!(m, postgres::SimpleQueryMessage::CommandComplete(_)))
             .count();
-        let first_read = statements.checked_sub(reads.len()).ok_or_else(|| {
+        let first_read = statements.checked_sub(reads).ok_or_else(|| {
             Fail::Store(StoreError::backend(format!(
                 "PostgreSQL at {} answered {statements} statements of more",
                 self.shown
             )))
         })?;
-        let mut out: Vec<Vec<SimpleQueryRow>> = reads.iter().map(|_| Vec::new()).collect();
+        let mut before = Vec::new();
+        let mut read: Vec<Vec<SimpleQueryRow>> = (0..reads).map(|_| Vec::new()).collect();
         let mut done = 0;
         for m in answer {
             match m {
                 postgres::SimpleQueryMessage::CommandComplete(_) => done += 1,
                 postgres::SimpleQueryMessage::Row(r) if done >= first_read => {
-                    out[done - first_read].push(r)
+                    read[done - first_read].push(r)
                 }
+                postgres::SimpleQueryMessage::Row(r) => before.push(r),
                 _ => {}
             }
         }
-        Ok(out)
+        Ok((before, read))
     }
+
     /// Keeps one statement of the hot path for the next round trip, as
     /// [`Tx::exec`] does; where statements are prepared, as `EXECUTE` of a
     /// statement prepared on this connection (first in the same batch),
@@ -922,15 +941,7 @@ impl Tx<'_> {
         }
         // The reads go last, after the clock, so that the last statements'
         // rows are theirs; their PREPAREs (if any) before.
-        let mut reads = Vec::with_capacity(ahead.len());
-        for stmt in &ahead {
-            let (prepare, run) = self.statement(stmt)?;
-            if let Some(p) = prepare {
-                self.pending.push_str(&p);
-                self.pending.push_str(";\n");
-            }
-            reads.push(run);
-        }
+        let reads = self.prepare_reads(&ahead)?;
         let Answer {
             now,
             tagged: answers,
@@ -999,40 +1010,17 @@ impl Tx<'_> {
             sql.push_str(";\n");
         }
         let answer = self.send(|c| c.simple_query(&sql))?;
-        // Each statement ends with one CommandComplete: the reads are the
-        // last `reads.len()` statements.
-        let statements = answer
-            .iter()
-            .filter(|m| matches!(m, postgres::SimpleQueryMessage::CommandComplete(_)))
-            .count();
-        let first_read = statements.checked_sub(reads.len()).ok_or_else(|| {
-            Fail::Store(StoreError::backend(format!(
-                "PostgreSQL at {} answered {statements} statements of more",
-                self.shown
-            )))
-        })?;
+        let (before, read) = self.split_answer(answer, reads.len())?;
         let mut now = None;
         let mut rows = Vec::new();
-        let mut read: Vec<Vec<SimpleQueryRow>> = reads.iter().map(|_| Vec::new()).collect();
-        let mut done = 0;
-        for m in answer {
-            if let postgres::SimpleQueryMessage::CommandComplete(_) = m {
-                done += 1;
-                continue;
-            }
-            if let postgres::SimpleQueryMessage::Row(r) = m {
-                if done >= first_read {
-                    read[done - first_read].push(r);
-                    continue;
-                }
-                // The lock statements answer one column, the others two.
-                let tag = r.try_get(0).ok().flatten().and_then(|t| t.chars().next());
-                let value = r.try_get(1).ok().flatten().and_then(|v| v.parse().ok());
-                match (tag, value) {
-                    (Some('c'), Some(v)) => now = Some(now_from(v)),
-                    (Some(t), Some(v)) => rows.push((t, v)),
-                    _ => {}
-                }
+        for r in before {
+            // The lock statements answer one column, the others two.
+            let tag = r.try_get(0).ok().flatten().and_then(|t| t.chars().next());
+            let value = r.try_get(1).ok().flatten().and_then(|v| v.parse().ok());
+            match (tag, value) {
+                (Some('c'), Some(v)) => now = Some(now_from(v)),
+                (Some(t), Some(v)) => rows.push((t, v)),
+                _ => {}
             }
         }
         let now = now.ok_or_else(|| {

@@ -208,18 +208,15 @@ pub(crate) fn parked(tx: &mut Tx<'_>, ctx: &Ctx<'_>, seq: i64) -> Result<Option<
     let Some((Some(request), Some(claim), wake, machine, uid)) = rows.into_iter().next() else {
         return Ok(None);
     };
-    let Ok(req) = serde_json::from_str(&request) else {
-        // Unreadable (written by another build): the waiter tries itself.
-        return Ok(None);
-    };
-    let alive = machine == ctx.host.machine && ctx.waker.bound(&wake);
-    Ok(Some(Parked {
-        req,
-        wake,
+    Ok(locksmith_host::life::parked(
+        ctx.host,
+        ctx.waker,
+        &request,
         claim,
-        uid: uid.and_then(|u| u32::try_from(u).ok()),
-        alive,
-    }))
+        wake,
+        &machine,
+        uid.and_then(|u| u32::try_from(u).ok()),
+    ))
 }
 
 /// Who queued entry `seq`, and its keys; `None` when it is gone.

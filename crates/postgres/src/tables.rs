@@ -263,12 +263,7 @@ impl flow::Tables for Tables<'_, '_> {
         seq: i64,
         waited: Option<Duration>,
     ) -> Result<Grant, StoreError> {
-        let to = crate::acquire::HandOver {
-            seq,
-            claim: &parked.claim,
-            uid: parked.uid,
-        };
-        crate::acquire::grant(self.tx, self.ctx, &parked.req, waited, Some(to))
+        crate::acquire::grant(self.tx, self.ctx, &parked.req, waited, Some((seq, parked)))
             .map_err(|e| self.fail(e))
     }
 

@@ -2,7 +2,7 @@
 //! their `acquired` events. The steps of an acquire are
 //! [`locksmith_core::flow::acquire`].
 
-use locksmith_core::flow::NewEvent;
+use locksmith_core::flow::{NewEvent, Parked};
 use locksmith_core::store::GrantedLock;
 use locksmith_core::{AcquireRequest, EventKind, Fence, Grant, StoreError};
 use rusqlite::{Connection, params};
@@ -11,16 +11,6 @@ use crate::Ctx;
 use crate::open::map_err;
 use crate::rows::record_as;
 
-/// The queue entry a grant is handed over to, in a releaser's transaction.
-pub(crate) struct HandOver<'a> {
-    /// The entry.
-    pub seq: i64,
-    /// Its claim: the grant's secret.
-    pub claim: &'a str,
-    /// The OS user of the waiting process.
-    pub uid: Option<u32>,
-}
-
 /// Issues fences, writes the holds and their events; `to` names the queue
 /// entry of a hand-over.
 pub(crate) fn grant(
@@ -28,7 +18,7 @@ pub(crate) fn grant(
     ctx: &Ctx<'_>,
     req: &AcquireRequest,
     waited: Option<std::time::Duration>,
-    to: Option<HandOver<'_>>,
+    to: Option<(i64, &Parked)>,
 ) -> Result<Grant, StoreError> {
     let detail = waited.map(|w| serde_json::json!({ "waited_ms": w.as_millis() as u64 }));
     let now = ctx.now;
@@ -51,12 +41,12 @@ pub(crate) fn grant(
         .map_err(map_err)?;
     let first = (last + 1).max(now.wall.micros() as i64);
     let handle = match &to {
-        Some(to) => locksmith_core::LeaseHandle::from_parts(first, to.claim),
+        Some((_, to)) => locksmith_core::LeaseHandle::from_parts(first, &to.claim),
         None => locksmith_host::new_handle(first),
     };
     let secret = handle.secret().to_string();
     let (ticket, uid) = match &to {
-        Some(to) => (Some(to.seq), to.uid),
+        Some((seq, to)) => (Some(*seq), to.uid),
         None => (None, Some(ctx.host.uid)),
     };
     let expires = req.ttl.map(|t| now.mono.plus(t));

@@ -257,18 +257,9 @@ pub(crate) fn parked(
     let Some((Some(request), Some(claim), wake, machine, uid)) = row else {
         return Ok(None);
     };
-    let Ok(req) = serde_json::from_str(&request) else {
-        // Unreadable (written by another build): the waiter tries itself.
-        return Ok(None);
-    };
-    let alive = machine == ctx.host.machine && ctx.waker.bound(&wake);
-    Ok(Some(Parked {
-        req,
-        wake,
-        claim,
-        uid,
-        alive,
-    }))
+    Ok(locksmith_host::life::parked(
+        ctx.host, ctx.waker, &request, claim, wake, &machine, uid,
+    ))
 }
 
 /// Who queued entry `seq`, and its keys; `None` when it is gone.
