@@ -157,7 +157,7 @@ pub trait Tables: Ledger {
 }
 
 /// A queued request kept whole for a hand-over ([`Tables::parked`]).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Parked {
     /// The request as it joined.
     pub req: AcquireRequest,
@@ -167,9 +167,24 @@ pub struct Parked {
     pub claim: String,
     /// The OS user of the waiting process, as the store saw it join.
     pub uid: Option<u32>,
+    /// The `stale_after` its grant records: the waiter's setting when it
+    /// joined (`None` where not kept: the store's).
+    pub stale_after: Option<Duration>,
     /// The waiting process is proven alive on this host now (a fact the
     /// store gathers: its wake socket is bound).
     pub alive: bool,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("req", &self.req)
+            .field("wake", &self.wake)
+            .field("uid", &self.uid)
+            .field("stale_after", &self.stale_after)
+            .field("alive", &self.alive)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A queued request as [`leave_queue`] needs it.
@@ -450,7 +465,20 @@ pub fn leave_queue(
         let mut freed = Vec::new();
         for h in t.holds_of_ticket(seq)? {
             if crate::model::same_secret(&h.secret, claim) {
-                t.end_hold(&h.lock, ReleaseReason::Completed, None)?;
+                if freed.is_empty() {
+                    t.record(NewEvent {
+                        key: h.lock.key.as_str(),
+                        kind: left_kind(why),
+                        owner: &h.lock.holder.owner,
+                        task: h.lock.holder.task.as_deref(),
+                        fence: None,
+                        grant: None,
+                        reason: None,
+                        detail: None,
+                    })?;
+                }
+                let detail = json!({ "given_back": true });
+                t.end_hold(&h.lock, ReleaseReason::Completed, Some(detail))?;
                 freed.push((h.lock.key.clone(), h.lock.scope));
             }
         }
@@ -460,10 +488,7 @@ pub fn leave_queue(
     if let Some((key, _)) = entry.keys.first() {
         t.record(NewEvent {
             key: key.as_str(),
-            kind: match why {
-                LeaveReason::TimedOut => EventKind::WaitTimedOut,
-                LeaveReason::Cancelled => EventKind::WaitCancelled,
-            },
+            kind: left_kind(why),
             owner: &entry.owner,
             task: entry.task.as_deref(),
             fence: None,
@@ -473,6 +498,14 @@ pub fn leave_queue(
         })?;
     }
     wake_list(t, entry.keys)
+}
+
+/// The event of a request that left the queue for `why`.
+fn left_kind(why: LeaveReason) -> EventKind {
+    match why {
+        LeaveReason::TimedOut => EventKind::WaitTimedOut,
+        LeaveReason::Cancelled => EventKind::WaitCancelled,
+    }
 }
 
 /// The wake addresses of queued requests that a change on each of `keys`
@@ -528,7 +561,16 @@ fn hand_over(
     let Some(parked) = t.parked(seq)? else {
         return Ok(false);
     };
-    if !parked.alive || parked.req.bind.is_none() {
+    // Bound to the waiting process itself: were it bound to another one
+    // (`acquire --pid`), a waiter that died before it read its grant would
+    // leave a lock nobody has the handle of, for as long as that one lives.
+    let holder = &parked.req.holder;
+    let bound_to_waiter = parked
+        .req
+        .bind
+        .as_ref()
+        .is_some_and(|b| b.pid == holder.pid && b.start == holder.pid_start);
+    if !parked.alive || !bound_to_waiter {
         return Ok(false);
     }
     let ticket = Ticket {

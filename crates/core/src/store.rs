@@ -33,6 +33,7 @@ pub enum Takeover {
 /// A queued request is kept whole (as JSON) where the store can grant it
 /// in a releaser's transaction (see [`crate::flow::wake_list`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
     /// The keys, at least one.
     pub keys: Vec<Key>,
@@ -137,7 +138,7 @@ pub enum Attempt {
 /// A request's place in the queue across its attempts: plain data, so that
 /// it can cross a network. The first queued attempt fills in `seq`; later
 /// attempts with the same ticket keep the place.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ticket {
     /// Arrival number given by the store, `None` before the first queued attempt.
@@ -151,6 +152,16 @@ pub struct Ticket {
     /// where the store does not hand over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("seq", &self.seq)
+            .field("wake", &self.wake)
+            .field("claim", &self.claim.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Which tenure a renew or release is about.

@@ -251,28 +251,41 @@ pub fn observe(mut holds: Vec<Hold>, host: &HostFacts) -> Vec<Hold> {
     holds
 }
 
-/// A queue entry kept for a hand-over (see [`locksmith_core::flow::Parked`])
-/// from the columns a store keeps: its request as JSON, its claim, its wake
-/// address, its machine (`boot id` + char 31 + host name) and the waiting
-/// process's uid, with whether that process is proven alive here now (on
-/// this machine, its wake socket bound). `None` when the request cannot be
-/// read (written by another build): its waiter is woken to try itself.
+/// The columns a store keeps of a queue entry for a hand-over.
+pub struct Kept {
+    /// The request, as JSON.
+    pub request: String,
+    /// Its claim.
+    pub claim: String,
+    /// Its wake address.
+    pub wake: String,
+    /// Its machine: boot id, char 31, host name.
+    pub machine: String,
+    /// The OS user of the waiting process.
+    pub uid: Option<u32>,
+    /// The waiter's `stale_after`, in ms.
+    pub stale_after_ms: Option<i64>,
+}
+
+/// A queue entry kept for a hand-over (see [`locksmith_core::flow::Parked`]),
+/// with whether its waiting process is proven alive here now (on this
+/// machine, its wake socket bound). `None` when the request cannot be read
+/// (written by another build): its waiter is woken to try itself.
 pub fn parked(
     host: &HostFacts,
     waker: &crate::wake::Waker,
-    request: &str,
-    claim: String,
-    wake: String,
-    machine: &str,
-    uid: Option<u32>,
+    kept: Kept,
 ) -> Option<locksmith_core::flow::Parked> {
-    let req = serde_json::from_str(request).ok()?;
-    let alive = machine == host.machine && waker.bound(&wake);
+    let req = serde_json::from_str(&kept.request).ok()?;
+    let alive = kept.machine == host.machine && waker.bound(&kept.wake);
     Some(locksmith_core::flow::Parked {
         req,
-        wake,
-        claim,
-        uid,
+        wake: kept.wake,
+        claim: kept.claim,
+        uid: kept.uid,
+        stale_after: kept
+            .stale_after_ms
+            .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)),
         alive,
     })
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use locksmith_core::decide::REFRESH;
 use locksmith_core::store::{AcquireError, LeaveReason};
 use locksmith_core::{
-    AcquireRequest, Attempt, Blocked, Grant, Notifier, Store, Ticket, WaitPolicy, WakeSource,
+    AcquireRequest, Attempt, Blocked, Grant, Notifier, Store, StoreError, Ticket, WaitPolicy,
+    WakeSource,
 };
 
 /// How often a sleeping waiter looks at its cancel flag.
@@ -54,10 +55,25 @@ pub fn acquire(
     )? {
         Attempt::Granted(g) => Ok(g),
         Attempt::Blocked(b) => {
-            store.leave_queue(&ticket, LeaveReason::TimedOut)?;
+            leave(store, &ticket, LeaveReason::TimedOut)?;
             Err(AcquireError::TimedOut(b))
         }
     }
+}
+
+/// Leaves the queue, trying twice more after short pauses when the store
+/// fails: a grant a releaser made for the place meanwhile (a hand-over) is
+/// given back only by a leave that gets through.
+fn leave(store: &dyn Store, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
+    let mut failed = None;
+    for pause_ms in [0, 50, 250] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        match store.leave_queue(ticket, why) {
+            Ok(()) => return Ok(()),
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| StoreError::backend("leaving the queue failed")))
 }
 
 /// Waits in the queue for the turn of `req` until it is granted or `until`
@@ -84,7 +100,7 @@ pub fn wait_turn(
             Ok(Attempt::Blocked(b)) => b,
             Err(e) => {
                 if ticket.seq.is_some() {
-                    let _ = store.leave_queue(ticket, LeaveReason::Cancelled);
+                    let _ = leave(store, ticket, LeaveReason::Cancelled);
                 }
                 return Err(e.into());
             }
@@ -106,7 +122,7 @@ pub fn wait_turn(
         let wake_by = Instant::now() + sleep;
         loop {
             if cancel.load(Ordering::Relaxed) {
-                store.leave_queue(ticket, LeaveReason::Cancelled)?;
+                leave(store, ticket, LeaveReason::Cancelled)?;
                 return Err(AcquireError::Cancelled);
             }
             let left = wake_by.saturating_duration_since(Instant::now());

@@ -43,6 +43,10 @@ pub(crate) fn grant(
         None => locksmith_host::new_handle(first),
     };
     let secret = handle.secret().to_string();
+    // A hand-over records the waiter's setting, as its own grant would.
+    let stale_after = to
+        .and_then(|(_, p)| p.stale_after)
+        .unwrap_or(ctx.opts.stale_after);
     let (ticket, uid) = match &to {
         Some((seq, to)) => (Some(*seq), to.uid.map(i64::from)),
         None => (None, Some(i64::from(ctx.host.uid))),
@@ -86,7 +90,7 @@ pub(crate) fn grant(
             &req.bind.as_ref().and_then(|b| b.start).map(|s| s as i64),
             &req.bind.as_ref().and_then(|b| b.life_file.clone()),
             &(n as i32),
-            &(ctx.opts.stale_after.as_millis() as i64),
+            &(stale_after.as_millis() as i64),
             &detail,
             &uid,
             &ticket,

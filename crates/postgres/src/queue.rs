@@ -155,8 +155,10 @@ pub(crate) fn enqueue(
     let row = tx.one(
         "WITH q AS (
            INSERT INTO queue (priority, mode, slots, scope, owner, task, hostname, boot_id, pid,
-               pid_start, since_mono, since_wall, alive_until, wake, request, claim, uid)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16, $17, $18)
+               pid_start, since_mono, since_wall, alive_until, wake, request, claim, uid,
+               stale_after_ms)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16, $17, $18,
+               $19)
            RETURNING seq),
          k AS (INSERT INTO queue_keys (key, seq, scope)
            SELECT key, (SELECT seq FROM q), $4 FROM unnest($15::text[]) AS key)
@@ -180,6 +182,7 @@ pub(crate) fn enqueue(
             &request,
             &claim,
             &ctx.host.uid_on(h).map(i64::from),
+            &(ctx.opts.stale_after.as_millis() as i64),
         ],
     )?;
     let seq: i64 = row.try_get(0)?;
@@ -190,10 +193,17 @@ pub(crate) fn enqueue(
 /// hand-over, with whether its waiter is proven alive here now: on this
 /// machine, with its wake socket bound.
 pub(crate) fn parked(tx: &mut Tx<'_>, ctx: &Ctx<'_>, seq: i64) -> Result<Option<Parked>, Fail> {
-    type Kept = (Option<String>, Option<String>, String, String, Option<i64>);
+    type Kept = (
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+        Option<i64>,
+        Option<i64>,
+    );
     let rows: Vec<Kept> = tx.load(
-        "SELECT request, claim, wake, boot_id || chr(31) || hostname, uid FROM queue
-          WHERE seq = $1",
+        "SELECT request, claim, wake, boot_id || chr(31) || hostname, uid, stale_after_ms
+           FROM queue WHERE seq = $1",
         &[&seq],
         |r| {
             Ok((
@@ -202,21 +212,24 @@ pub(crate) fn parked(tx: &mut Tx<'_>, ctx: &Ctx<'_>, seq: i64) -> Result<Option<
                 r.string(2)?,
                 r.string(3)?,
                 r.int(4)?,
+                r.int(5)?,
             ))
         },
     )?;
-    let Some((Some(request), Some(claim), wake, machine, uid)) = rows.into_iter().next() else {
+    let Some((Some(request), Some(claim), wake, machine, uid, stale_after)) =
+        rows.into_iter().next()
+    else {
         return Ok(None);
     };
-    Ok(locksmith_host::life::parked(
-        ctx.host,
-        ctx.waker,
-        &request,
+    let kept = locksmith_host::life::Kept {
+        request,
         claim,
         wake,
-        &machine,
-        uid.and_then(|u| u32::try_from(u).ok()),
-    ))
+        machine,
+        uid: uid.and_then(|u| u32::try_from(u).ok()),
+        stale_after_ms: stale_after,
+    };
+    Ok(locksmith_host::life::parked(ctx.host, ctx.waker, kept))
 }
 
 /// Who queued entry `seq`, and its keys; `None` when it is gone.

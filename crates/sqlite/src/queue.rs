@@ -200,8 +200,9 @@ pub(crate) fn enqueue(
     let claim = locksmith_host::random_hex(16);
     tx.prepare_cached(
         "INSERT INTO queue (priority, mode, slots, scope, owner, task, hostname, boot_id, pid,
-            pid_start, since_mono, since_wall, alive_until, wake, request, claim, uid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            pid_start, since_mono, since_wall, alive_until, wake, request, claim, uid,
+            stale_after_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )
     .map_err(map_err)?
     .execute(params![
@@ -222,6 +223,7 @@ pub(crate) fn enqueue(
         request,
         claim,
         ctx.host.uid_on(h),
+        ctx.opts.stale_after.as_millis() as i64,
     ])
     .map_err(map_err)?;
     let seq = tx.last_insert_rowid();
@@ -242,24 +244,44 @@ pub(crate) fn parked(
     ctx: &Ctx<'_>,
     seq: i64,
 ) -> Result<Option<Parked>, StoreError> {
-    type Row = (Option<String>, Option<String>, String, String, Option<u32>);
+    type Row = (
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+        Option<u32>,
+        Option<i64>,
+    );
     let row: Option<Row> = tx
         .prepare_cached(
-            "SELECT request, claim, wake, boot_id || char(31) || hostname, uid
+            "SELECT request, claim, wake, boot_id || char(31) || hostname, uid, stale_after_ms
                FROM queue WHERE seq = ?1",
         )
         .map_err(map_err)?
         .query_row([seq], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .optional()
         .map_err(map_err)?;
-    let Some((Some(request), Some(claim), wake, machine, uid)) = row else {
+    let Some((Some(request), Some(claim), wake, machine, uid, stale_after)) = row else {
         return Ok(None);
     };
-    Ok(locksmith_host::life::parked(
-        ctx.host, ctx.waker, &request, claim, wake, &machine, uid,
-    ))
+    let kept = locksmith_host::life::Kept {
+        request,
+        claim,
+        wake,
+        machine,
+        uid,
+        stale_after_ms: stale_after,
+    };
+    Ok(locksmith_host::life::parked(ctx.host, ctx.waker, kept))
 }
 
 /// Who queued entry `seq`, and its keys; `None` when it is gone.

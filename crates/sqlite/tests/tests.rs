@@ -185,7 +185,7 @@ fn a_store_of_schema_5_gains_uids_and_keeps_its_locks_releasable_by_name() {
         c.execute_batch(
             "DROP INDEX holds_by_ticket; ALTER TABLE holds DROP COLUMN ticket;
              ALTER TABLE queue DROP COLUMN request; ALTER TABLE queue DROP COLUMN claim;
-             ALTER TABLE queue DROP COLUMN uid;
+             ALTER TABLE queue DROP COLUMN uid; ALTER TABLE queue DROP COLUMN stale_after_ms;
              ALTER TABLE holds DROP COLUMN uid; PRAGMA user_version = 5;",
         )
         .unwrap();

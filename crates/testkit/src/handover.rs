@@ -121,12 +121,20 @@ pub fn a_waiter_that_gives_up_after_its_hand_over_gives_the_lock_to_the_next(mak
         .leave_queue(&w1, locksmith_core::store::LeaveReason::TimedOut)
         .unwrap();
     assert_eq!(holders_of(&h, "k")[0].0, "w2");
-    let released = h
-        .history_of("k")
-        .into_iter()
+    let history = h.history_of("k");
+    let released = history
+        .iter()
         .find(|e| e.owner == "w1" && e.kind == locksmith_core::EventKind::Released)
         .expect("w1's grant was released");
     assert_eq!(released.reason, Some(ReleaseReason::Completed));
+    assert_eq!(released.detail.as_ref().unwrap()["given_back"], true);
+    // The history says why w1 did not keep it, as for any leave.
+    assert!(
+        history
+            .iter()
+            .any(|e| e.owner == "w1" && e.kind == locksmith_core::EventKind::WaitTimedOut),
+        "{history:?}"
+    );
     let g = h.retry_granted(&bound("w2", &["k"]), &mut w2);
     assert_eq!(g.owner, "w2");
 }
@@ -158,41 +166,35 @@ pub fn a_ticket_with_another_claim_picks_up_nothing(make: Factory<'_>) {
 }
 
 /// A hand-over case on a fresh harness from `make`.
-pub fn a_waiter_that_dies_after_its_hand_over_frees_the_lock_at_once(make: Factory<'_>) {
+pub fn a_waiter_bound_to_another_process_is_woken_not_handed_the_lock(make: Factory<'_>) {
     let h = make();
     let a = h.grant(&request("a", &["k"]));
-    // The waiting request is bound to a child process; this process keeps
-    // its wake socket, so it is proven alive when the lock is handed over.
+    // Bound to a child process (as `acquire --pid` binds to the shell),
+    // while this process waits: were it handed the lock and then died
+    // before reading it, the lock would stay with the child, and nobody
+    // would have its handle.
     let mut child = std::process::Command::new("sleep")
         .arg("60")
         .spawn()
         .expect("sleep runs");
     let pid = child.id();
-    let start = locksmith_host::sys::process_start(pid);
     let req = locksmith_core::AcquireRequest {
         bind: Some(locksmith_core::Binding {
             pid,
-            start,
+            start: locksmith_host::sys::process_start(pid),
             life_file: None,
         }),
         ..request("w", &["k"])
     };
-    h.queue(&req);
+    let (mut w, _) = h.queue(&req);
     h.store
         .release(&by_handle("k", &a), ReleaseReason::Completed)
         .unwrap();
-    assert_eq!(holders_of(&h, "k")[0].0, "w");
-    // It dies before it used the lock: the next one frees it at once.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let next = h.grant(&request("n", &["k"]));
-    assert_eq!(next.owner, "n");
-    let ended = h
-        .history_of("k")
-        .into_iter()
-        .find(|e| e.owner == "w" && e.reason.is_some())
-        .expect("w's grant ended");
-    assert_eq!(ended.reason, Some(ReleaseReason::DeadProcess), "{ended:?}");
+    assert!(holders_of(&h, "k").is_empty(), "only woken");
+    let g = h.retry_granted(&req, &mut w);
+    assert_eq!(g.owner, "w");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Expands to one `#[test]` per hand-over case for the given factory.
@@ -213,8 +215,8 @@ macro_rules! handover_tests {
                 $crate::handover::a_waiter_that_gives_up_after_its_hand_over_gives_the_lock_to_the_next(&super::harness_for_handover());
             }
             #[test]
-            fn a_waiter_that_dies_after_its_hand_over_frees_the_lock_at_once() {
-                $crate::handover::a_waiter_that_dies_after_its_hand_over_frees_the_lock_at_once(
+            fn a_waiter_bound_to_another_process_is_woken_not_handed_the_lock() {
+                $crate::handover::a_waiter_bound_to_another_process_is_woken_not_handed_the_lock(
                     &super::harness_for_handover(),
                 );
             }
