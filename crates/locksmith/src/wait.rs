@@ -64,7 +64,7 @@ pub fn acquire(
 /// Leaves the queue, trying twice more after short pauses when the store
 /// fails: a grant a releaser made for the place meanwhile (a hand-over) is
 /// given back only by a leave that gets through.
-fn leave(store: &dyn Store, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
+pub fn leave(store: &dyn Store, ticket: &Ticket, why: LeaveReason) -> Result<(), StoreError> {
     let mut failed = None;
     for pause_ms in [0, 50, 250] {
         std::thread::sleep(Duration::from_millis(pause_ms));

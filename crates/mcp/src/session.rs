@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use locksmith::Guard;
-use locksmith::wait::wait_turn;
+use locksmith::wait::{leave, wait_turn};
 use locksmith_core::store::{AcquireError, LeaveReason, Proof, Release, Renewal, Target};
 use locksmith_core::{AcquireRequest, Attempt, Blocked, Code, Grant, Key, ReleaseReason, Ticket};
 use tokio::sync::watch;
@@ -539,7 +539,7 @@ impl Session {
                         }
                     }
                     Ok(Attempt::Blocked(b)) => {
-                        let _ = store.leave_queue(&ticket, LeaveReason::TimedOut);
+                        let _ = leave(&*store, &ticket, LeaveReason::TimedOut);
                         WaitState::Ended(Outcome {
                             code: Code::WaitTimedOut,
                             message: "the wait timed out; the place in the queue is given up"
