@@ -98,45 +98,32 @@ pub trait Tables: Ledger {
     fn drop_entry(&mut self, seq: i64) -> Result<(), StoreError>;
     /// Keeps entry `seq` alive until `until`.
     fn refresh_entry(&mut self, seq: i64, until: Mono) -> Result<(), StoreError>;
-    /// Adds `req` at the back of the queue; its seq, and the claim of a
-    /// hand-over (see [`Ticket::claim`]) where the store keeps the request
-    /// whole for one.
+    /// Adds `req` at the back of the queue; its seq. With `keep` the request
+    /// is kept whole for a hand-over (see [`may_hand_over`]), with a new
+    /// claim (see [`Ticket::claim`]), which is answered too.
     fn enqueue(
         &mut self,
         req: &AcquireRequest,
         wake: &str,
         until: Mono,
+        keep: bool,
     ) -> Result<(i64, Option<String>), StoreError>;
     /// The request of queue entry `seq` as it joined, where the store kept
     /// it for a hand-over, with whether its waiter is proven alive on this
     /// host now; `None` otherwise (the waiter is then woken to try itself).
-    fn parked(&mut self, seq: i64) -> Result<Option<Parked>, StoreError> {
-        let _ = seq;
-        Ok(None)
-    }
+    fn parked(&mut self, seq: i64) -> Result<Option<Parked>, StoreError>;
     /// The holds a hand-over granted to queue entry `seq`.
-    fn holds_of_ticket(&mut self, seq: i64) -> Result<Vec<Hold>, StoreError> {
-        let _ = seq;
-        Ok(Vec::new())
-    }
-    /// [`Tables::write_grant`] for the parked request of entry `seq`: its
-    /// holds carry the entry's claim as their secret, the waiter's uid, and
-    /// the entry, for the waiter to find them.
-    fn write_handover(
-        &mut self,
-        parked: &Parked,
-        seq: i64,
-        waited: Option<Duration>,
-    ) -> Result<Grant, StoreError> {
-        let _ = (parked, seq, waited);
-        Err(StoreError::backend("this store does not hand over"))
-    }
+    fn holds_of_ticket(&mut self, seq: i64) -> Result<Vec<Hold>, StoreError>;
     /// Issues fences and writes the holds of `req` with their `acquired`
-    /// events (`waited`: how long it waited in the queue).
+    /// events (`waited`: how long it waited in the queue). `to` is the
+    /// queue entry of a hand-over and what it kept: the holds then carry
+    /// its claim as their secret, the waiter's uid and `stale_after`, and
+    /// the entry, for the waiter to find them.
     fn write_grant(
         &mut self,
         req: &AcquireRequest,
         waited: Option<Duration>,
+        to: Option<(i64, &Parked)>,
     ) -> Result<Grant, StoreError>;
     /// Extends one tenure as a renewal decided.
     fn extend(&mut self, ext: &Extension) -> Result<(), StoreError>;
@@ -372,7 +359,7 @@ fn attempt(
             req,
             now,
         )))),
-        Outcome::Grant => Ok(Ok(Attempt::Granted(t.write_grant(req, waited)?))),
+        Outcome::Grant => Ok(Ok(Attempt::Granted(t.write_grant(req, waited, None)?))),
         Outcome::Busy(blocked) => Ok(Ok(Attempt::Blocked(blocked))),
         Outcome::Queue { seq, blocked } => {
             let ticket = ticket
@@ -385,7 +372,8 @@ fn attempt(
                     seq
                 }
                 None => {
-                    let (seq, claim) = t.enqueue(req, &ticket.wake, alive_until)?;
+                    let (seq, claim) =
+                        t.enqueue(req, &ticket.wake, alive_until, may_hand_over(req))?;
                     ticket.claim = claim;
                     t.record(NewEvent {
                         key: req.keys[0].as_str(),
@@ -422,22 +410,31 @@ fn attempt(
     }
 }
 
-/// The grant a releaser made for the place of `ticket` (a hand-over, see
-/// [`wake_list`]), answered as the waiter's own: it holds the entry's claim
-/// as its secret. `None` when there is none (or the ticket has no claim).
+/// The holds a releaser granted to the place of `ticket` (a hand-over, see
+/// [`wake_list`]): those of its entry whose secret is its claim; none when
+/// the ticket has no place or no claim.
+fn ticket_holds(t: &mut dyn Tables, ticket: &Ticket) -> Result<Vec<Hold>, StoreError> {
+    let (Some(seq), Some(claim)) = (ticket.seq, ticket.claim.as_deref()) else {
+        return Ok(Vec::new());
+    };
+    Ok(t.holds_of_ticket(seq)?
+        .into_iter()
+        .filter(|h| crate::model::same_secret(&h.secret, claim))
+        .collect())
+}
+
+/// The grant a releaser made for the place of `ticket` (see
+/// [`ticket_holds`]), answered as the waiter's own; `None` when there is
+/// none.
 pub fn picked_up(
     t: &mut dyn Tables,
     req: &AcquireRequest,
     ticket: Option<&Ticket>,
 ) -> Result<Option<Grant>, StoreError> {
-    let Some((seq, claim)) = ticket.and_then(|t| Some((t.seq?, t.claim.as_deref()?))) else {
+    let Some(ticket) = ticket else {
         return Ok(None);
     };
-    let rows: Vec<Hold> = t
-        .holds_of_ticket(seq)?
-        .into_iter()
-        .filter(|h| crate::model::same_secret(&h.secret, claim))
-        .collect();
+    let rows = ticket_holds(t, ticket)?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -449,7 +446,7 @@ pub fn picked_up(
 
 /// Removes a queued request that gives up, records why, and answers whom
 /// its leaving may let in. A grant a releaser made for the place meanwhile
-/// (a hand-over) is given back, released as `completed`.
+/// (a hand-over) is given back: released as `completed`, `given_back`.
 pub fn leave_queue(
     t: &mut dyn Tables,
     ticket: &Ticket,
@@ -458,54 +455,44 @@ pub fn leave_queue(
     let Some(seq) = ticket.seq else {
         return Ok(Vec::new());
     };
-    let Some(entry) = t.queue_entry(seq)? else {
-        let Some(claim) = ticket.claim.as_deref() else {
-            return Ok(Vec::new());
-        };
-        let mut freed = Vec::new();
-        for h in t.holds_of_ticket(seq)? {
-            if crate::model::same_secret(&h.secret, claim) {
-                if freed.is_empty() {
-                    t.record(NewEvent {
-                        key: h.lock.key.as_str(),
-                        kind: left_kind(why),
-                        owner: &h.lock.holder.owner,
-                        task: h.lock.holder.task.as_deref(),
-                        fence: None,
-                        grant: None,
-                        reason: None,
-                        detail: None,
-                    })?;
-                }
-                let detail = json!({ "given_back": true });
-                t.end_hold(&h.lock, ReleaseReason::Completed, Some(detail))?;
-                freed.push((h.lock.key.clone(), h.lock.scope));
-            }
+    let (owner, task, keys, given) = match t.queue_entry(seq)? {
+        Some(entry) => {
+            t.drop_entry(seq)?;
+            (entry.owner, entry.task, entry.keys, Vec::new())
         }
-        return wake_list(t, freed);
+        None => {
+            let given = ticket_holds(t, ticket)?;
+            let Some(first) = given.first() else {
+                return Ok(Vec::new());
+            };
+            let holder = &first.lock.holder;
+            let keys = given
+                .iter()
+                .map(|h| (h.lock.key.clone(), h.lock.scope))
+                .collect();
+            (holder.owner.clone(), holder.task.clone(), keys, given)
+        }
     };
-    t.drop_entry(seq)?;
-    if let Some((key, _)) = entry.keys.first() {
+    if let Some((key, _)) = keys.first() {
         t.record(NewEvent {
             key: key.as_str(),
-            kind: left_kind(why),
-            owner: &entry.owner,
-            task: entry.task.as_deref(),
+            kind: match why {
+                LeaveReason::TimedOut => EventKind::WaitTimedOut,
+                LeaveReason::Cancelled => EventKind::WaitCancelled,
+            },
+            owner: &owner,
+            task: task.as_deref(),
             fence: None,
             grant: None,
             reason: None,
             detail: None,
         })?;
     }
-    wake_list(t, entry.keys)
-}
-
-/// The event of a request that left the queue for `why`.
-fn left_kind(why: LeaveReason) -> EventKind {
-    match why {
-        LeaveReason::TimedOut => EventKind::WaitTimedOut,
-        LeaveReason::Cancelled => EventKind::WaitCancelled,
+    for h in &given {
+        let detail = json!({ "given_back": true });
+        t.end_hold(&h.lock, ReleaseReason::Completed, Some(detail))?;
     }
+    wake_list(t, keys)
 }
 
 /// The wake addresses of queued requests that a change on each of `keys`
@@ -547,6 +534,18 @@ pub fn wake_list(
     Ok(wakes)
 }
 
+/// Whether a release may grant `req` in its own transaction (see
+/// [`wake_list`]): its locks are bound to the waiting process itself. Were
+/// they bound to another one (`acquire --pid`), a waiter that died before
+/// it read its grant would leave a lock nobody has the handle of, for as
+/// long as that one lives; an unbound one would keep it until its lease.
+pub fn may_hand_over(req: &AcquireRequest) -> bool {
+    let holder = &req.holder;
+    req.bind
+        .as_ref()
+        .is_some_and(|b| b.pid == holder.pid && b.start == holder.pid_start)
+}
+
 /// Grants queue entry `seq` in this transaction when [`wake_list`] may (see
 /// there) and the rules grant its request now, as they would its own
 /// attempt; adds where to tell holders it ended (dead, expired) to `wakes`,
@@ -561,16 +560,7 @@ fn hand_over(
     let Some(parked) = t.parked(seq)? else {
         return Ok(false);
     };
-    // Bound to the waiting process itself: were it bound to another one
-    // (`acquire --pid`), a waiter that died before it read its grant would
-    // leave a lock nobody has the handle of, for as long as that one lives.
-    let holder = &parked.req.holder;
-    let bound_to_waiter = parked
-        .req
-        .bind
-        .as_ref()
-        .is_some_and(|b| b.pid == holder.pid && b.start == holder.pid_start);
-    if !parked.alive || !bound_to_waiter {
+    if !parked.alive || !may_hand_over(&parked.req) {
         return Ok(false);
     }
     let ticket = Ticket {
@@ -595,7 +585,7 @@ fn hand_over(
     for seq in decision.drop {
         t.drop_entry(seq)?;
     }
-    let grant = t.write_handover(&parked, seq, waited)?;
+    let grant = t.write_grant(&parked.req, waited, Some((seq, &parked)))?;
     wakes.push(match handed_message(seq, &parked.claim, &grant) {
         Some(message) => crate::local::wake_with(&parked.wake, &message),
         None => parked.wake,

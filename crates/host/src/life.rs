@@ -251,6 +251,36 @@ pub fn observe(mut holds: Vec<Hold>, host: &HostFacts) -> Vec<Hold> {
     holds
 }
 
+/// What a store writes with a queue entry it keeps for a hand-over.
+pub struct Keeping {
+    /// The request, as JSON.
+    pub request: String,
+    /// A new claim (see [`locksmith_core::Ticket::claim`]).
+    pub claim: String,
+    /// The waiter's `stale_after`, in ms.
+    pub stale_after_ms: i64,
+}
+
+/// What to keep with a queue entry of `req` when `keep` (see
+/// [`locksmith_core::flow::may_hand_over`]): the request, a new claim and
+/// the waiter's `stale_after`; `None` otherwise.
+pub fn kept_for_handover(
+    req: &locksmith_core::AcquireRequest,
+    keep: bool,
+    stale_after: std::time::Duration,
+) -> Result<Option<Keeping>, StoreError> {
+    if !keep {
+        return Ok(None);
+    }
+    let request = serde_json::to_string(req)
+        .map_err(|e| StoreError::backend(format!("cannot keep the queued request: {e}")))?;
+    Ok(Some(Keeping {
+        request,
+        claim: crate::random_hex(16),
+        stale_after_ms: stale_after.as_millis() as i64,
+    }))
+}
+
 /// The columns a store keeps of a queue entry for a hand-over.
 pub struct Kept {
     /// The request, as JSON.

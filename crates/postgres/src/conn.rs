@@ -883,16 +883,7 @@ impl Tx<'_> {
     /// Keeps the fences of a [`fences_stmt`] read sent ahead for the next
     /// [`Tx::draw_fences`], past writes that drop the other reads.
     pub fn keep_fences(&mut self, n: usize) -> Result<(), Fail> {
-        let stmt = fences_stmt(n)?;
-        if let Some(at) = self.ahead.iter().position(|(s, _)| *s == stmt) {
-            let (_, rows) = self.ahead.swap_remove(at);
-            let mut fences = rows
-                .iter()
-                .map(|r| Ahead(r).num(0))
-                .collect::<Result<Vec<i64>, Fail>>()?;
-            fences.sort_unstable();
-            self.drawn = fences;
-        }
+        self.drawn = self.draw_fences(n)?;
         Ok(())
     }
 

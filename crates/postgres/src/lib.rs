@@ -204,6 +204,25 @@ impl PgStore {
         })
     }
 
+    /// Ends the caller's tenure of the key, or with `whole_grant` every
+    /// lock of its grant.
+    fn release_of(
+        &self,
+        target: &Target,
+        reason: ReleaseReason,
+        whole_grant: bool,
+    ) -> Result<Release, StoreError> {
+        self.write_ahead(
+            &on_key(&target.key),
+            0,
+            &self.named_load(target)?,
+            |tx, ctx| {
+                let t = &mut Tables { tx, ctx };
+                Ok(flow::release(t, target, reason, whole_grant)?)
+            },
+        )
+    }
+
     /// [`named_load`], as the store reports a failure.
     fn named_load(&self, target: &Target) -> Result<Vec<conn::Stmt>, StoreError> {
         named_load(target).map_err(|e| e.into_store(self.shown()))
@@ -390,35 +409,11 @@ impl Store for PgStore {
     }
 
     fn release(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write_ahead(
-            &on_key(&target.key),
-            0,
-            &self.named_load(target)?,
-            |tx, ctx| {
-                Ok(flow::release(
-                    &mut Tables { tx, ctx },
-                    target,
-                    reason,
-                    false,
-                )?)
-            },
-        )
+        self.release_of(target, reason, false)
     }
 
     fn release_grant(&self, target: &Target, reason: ReleaseReason) -> Result<Release, StoreError> {
-        self.write_ahead(
-            &on_key(&target.key),
-            0,
-            &self.named_load(target)?,
-            |tx, ctx| {
-                Ok(flow::release(
-                    &mut Tables { tx, ctx },
-                    target,
-                    reason,
-                    true,
-                )?)
-            },
-        )
+        self.release_of(target, reason, true)
     }
 
     fn force_release_seen(

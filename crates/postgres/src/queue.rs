@@ -135,23 +135,20 @@ pub(crate) fn refresh(tx: &mut Tx<'_>, seq: i64, alive_until: Mono) -> Result<()
     )
 }
 
-/// Adds a request at the back of the queue, kept whole with a new claim
-/// for a hand-over; returns its seq and the claim.
+/// Adds a request at the back of the queue; returns its seq. With `keep`
+/// it is kept whole for a hand-over, with a new claim, also returned.
 pub(crate) fn enqueue(
     tx: &mut Tx<'_>,
     ctx: &Ctx<'_>,
     req: &locksmith_core::AcquireRequest,
     wake: &str,
     alive_until: Mono,
+    keep: bool,
 ) -> Result<(i64, Option<String>), Fail> {
     let h = &req.holder;
     let keys: Vec<&str> = req.keys.iter().map(|k| k.as_str()).collect();
-    let request = serde_json::to_string(req).map_err(|e| {
-        Fail::Store(StoreError::backend(format!(
-            "cannot keep the queued request: {e}"
-        )))
-    })?;
-    let claim = locksmith_host::random_hex(16);
+    let kept = locksmith_host::life::kept_for_handover(req, keep, ctx.opts.stale_after)
+        .map_err(Fail::Store)?;
     let row = tx.one(
         "WITH q AS (
            INSERT INTO queue (priority, mode, slots, scope, owner, task, hostname, boot_id, pid,
@@ -179,14 +176,14 @@ pub(crate) fn enqueue(
             &(alive_until.0 as i64),
             &wake,
             &keys,
-            &request,
-            &claim,
-            &ctx.host.uid_on(h).map(i64::from),
-            &(ctx.opts.stale_after.as_millis() as i64),
+            &kept.as_ref().map(|k| k.request.as_str()),
+            &kept.as_ref().map(|k| k.claim.as_str()),
+            &kept.as_ref().and(ctx.host.uid_on(h)).map(i64::from),
+            &kept.as_ref().map(|k| k.stale_after_ms),
         ],
     )?;
     let seq: i64 = row.try_get(0)?;
-    Ok((seq, Some(claim)))
+    Ok((seq, kept.map(|k| k.claim)))
 }
 
 /// The request of entry `seq` as it joined, when it was kept for a

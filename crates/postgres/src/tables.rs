@@ -200,8 +200,9 @@ impl flow::Tables for Tables<'_, '_> {
         req: &AcquireRequest,
         wake: &str,
         until: Mono,
+        keep: bool,
     ) -> Result<(i64, Option<String>), StoreError> {
-        queue::enqueue(self.tx, self.ctx, req, wake, until).map_err(|e| self.fail(e))
+        queue::enqueue(self.tx, self.ctx, req, wake, until, keep).map_err(|e| self.fail(e))
     }
 
     /// Only a request whose key locks this transaction holds already: a
@@ -221,7 +222,7 @@ impl flow::Tables for Tables<'_, '_> {
         if !self.tx.covers(&claims) {
             return Ok(None);
         }
-        if parked.alive && parked.req.bind.is_some() {
+        if parked.alive {
             let n = parked.req.keys.len();
             let ahead = || -> Result<Vec<crate::conn::Stmt>, Fail> {
                 let mut reads = vec![queue::own_stmt(seq)?];
@@ -257,22 +258,13 @@ impl flow::Tables for Tables<'_, '_> {
         self.load("ticket = $1 ORDER BY fence", &[&seq])
     }
 
-    fn write_handover(
-        &mut self,
-        parked: &Parked,
-        seq: i64,
-        waited: Option<Duration>,
-    ) -> Result<Grant, StoreError> {
-        crate::acquire::grant(self.tx, self.ctx, &parked.req, waited, Some((seq, parked)))
-            .map_err(|e| self.fail(e))
-    }
-
     fn write_grant(
         &mut self,
         req: &AcquireRequest,
         waited: Option<Duration>,
+        to: Option<(i64, &Parked)>,
     ) -> Result<Grant, StoreError> {
-        crate::acquire::grant(self.tx, self.ctx, req, waited, None).map_err(|e| self.fail(e))
+        crate::acquire::grant(self.tx, self.ctx, req, waited, to).map_err(|e| self.fail(e))
     }
 
     fn extend(&mut self, ext: &Extension) -> Result<(), StoreError> {

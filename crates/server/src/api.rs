@@ -323,7 +323,7 @@ async fn leave(Shared(st): Shared<Arc<State>>, body: Result<Bytes, BytesRejectio
         true => LeaveReason::TimedOut,
         false => LeaveReason::Cancelled,
     };
-    let Some((seq, wake, claim)) = st.parked.take(&b.ticket, None) else {
+    let Some((seq, wake)) = st.parked.take(&b.ticket, None) else {
         // Unknown here, or already gone: nothing of the caller's is queued.
         return Ok(json(StatusCode::OK, &serde_json::json!({ "left": false })));
     };
@@ -332,7 +332,7 @@ async fn leave(Shared(st): Shared<Arc<State>>, body: Result<Bytes, BytesRejectio
         let t = Ticket {
             seq: Some(seq),
             wake: wake.address().to_string(),
-            claim,
+            claim: None,
         };
         store.leave_queue(&t, why)
     })

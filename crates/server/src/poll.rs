@@ -37,8 +37,6 @@ struct Spot {
     /// The request id of the request, when it had one.
     request_id: Option<String>,
     wake: Box<dyn WakeSource>,
-    /// The store's claim of the place (see [`Ticket::claim`]).
-    claim: Option<String>,
     since: Instant,
 }
 
@@ -57,13 +55,13 @@ impl Parked {
         &self,
         ticket: &str,
         owner: Option<&str>,
-    ) -> Option<(i64, Box<dyn WakeSource>, Option<String>)> {
+    ) -> Option<(i64, Box<dyn WakeSource>)> {
         let (seq, secret) = ticket.split_once('.')?;
         let seq: i64 = seq.parse().ok()?;
         let mut spots = self.spots.lock().unwrap_or_else(|p| p.into_inner());
         match spots.get(&seq) {
             Some(s) if same(&s.secret, secret) && owner.is_none_or(|o| o == s.owner) => {
-                spots.remove(&seq).map(|s| (seq, s.wake, s.claim))
+                spots.remove(&seq).map(|s| (seq, s.wake))
             }
             _ => None,
         }
@@ -71,17 +69,13 @@ impl Parked {
 
     /// The parked place of the request `request_id` of `owner`, for a
     /// client that polls again with its request id instead of the ticket.
-    fn take_request(
-        &self,
-        owner: &str,
-        request_id: &str,
-    ) -> Option<(i64, Box<dyn WakeSource>, Option<String>)> {
+    fn take_request(&self, owner: &str, request_id: &str) -> Option<(i64, Box<dyn WakeSource>)> {
         let mut spots = self.spots.lock().unwrap_or_else(|p| p.into_inner());
         let seq = spots
             .iter()
             .find(|(_, s)| s.owner == owner && s.request_id.as_deref() == Some(request_id))
             .map(|(seq, _)| *seq)?;
-        spots.remove(&seq).map(|s| (seq, s.wake, s.claim))
+        spots.remove(&seq).map(|s| (seq, s.wake))
     }
 
     /// Keeps the wake source of a queued request between two polls; returns its ticket.
@@ -91,7 +85,6 @@ impl Parked {
         owner: &str,
         request_id: Option<String>,
         wake: Box<dyn WakeSource>,
-        claim: Option<String>,
     ) -> String {
         let secret = locksmith::host::random_hex(12);
         let ticket = format!("{seq}.{secret}");
@@ -105,7 +98,6 @@ impl Parked {
                 owner: owner.to_string(),
                 request_id,
                 wake,
-                claim,
                 since: Instant::now(),
             },
         );
@@ -225,8 +217,8 @@ pub(crate) async fn acquire(
         (None, Some(rid)) => st.parked.take_request(&owner, rid),
         (None, None) => None,
     };
-    let (seq, wake, claim) = match parked {
-        Some((seq, w, claim)) => (Some(seq), w, claim),
+    let (seq, wake) = match parked {
+        Some((seq, w)) => (Some(seq), w),
         None => {
             if st.parked.waiting_of(&owner) >= st.settings.max_waiters_per_owner {
                 return Err(ApiError::new(
@@ -238,13 +230,15 @@ pub(crate) async fn acquire(
                 ));
             }
             let notifier = st.notifier.clone();
-            (None, blocking(move || notifier.wake_source()).await??, None)
+            (None, blocking(move || notifier.wake_source()).await??)
         }
     };
+    // No claim: a request through a server is never bound to a process,
+    // so no release hands it the lock (see `flow::may_hand_over`).
     let mut t = Ticket {
         seq,
         wake: wake.address().to_string(),
-        claim,
+        claim: None,
     };
     st.parked.enter(&owner);
     let flight = InFlight {
@@ -294,7 +288,7 @@ pub(crate) async fn acquire(
         Attempt::Granted(g) => Ok(Answer::Granted(g)),
         Attempt::Blocked(b) => match t.seq {
             Some(seq) => Ok(Answer::Waiting(
-                st.parked.park(seq, &owner, request_id, wake, t.claim),
+                st.parked.park(seq, &owner, request_id, wake),
                 b,
             )),
             None => Err(AcquireError::Busy(b).into()),

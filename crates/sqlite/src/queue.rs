@@ -185,19 +185,18 @@ pub(crate) fn refresh(tx: &Connection, seq: i64, alive_until: Mono) -> Result<()
     Ok(())
 }
 
-/// Adds a request at the back of the queue, kept whole with a new claim
-/// for a hand-over; returns its seq and the claim.
+/// Adds a request at the back of the queue; returns its seq. With `keep`
+/// it is kept whole for a hand-over, with a new claim, also returned.
 pub(crate) fn enqueue(
     tx: &Connection,
     ctx: &Ctx<'_>,
     req: &locksmith_core::AcquireRequest,
     wake: &str,
     alive_until: Mono,
+    keep: bool,
 ) -> Result<(i64, Option<String>), StoreError> {
     let h = &req.holder;
-    let request = serde_json::to_string(req)
-        .map_err(|e| StoreError::backend(format!("cannot keep the queued request: {e}")))?;
-    let claim = locksmith_host::random_hex(16);
+    let kept = locksmith_host::life::kept_for_handover(req, keep, ctx.opts.stale_after)?;
     tx.prepare_cached(
         "INSERT INTO queue (priority, mode, slots, scope, owner, task, hostname, boot_id, pid,
             pid_start, since_mono, since_wall, alive_until, wake, request, claim, uid,
@@ -220,10 +219,10 @@ pub(crate) fn enqueue(
         ctx.now.wall.0 as i64,
         alive_until.0 as i64,
         wake,
-        request,
-        claim,
-        ctx.host.uid_on(h),
-        ctx.opts.stale_after.as_millis() as i64,
+        kept.as_ref().map(|k| &k.request),
+        kept.as_ref().map(|k| &k.claim),
+        kept.as_ref().and(ctx.host.uid_on(h)),
+        kept.as_ref().map(|k| k.stale_after_ms),
     ])
     .map_err(map_err)?;
     let seq = tx.last_insert_rowid();
@@ -233,7 +232,7 @@ pub(crate) fn enqueue(
             .execute(params![key.as_str(), seq, req.scope.name()])
             .map_err(map_err)?;
     }
-    Ok((seq, Some(claim)))
+    Ok((seq, kept.map(|k| k.claim)))
 }
 
 /// The request of entry `seq` as it joined, when it was kept for a

@@ -195,8 +195,9 @@ impl flow::Tables for Tables<'_> {
         req: &AcquireRequest,
         wake: &str,
         until: Mono,
+        keep: bool,
     ) -> Result<(i64, Option<String>), StoreError> {
-        queue::enqueue(self.tx, self.ctx, req, wake, until)
+        queue::enqueue(self.tx, self.ctx, req, wake, until, keep)
     }
 
     fn parked(&mut self, seq: i64) -> Result<Option<Parked>, StoreError> {
@@ -211,17 +212,9 @@ impl flow::Tables for Tables<'_> {
         &mut self,
         req: &AcquireRequest,
         waited: Option<Duration>,
+        to: Option<(i64, &Parked)>,
     ) -> Result<Grant, StoreError> {
-        crate::acquire::grant(self.tx, self.ctx, req, waited, None)
-    }
-
-    fn write_handover(
-        &mut self,
-        parked: &Parked,
-        seq: i64,
-        waited: Option<Duration>,
-    ) -> Result<Grant, StoreError> {
-        crate::acquire::grant(self.tx, self.ctx, &parked.req, waited, Some((seq, parked)))
+        crate::acquire::grant(self.tx, self.ctx, req, waited, to)
     }
 
     fn extend(&mut self, ext: &Extension) -> Result<(), StoreError> {

@@ -48,7 +48,7 @@ enum Kind {
 }
 
 /// One fenced block of a Markdown file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Block {
     pub file: String,
     /// The line of its opening fence, from 1.
@@ -335,11 +335,8 @@ fn run_block(block: &Block) {
         token.as_deref(),
     );
     let mut script = script(&Block {
-        file: block.file.clone(),
-        line: block.line,
-        lang: block.lang.clone(),
-        kind: block.kind.clone(),
         code,
+        ..block.clone()
     });
     // A namespace of its own: port 7420 is free, and nothing outside it is
     // reached. The PostgreSQL examples reach the server outside.
