@@ -423,9 +423,9 @@ fn ticket_holds(t: &mut dyn Tables, ticket: &Ticket) -> Result<Vec<Hold>, StoreE
         .collect())
 }
 
-/// The grant a releaser made for the place of `ticket` (see
-/// [`ticket_holds`]), answered as the waiter's own; `None` when there is
-/// none.
+/// The grant a releaser made for the place of `ticket` (a hand-over, see
+/// [`wake_list`]): the holds of its entry whose secret is its claim,
+/// answered as the waiter's own; `None` when there is none.
 pub fn picked_up(
     t: &mut dyn Tables,
     req: &AcquireRequest,
