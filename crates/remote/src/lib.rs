@@ -8,6 +8,7 @@
 //! answers at once when a release makes it the request's turn. The wake-ups
 //! of [`RemoteNotifier`] are therefore immediate: the transport is the wake-up.
 
+mod resolve;
 mod watch;
 
 use std::io::Read;
@@ -72,11 +73,15 @@ impl HttpStore {
                 }
             )));
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(CALL_TIMEOUT))
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            resolve::Resolve::default(),
+        );
         Ok(HttpStore {
             base,
             agent,
