@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::State;
 use crate::error::ApiError;
 use crate::guard::{self, Caller};
-use crate::poll::{self, Answer, blocking};
+use crate::poll::{self, Answer};
 use crate::tokens::Role;
 
 type Api = Result<Response, ApiError>;
@@ -177,13 +177,12 @@ async fn grant_key(st: &Arc<State>, grant: i64, named: Option<String>) -> Result
     if let Some(k) = named {
         return key(&k);
     }
-    let store = st.store.clone();
     let filter = ListFilter {
         grant: Some(grant),
         limit: 1,
         ..ListFilter::default()
     };
-    let held = blocking(move || store.list(&filter)).await??;
+    let held = st.store_call(move |store| store.list(&filter)).await??;
     held.into_iter().next().map(|l| l.key).ok_or_else(|| {
         ApiError::new(
             Code::Lost,
@@ -237,8 +236,9 @@ async fn renew(st: Arc<State>, caller: Caller, k: Key, b: RenewBody) -> Api {
         by: proof(caller, b.handle, b.owner)?,
     };
     let ttl = b.ttl_ms.map(Duration::from_millis);
-    let store = st.store.clone();
-    let r = blocking(move || store.renew(&target, ttl)).await??;
+    let r = st
+        .store_call(move |store| store.renew(&target, ttl))
+        .await??;
     match &r {
         Renewal::Renewed { .. } => {
             st.metrics.renewed("renewed");
@@ -299,12 +299,12 @@ async fn release(st: Arc<State>, caller: Caller, k: Key, b: ReleaseBody, whole: 
         key: k,
         by: proof(caller, b.handle, b.owner)?,
     };
-    let store = st.store.clone();
-    let r = blocking(move || match whole {
-        true => store.release_grant(&target, reason),
-        false => store.release(&target, reason),
-    })
-    .await??;
+    let r = st
+        .store_call(move |store| match whole {
+            true => store.release_grant(&target, reason),
+            false => store.release(&target, reason),
+        })
+        .await??;
     if let Release::Released {
         key,
         fence,
@@ -327,8 +327,7 @@ async fn leave(Shared(st): Shared<Arc<State>>, body: Result<Bytes, BytesRejectio
         // Unknown here, or already gone: nothing of the caller's is queued.
         return Ok(json(StatusCode::OK, &serde_json::json!({ "left": false })));
     };
-    let store = st.store.clone();
-    blocking(move || {
+    st.store_call(move |store| {
         let t = Ticket {
             seq: Some(seq),
             wake: wake.address().to_string(),
@@ -349,9 +348,8 @@ pub(crate) struct ReapBody {
 
 async fn reap(Shared(st): Shared<Arc<State>>, body: Result<Bytes, BytesRejection>) -> Api {
     let b: ReapBody = parse(&body)?;
-    let store = st.store.clone();
     let batch = b.batch.clone();
-    let ended = blocking(move || store.reap(&batch)).await??;
+    let ended = st.store_call(move |store| store.reap(&batch)).await??;
     for (r, _) in b.batch.iter().zip(&ended).filter(|(_, e)| **e) {
         st.metrics.swept(r.reason.name());
         tracing::info!(event = "reaped", key = %r.key, fence = r.fence.0, reason = r.reason.name(), "reaped");
@@ -361,8 +359,7 @@ async fn reap(Shared(st): Shared<Arc<State>>, body: Result<Bytes, BytesRejection
 
 async fn status(Shared(st): Shared<Arc<State>>, Path(k): Path<String>) -> Api {
     let k = key(&k)?;
-    let store = st.store.clone();
-    let s = blocking(move || store.status(&k)).await??;
+    let s = st.store_call(move |store| store.status(&k)).await??;
     Ok(json(StatusCode::OK, &s))
 }
 
@@ -390,10 +387,10 @@ async fn force(st: Arc<State>, caller: Caller, k: Key, b: ForceBody) -> Api {
         Some(name) => Some(format!("token {name}")),
         None => b.by.clone(),
     };
-    let store = st.store.clone();
     let seen = b.fence.map(locksmith_core::Fence);
-    let ended =
-        blocking(move || store.force_release_seen(&k, &b.reason, by.as_deref(), seen)).await??;
+    let ended = st
+        .store_call(move |store| store.force_release_seen(&k, &b.reason, by.as_deref(), seen))
+        .await??;
     st.metrics.forced(ended.len());
     for l in &ended {
         st.metrics
@@ -456,20 +453,20 @@ async fn list(
         grant: q.grant,
         limit: 0,
     };
-    let store = st.store.clone();
     let want_waiting = q.waiting;
-    let (locks, waiting_keys) = blocking(move || {
-        let locks = store.list(&filter)?;
-        let waiting = match want_waiting {
-            true => Some(store.waiters(&ListFilter {
-                prefix: filter.prefix.clone(),
-                ..ListFilter::default()
-            })?),
-            false => None,
-        };
-        Ok::<_, locksmith_core::StoreError>((locks, waiting))
-    })
-    .await??;
+    let (locks, waiting_keys) = st
+        .store_call(move |store| {
+            let locks = store.list(&filter)?;
+            let waiting = match want_waiting {
+                true => Some(store.waiters(&ListFilter {
+                    prefix: filter.prefix.clone(),
+                    ..ListFilter::default()
+                })?),
+                false => None,
+            };
+            Ok::<_, locksmith_core::StoreError>((locks, waiting))
+        })
+        .await??;
     let mut rows: Vec<_> = locks
         .into_iter()
         .filter(|l| match state.as_deref() {
@@ -505,8 +502,7 @@ async fn waiters(
         limit: q.limit,
         ..ListFilter::default()
     };
-    let store = st.store.clone();
-    let w = blocking(move || store.waiters(&filter)).await??;
+    let w = st.store_call(move |store| store.waiters(&filter)).await??;
     Ok(json(StatusCode::OK, &serde_json::json!({ "waiters": w })))
 }
 
@@ -544,8 +540,7 @@ async fn history(
         after: q.after,
         limit: q.limit,
     };
-    let store = st.store.clone();
-    let events = blocking(move || store.history(&filter)).await??;
+    let events = st.store_call(move |store| store.history(&filter)).await??;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "events": events }),
@@ -578,27 +573,24 @@ async fn events(
     let rx = st.feed.subscribe();
     let (backlog, sent) = match resume {
         None => (Vec::new(), st.feed.last()),
-        Some(id) => {
-            let store = st.store.clone();
-            match blocking(move || missed(&*store, id)).await?? {
-                Some(events) => {
-                    let sent = events.last().map_or(id, |e| e.id);
-                    let items = events
-                        .into_iter()
-                        .filter(|e| {
-                            filter
-                                .prefix
-                                .as_deref()
-                                .is_none_or(|p| e.key.starts_with(p))
-                        })
-                        .filter(|e| filter.owner.as_deref().is_none_or(|o| e.owner == o))
-                        .map(|e| Item::Event(Arc::new(e)))
-                        .collect();
-                    (items, sent)
-                }
-                None => (vec![Item::Reset("history_pruned")], st.feed.last()),
+        Some(id) => match st.store_call(move |store| missed(store, id)).await?? {
+            Some(events) => {
+                let sent = events.last().map_or(id, |e| e.id);
+                let items = events
+                    .into_iter()
+                    .filter(|e| {
+                        filter
+                            .prefix
+                            .as_deref()
+                            .is_none_or(|p| e.key.starts_with(p))
+                    })
+                    .filter(|e| filter.owner.as_deref().is_none_or(|o| e.owner == o))
+                    .map(|e| Item::Event(Arc::new(e)))
+                    .collect();
+                (items, sent)
             }
-        }
+            None => (vec![Item::Reset("history_pruned")], st.feed.last()),
+        },
     };
     let items = stream(&st, filter, backlog, sent, rx).map(|item| {
         Ok::<_, std::convert::Infallible>(match item {
@@ -619,14 +611,13 @@ async fn events(
 }
 
 async fn stats(Shared(st): Shared<Arc<State>>) -> Api {
-    let store = st.store.clone();
-    let s = blocking(move || store.stats()).await??;
+    let s = st.store_call(move |store| store.stats()).await??;
     Ok(json(StatusCode::OK, &s))
 }
 
 async fn metrics(Shared(st): Shared<Arc<State>>) -> Response {
-    let store = st.store.clone();
-    let stats = blocking(move || store.stats())
+    let stats = st
+        .store_call(move |store| store.stats())
         .await
         .ok()
         .and_then(Result::ok);
@@ -654,8 +645,7 @@ async fn readyz(Shared(st): Shared<Arc<State>>) -> Api {
     if *st.stopping.borrow() {
         return Err(ApiError::new(Code::Unavailable, "the server is stopping"));
     }
-    let store = st.store.clone();
-    blocking(move || store.stats())
+    st.store_call(move |store| store.stats())
         .await?
         .map_err(|e| ApiError::new(Code::Unavailable, format!("the store cannot be read: {e}")))?;
     Ok(json(

@@ -16,7 +16,6 @@ use locksmith_core::store::HistoryFilter;
 use tokio::sync::{Notify, broadcast};
 
 use crate::State;
-use crate::poll::blocking;
 
 /// How often the pump looks at the history without being poked.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
@@ -80,8 +79,7 @@ pub(crate) fn after(
 
 /// Runs until aborted: sends each new history event once, in order.
 pub(crate) async fn pump(st: Arc<State>) {
-    let store = st.store.clone();
-    let start = match blocking(move || newest(&*store)).await {
+    let start = match st.store_call(move |store| newest(store)).await {
         Ok(Ok(id)) => id,
         _ => 0,
     };
@@ -92,8 +90,7 @@ pub(crate) async fn pump(st: Arc<State>) {
             () = tokio::time::sleep(LOOK_EVERY) => {}
         }
         let since = st.feed.last();
-        let store = st.store.clone();
-        let fresh = match blocking(move || after(&*store, since)).await {
+        let fresh = match st.store_call(move |store| after(store, since)).await {
             Ok(Ok(events)) => events,
             Ok(Err(e)) => {
                 tracing::warn!(event = "events_read_failed", error = %e, "cannot read the history for the event stream");

@@ -3,7 +3,8 @@
 //!
 //! The server is a thin front end: every answer comes from the
 //! [`Store`] behind it; this crate turns requests into store calls (on
-//! blocking threads, the store is synchronous) and store answers into JSON.
+//! blocking threads, or on one thread of their own for the embedded store:
+//! see [`StoreCalls`]) and store answers into JSON.
 //!
 //! ```text
 //! settings ──► State ──► router(state) ──► serve(listener, shutdown)
@@ -12,6 +13,7 @@
 //! ```
 
 mod api;
+mod calls;
 mod dashboard;
 mod error;
 mod events;
@@ -33,6 +35,7 @@ use locksmith_core::{Notifier, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use calls::StoreCalls;
 pub use error::ApiError;
 pub use metrics::Metrics;
 
@@ -67,6 +70,10 @@ pub struct Settings {
     /// The store as shown to people (a URL without its password), for the
     /// dashboard's server strip and `/v1/info`.
     pub store_shown: String,
+    /// Where store calls run: [`StoreCalls::OneThread`] for the embedded
+    /// store (one connection), [`StoreCalls::Parallel`] (the default) for a
+    /// store with many.
+    pub store_calls: StoreCalls,
 }
 
 impl Default for Settings {
@@ -82,6 +89,7 @@ impl Default for Settings {
             tokens: None,
             keep_alive: Duration::from_secs(15),
             store_shown: String::new(),
+            store_calls: StoreCalls::default(),
         }
     }
 }
@@ -89,6 +97,7 @@ impl Default for Settings {
 /// Everything the handlers share.
 pub struct State {
     pub(crate) store: Arc<dyn Store>,
+    calls: calls::Calls,
     pub(crate) notifier: Arc<dyn Notifier>,
     pub(crate) settings: Settings,
     pub(crate) metrics: Metrics,
@@ -114,6 +123,7 @@ impl State {
             None => tokens::Tokens::default(),
         };
         Ok(Arc::new(State {
+            calls: calls::Calls::new(settings.store_calls)?,
             tokens: RwLock::new(tokens),
             feed: events::Feed::default(),
             store,
@@ -124,6 +134,15 @@ impl State {
             stopping,
             stop,
         }))
+    }
+
+    /// Runs `f` on the store where store calls run (see [`StoreCalls`]).
+    pub(crate) async fn store_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        self.calls.run(move || f(&*store)).await
     }
 
     /// Reads the token file again (SIGHUP); keeps the old tokens when the

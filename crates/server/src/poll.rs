@@ -183,8 +183,9 @@ pub(crate) async fn acquire(
     ticket: Option<&str>,
 ) -> Result<Answer, ApiError> {
     if wait == WaitPolicy::FailFast && !keep_place && ticket.is_none() {
-        let store = st.store.clone();
-        let attempt = blocking(move || store.acquire(&req, None)).await??;
+        let attempt = st
+            .store_call(move |store| store.acquire(&req, None))
+            .await??;
         return match attempt {
             Attempt::Granted(g) => Ok(Answer::Granted(g)),
             Attempt::Blocked(b) => Err(AcquireError::Busy(b).into()),

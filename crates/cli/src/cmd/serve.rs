@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use locksmith_core::Code;
 use locksmith_core::time::parse_duration;
-use locksmith_server::{DEFAULT_PORT, Settings, State};
+use locksmith_server::{DEFAULT_PORT, Settings, State, StoreCalls};
 
 use crate::{Ctx, Failure};
 
@@ -88,6 +88,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         allowed_hosts: a.allow_host.clone(),
         tokens: Some(token_file),
         store_shown: ctx.store_shown(),
+        // The embedded store has one connection: its calls run one at a
+        // time anyway, fastest on one thread; PostgreSQL's overlap.
+        store_calls: match store {
+            crate::Opened::Local(_) => StoreCalls::OneThread,
+            _ => StoreCalls::Parallel,
+        },
         ..Settings::default()
     };
     let notifier = store.notifier();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use locksmith_core::{Clock, ManualClock, Notifier, Store};
 use locksmith_postgres::{Options as PgOptions, PgStore};
 use locksmith_remote::HttpStore;
-use locksmith_server::{Settings, State};
+use locksmith_server::{Settings, State, StoreCalls};
 use locksmith_sqlite::{Options, SqliteStore};
 use locksmith_testkit::Harness;
 use tempfile::TempDir;
@@ -69,6 +69,11 @@ impl Server {
         .expect("open a fresh store");
         let sqlite = Arc::new(sqlite);
         let notifier: Arc<dyn Notifier> = Arc::new(sqlite.notifier());
+        // As `locksmith serve` runs the embedded store.
+        let settings = Settings {
+            store_calls: StoreCalls::OneThread,
+            ..settings
+        };
         Server::serve(sqlite, notifier, clock, settings, dir)
     }
 
