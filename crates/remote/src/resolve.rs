@@ -64,10 +64,11 @@ impl Resolve {
             return Ok(addrs);
         }
         let name = authority.as_str();
-        if let Some((kept, at, addrs)) = &*self.kept.lock().unwrap_or_else(|p| p.into_inner()) {
-            if kept == name && now.duration_since(*at) < KEEP_NAME {
-                return Ok(addrs.clone());
-            }
+        if let Some((kept, at, addrs)) = &*self.kept.lock().unwrap_or_else(|p| p.into_inner())
+            && kept == name
+            && now.duration_since(*at) < KEEP_NAME
+        {
+            return Ok(addrs.clone());
         }
         let addrs = self.by_name.resolve(uri, config, timeout)?;
         *self.kept.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -113,7 +113,7 @@ mod tests {
             let calls = Calls::new(how).unwrap();
             runtime().block_on(async {
                 let failed = calls.run(|| -> u8 { panic!("a store call broke") }).await;
-                let e = failed.err().expect("the panic is an error");
+                let e = failed.expect_err("the panic is an error");
                 assert_eq!(e.problem.code, Code::StoreError.name(), "{how:?}");
                 assert_eq!(
                     calls.run(|| 7).await.unwrap(),

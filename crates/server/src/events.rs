@@ -79,7 +79,7 @@ pub(crate) fn after(
 
 /// Runs until aborted: sends each new history event once, in order.
 pub(crate) async fn pump(st: Arc<State>) {
-    let start = match st.store_call(move |store| newest(store)).await {
+    let start = match st.store_call(newest).await {
         Ok(Ok(id)) => id,
         _ => 0,
     };
