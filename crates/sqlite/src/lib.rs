@@ -98,7 +98,7 @@ pub struct SqliteStore {
     store_id: String,
     host: rows::HostFacts,
     waker: locksmith_host::wake::Waker,
-    gate: Option<std::fs::File>,
+    gate: Option<gate::Gate>,
 }
 
 /// Wake-ups for the waiters of one SQLite store: an abstract Unix datagram
@@ -191,11 +191,11 @@ impl SqliteStore {
         f: impl FnOnce(&Connection, &Ctx<'_>) -> Result<(T, Vec<String>), StoreError>,
     ) -> Result<T, StoreError> {
         let conn = self.conn();
-        // Writers queue on the gate's kernel lock, which hands over the
-        // moment it is released, instead of sleeping in SQLite's busy
-        // handler (whose back-off sets the tail latency under contention).
+        // Writers queue at the gate (this process's turn, then the kernel's
+        // lock) instead of sleeping in SQLite's busy handler, whose back-off
+        // sets the tail latency under contention.
         let gate = match &self.gate {
-            Some(g) => Some(gate::GateGuard::lock(g, self.opts.busy_timeout)?),
+            Some(g) => Some(g.enter(self.opts.busy_timeout)?),
             None => None,
         };
         let tx = Txn::begin(&conn, "BEGIN IMMEDIATE")?;
