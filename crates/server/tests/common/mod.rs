@@ -32,7 +32,14 @@ impl Server {
     /// A server whose store reads a hand-driven clock.
     pub fn start_manual() -> Server {
         let clock = ManualClock::new();
-        Server::start(Some(clock), Settings::default())
+        // No sweeper: on a hand-driven clock the test does what time does
+        // (a sweeper pass that ran late, after the clock was moved, pruned
+        // the history a test was about to prune itself).
+        let settings = Settings {
+            sweep_every: Duration::ZERO,
+            ..Settings::default()
+        };
+        Server::start(Some(clock), settings)
     }
 
     /// A server on the system clock with `settings`.
@@ -53,7 +60,12 @@ impl Server {
         let pg = Arc::new(pg);
         let notifier: Arc<dyn Notifier> = Arc::new(pg.notifier());
         let dir = tempfile::tempdir().expect("temp dir");
-        Server::serve(pg, notifier, Some(clock), Settings::default(), dir)
+        // No sweeper, as in `start_manual`.
+        let settings = Settings {
+            sweep_every: Duration::ZERO,
+            ..Settings::default()
+        };
+        Server::serve(pg, notifier, Some(clock), settings, dir)
     }
 
     fn start(clock: Option<ManualClock>, settings: Settings) -> Server {
