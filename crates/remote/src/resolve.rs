@@ -7,7 +7,7 @@
 //! [`Resolve`] answers an address given as digits at once, and keeps the
 //! answer for a name for [`KEEP_NAME`] before it asks again.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -49,30 +49,25 @@ impl Resolve {
         timeout: NextTimeout,
         now: Instant,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let Some(authority) = uri.authority() else {
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return self.by_name.resolve(uri, config, timeout);
         };
-        let port = authority.port_u16().unwrap_or(match uri.scheme_str() {
-            Some("https") => 443,
-            _ => 80,
-        });
-        let host = authority.host();
-        let digits = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-        if let Ok(ip) = digits.unwrap_or(host).parse::<IpAddr>() {
+        let Some(name) = DefaultResolver::host_and_port(scheme, authority) else {
+            return self.by_name.resolve(uri, config, timeout);
+        };
+        if let Ok(addr) = name.parse::<SocketAddr>() {
             let mut addrs = self.empty();
-            addrs.push(SocketAddr::new(ip, port));
+            addrs.push(addr);
             return Ok(addrs);
         }
-        let name = authority.as_str();
         if let Some((kept, at, addrs)) = &*self.kept.lock().unwrap_or_else(|p| p.into_inner())
-            && kept == name
+            && *kept == name
             && now.duration_since(*at) < KEEP_NAME
         {
             return Ok(addrs.clone());
         }
         let addrs = self.by_name.resolve(uri, config, timeout)?;
-        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((name.to_string(), now, addrs.clone()));
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, now, addrs.clone()));
         Ok(addrs)
     }
 }

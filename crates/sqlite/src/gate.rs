@@ -102,7 +102,11 @@ impl Gate {
         }
         let turn = Turn(&self.here);
         let left = timeout.saturating_sub(started.elapsed());
-        GateGuard::lock(&self.file, left, turn)
+        let locked = flock_within(&self.file, left)?;
+        Ok(GateGuard {
+            file: locked.then_some(&self.file),
+            _turn: turn,
+        })
     }
 }
 
@@ -130,45 +134,30 @@ pub(crate) struct GateGuard<'a> {
     _turn: Turn<'a>,
 }
 
-impl<'a> GateGuard<'a> {
-    /// Takes the gate, giving up after `timeout`. The lock is asked for
-    /// without blocking and retried after short pauses (a few yields, then sleeps
-    /// of at most 100 µs), so a writer whose holder was stopped mid-transaction
-    /// (Ctrl-Z, a paused container) gets a clear `Busy` instead of hanging.
-    fn lock(
-        file: &'a fs::File,
-        timeout: Duration,
-        turn: Turn<'a>,
-    ) -> Result<GateGuard<'a>, StoreError> {
-        use rustix::fs::{FlockOperation, flock};
-        let started = Instant::now();
-        let mut tries = 0u32;
-        loop {
-            match flock(file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => {
-                    return Ok(GateGuard {
-                        file: Some(file),
-                        _turn: turn,
-                    });
-                }
-                Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {}
-                // The gate only orders writers; without it SQLite still guards the data.
-                Err(_) => {
-                    return Ok(GateGuard {
-                        file: None,
-                        _turn: turn,
-                    });
-                }
-            }
-            if started.elapsed() >= timeout {
-                return Err(busy(timeout));
-            }
-            tries += 1;
-            if tries < 4 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(u64::from(tries.min(100))));
-            }
+/// Takes the kernel's lock on the gate `file`, giving up after `timeout`;
+/// false when the gate cannot be used (it only orders writers: without it
+/// SQLite still guards the data). The lock is asked for without blocking and
+/// retried after short pauses (a few yields, then sleeps of at most 100 µs),
+/// so a writer whose holder was stopped mid-transaction (Ctrl-Z, a paused
+/// container) gets a clear `Busy` instead of hanging.
+fn flock_within(file: &fs::File, timeout: Duration) -> Result<bool, StoreError> {
+    use rustix::fs::{FlockOperation, flock};
+    let started = Instant::now();
+    let mut tries = 0u32;
+    loop {
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return Ok(false),
+        }
+        if started.elapsed() >= timeout {
+            return Err(busy(timeout));
+        }
+        tries += 1;
+        if tries < 4 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(u64::from(tries.min(100))));
         }
     }
 }

@@ -28,18 +28,21 @@ pub struct Server {
     _dir: TempDir,
 }
 
+/// The settings of a server on a hand-driven clock: no sweeper, the test
+/// does what time does (a sweeper pass that ran late, after the clock was
+/// moved, pruned the history a test was about to prune itself).
+fn hand_driven() -> Settings {
+    Settings {
+        sweep_every: Duration::ZERO,
+        ..Settings::default()
+    }
+}
+
 impl Server {
     /// A server whose store reads a hand-driven clock.
     pub fn start_manual() -> Server {
         let clock = ManualClock::new();
-        // No sweeper: on a hand-driven clock the test does what time does
-        // (a sweeper pass that ran late, after the clock was moved, pruned
-        // the history a test was about to prune itself).
-        let settings = Settings {
-            sweep_every: Duration::ZERO,
-            ..Settings::default()
-        };
-        Server::start(Some(clock), settings)
+        Server::start(Some(clock), hand_driven())
     }
 
     /// A server on the system clock with `settings`.
@@ -60,12 +63,7 @@ impl Server {
         let pg = Arc::new(pg);
         let notifier: Arc<dyn Notifier> = Arc::new(pg.notifier());
         let dir = tempfile::tempdir().expect("temp dir");
-        // No sweeper, as in `start_manual`.
-        let settings = Settings {
-            sweep_every: Duration::ZERO,
-            ..Settings::default()
-        };
-        Server::serve(pg, notifier, Some(clock), settings, dir)
+        Server::serve(pg, notifier, Some(clock), hand_driven(), dir)
     }
 
     fn start(clock: Option<ManualClock>, settings: Settings) -> Server {
