@@ -38,16 +38,20 @@ pub(crate) trait Typed: ToSql + Sync {
     fn lit(&self) -> Result<String, Fail>;
 }
 
-/// Text as a standard SQL string literal (`standard_conforming_strings`
-/// is on in every transaction: only the quote is doubled). Text with a NUL
-/// character cannot be stored in PostgreSQL and is refused.
+/// Text as an escape string literal (`E'…'`), read the same whatever the
+/// server's `standard_conforming_strings`: the backslash and the quote are
+/// doubled. Text with a NUL character cannot be stored in PostgreSQL and
+/// is refused.
 fn quote(s: &str) -> Result<String, Fail> {
     if s.contains('\0') {
         return Err(Fail::Store(StoreError::Invalid(
             "text with a NUL character cannot be stored".into(),
         )));
     }
-    Ok(format!("'{}'", s.replace('\'', "''")))
+    Ok(format!(
+        "E'{}'",
+        s.replace('\\', "\\\\").replace('\'', "''")
+    ))
 }
 
 macro_rules! typed {
@@ -396,12 +400,7 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub fn new(target: Target, max: usize, wait: Duration) -> Pool {
-        let begin = |how: &str| {
-            format!(
-                "{how}; SET LOCAL search_path TO {}; SET LOCAL standard_conforming_strings TO on;",
-                target.schema
-            )
-        };
+        let begin = |how: &str| format!("{how}; SET LOCAL search_path TO {};", target.schema);
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         target.schema.hash(&mut h);
@@ -830,9 +829,11 @@ impl Tx<'_> {
     }
 
     /// Keeps the key locks of `claims` (exclusive on each key, shared on its
-    /// ancestors), sorted, for the next round trip: every statement after
-    /// them sees what the transactions they waited for wrote.
-    fn keep_locks(&mut self, ns: i32, claims: &[(Key, Scope)]) {
+    /// ancestors), sorted, for the next round trip, after `first` (a lock
+    /// call) if given: one statement, whose calls PostgreSQL makes from left
+    /// to right. Every statement after it sees what the transactions it
+    /// waited for wrote.
+    fn keep_locks(&mut self, ns: i32, claims: &[(Key, Scope)], first: Option<String>) {
         self.ahead.clear();
         let mut ids: BTreeMap<i32, bool> = BTreeMap::new();
         for (key, _) in claims {
@@ -843,16 +844,22 @@ impl Tx<'_> {
                 ids.entry(lock_id(anc)).or_insert(false);
             }
         }
-        self.open();
+        let mut calls: Vec<String> = first.into_iter().collect();
         for (id, exclusive) in &ids {
             let f = match exclusive {
                 true => "pg_advisory_xact_lock",
                 false => "pg_advisory_xact_lock_shared",
             };
-            self.pending.push_str(&format!("SELECT {f}({ns}, {id});\n"));
+            calls.push(format!("{f}({ns}, {id})"));
             let held = self.locked.entry(*id).or_insert(false);
             *held |= *exclusive;
         }
+        if calls.is_empty() {
+            return;
+        }
+        self.open();
+        self.pending
+            .push_str(&format!("SELECT {};\n", calls.join(", ")));
     }
 
     /// Whether the key locks taken so far include every one that `claims`
@@ -917,17 +924,15 @@ impl Tx<'_> {
         fences: usize,
         ahead: Vec<Stmt>,
     ) -> Result<Locked, Fail> {
-        self.open();
-        self.pending.push_str(&format!(
-            "SELECT pg_advisory_xact_lock_shared({}, {EVENTS_LOCK});\n",
+        let events = format!(
+            "pg_advisory_xact_lock_shared({}, {EVENTS_LOCK})",
             ns.wrapping_add(1)
-        ));
-        self.keep_locks(ns, claims);
-        self.pending
-            .push_str("SELECT 'q', (EXISTS (SELECT 1 FROM queue))::int::text;\n");
+        );
+        self.keep_locks(ns, claims, Some(events));
+        let mut tagged = vec!["SELECT 'q', (EXISTS (SELECT 1 FROM queue))::int::text".to_string()];
         if fences > 0 {
-            self.pending.push_str(&format!(
-                "SELECT 'f', nextval('fences')::text FROM generate_series(1, {fences});\n"
+            tagged.push(format!(
+                "SELECT 'f', nextval('fences')::text FROM generate_series(1, {fences})"
             ));
         }
         // The reads go last, after the clock, so that the last statements'
@@ -937,7 +942,7 @@ impl Tx<'_> {
             now,
             tagged: answers,
             reads: read,
-        } = self.send_with_clock(&reads)?;
+        } = self.send_with_clock(&tagged, &reads)?;
         self.ahead = ahead.into_iter().zip(read).collect();
         let mut queued = true;
         let mut drawn = Vec::with_capacity(fences);
@@ -979,23 +984,27 @@ impl Tx<'_> {
     /// PostgreSQL breaks a circle of such waits, and the transaction runs
     /// again.
     pub fn lock_more(&mut self, ns: i32, claims: &[(Key, Scope)]) {
-        self.keep_locks(ns, claims);
+        self.keep_locks(ns, claims, None);
     }
 
     /// Opens a read transaction and reads the database's clock, in one
     /// round trip.
     pub fn now(&mut self) -> Result<Now, Fail> {
         self.open();
-        Ok(self.send_with_clock(&[])?.now)
+        Ok(self.send_with_clock(&[], &[])?.now)
     }
 
-    /// Sends the kept statements, a reading of the clock, and the `reads`
-    /// in one simple query.
-    fn send_with_clock(&mut self, reads: &[String]) -> Result<Answer, Fail> {
+    /// Sends the kept statements, a reading of the clock with the `tagged`
+    /// selects of `(tag, number)` rows (one statement), and the `reads` in
+    /// one simple query.
+    fn send_with_clock(&mut self, tagged: &[String], reads: &[String]) -> Result<Answer, Fail> {
         let mut sql = std::mem::take(&mut self.pending);
-        sql.push_str(
-            "SELECT 'c', (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text;\n",
-        );
+        sql.push_str("SELECT 'c', (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text");
+        for t in tagged {
+            sql.push_str("\nUNION ALL ");
+            sql.push_str(t);
+        }
+        sql.push_str(";\n");
         for r in reads {
             sql.push_str(r);
             sql.push_str(";\n");
@@ -1005,7 +1014,7 @@ impl Tx<'_> {
         let mut now = None;
         let mut rows = Vec::new();
         for r in before {
-            // The lock statements answer one column, the others two.
+            // The lock statement answers empty columns, the others a tag and a number.
             let tag = r.try_get(0).ok().flatten().and_then(|t| t.chars().next());
             let value = r.try_get(1).ok().flatten().and_then(|v| v.parse().ok());
             match (tag, value) {

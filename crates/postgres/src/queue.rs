@@ -108,10 +108,11 @@ pub(crate) fn own_stmt(seq: i64) -> Result<Stmt, Fail> {
 
 const OWN: &str = "SELECT alive_until, since_mono FROM queue WHERE seq = $1";
 
-/// Every queue entry, one per key of each request.
+/// Every queue entry, one per key of each request (with the statements
+/// kept before it, such as the graph lock, in one round trip).
 pub(crate) fn all(tx: &mut Tx<'_>, ctx: &Ctx<'_>) -> Result<Vec<Queued>, Fail> {
     let sql = format!("SELECT {COLUMNS} FROM queue_keys k JOIN queue q ON q.seq = k.seq");
-    tx.rows(&sql, &[])?.iter().map(|r| decode(r, ctx)).collect()
+    tx.load(&sql, &[], |r| decode(r, ctx))
 }
 
 /// The caller's own entry `seq`: the instant its place lapses, and when it

@@ -232,3 +232,37 @@ fn following_the_history_goes_past_an_id_never_used() {
 }
 
 locksmith_testkit::handover_tests!(harness);
+
+/// Text with backslashes and quotes comes back as it went in, also from a
+/// server whose sessions read `'\'` the old way
+/// (`standard_conforming_strings` off).
+#[test]
+fn backslashes_and_quotes_survive_any_string_setting() {
+    use locksmith_testkit::{key, request};
+    let server = PgServer::shared();
+    for url in [
+        server.fresh_schema_url(),
+        format!(
+            "{}&options=-c%20standard_conforming_strings%3Doff",
+            server.fresh_schema_url()
+        ),
+    ] {
+        let store = PgStore::open(&url, Options::default()).unwrap();
+        let owner = r"agent\1 'quoted' \\ end\";
+        let task = r"C:\work\'x'";
+        let metadata = serde_json::json!({ "path": r#"a\b"c'd"#, "n": "\\n" });
+        let mut req = request(owner, &["text/k"]);
+        req.holder.task = Some(task.to_string());
+        req.holder.metadata = Some(metadata.clone());
+        let granted = locksmith_core::Store::acquire(&store, &req, None).unwrap();
+        assert!(
+            matches!(granted, locksmith_core::Attempt::Granted(_)),
+            "{url}: {granted:?}"
+        );
+        let st = locksmith_core::Store::status(&store, &key("text/k")).unwrap();
+        let h = &st.holders[0];
+        assert_eq!(h.owner, owner, "{url}");
+        assert_eq!(h.task.as_deref(), Some(task), "{url}");
+        assert_eq!(h.metadata.as_ref(), Some(&metadata), "{url}");
+    }
+}
