@@ -9,7 +9,10 @@
 //! back to back instead, while the queue fills behind it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use locksmith_core::Code;
 
@@ -33,6 +36,24 @@ type Job = Box<dyn FnOnce() + Send>;
 /// ends when this is dropped and its queue is empty.
 pub(crate) struct Calls {
     queue: Option<mpsc::Sender<Job>>,
+    /// Calls of [`StoreCalls::OneThread`] begun and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+    /// Until when (nanoseconds after `born`) every call goes to the queue:
+    /// calls overlapped lately.
+    queue_until: AtomicU64,
+    born: Instant,
+}
+
+/// How long calls keep going to the queue after two overlapped.
+const BUSY_SPELL: Duration = Duration::from_millis(50);
+
+/// Counts a call out of [`Calls::in_flight`] when it ends, also by a panic.
+struct Done(Arc<AtomicUsize>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Calls {
@@ -55,10 +76,23 @@ impl Calls {
                 Some(tx)
             }
         };
-        Ok(Calls { queue })
+        Ok(Calls {
+            queue,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            queue_until: AtomicU64::new(0),
+            born: Instant::now(),
+        })
     }
 
     /// Runs `f` where store calls run and answers what it returns.
+    ///
+    /// With [`StoreCalls::OneThread`], while calls come one at a time, a
+    /// call runs at once on the caller's thread: nothing would run before
+    /// it, and the two hand-overs between threads were most of a lone
+    /// client's wait. A call that finds another begun goes to the queue, in
+    /// order; one that finds two or more begun sends every call for
+    /// [`BUSY_SPELL`] after it there too: calls that crowd in run back to
+    /// back on the one thread, not in turns for the connection.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -66,17 +100,42 @@ impl Calls {
         let Some(queue) = &self.queue else {
             return crate::poll::blocking(f).await;
         };
+        let panicked = || ApiError::new(Code::StoreError, "the store call failed (it panicked)");
+        let now = self.born.elapsed().as_nanos() as u64;
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let done = Done(self.in_flight.clone());
+        let (here, until) = route(before, now, self.queue_until.load(Ordering::Relaxed));
+        self.queue_until.fetch_max(until, Ordering::Relaxed);
+        if here {
+            let out = catch_unwind(AssertUnwindSafe(f)).map_err(|_| panicked());
+            drop(done);
+            return out;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         queue
             .send(Box::new(move || {
+                let out = f();
+                drop(done);
                 // The caller may have gone (a dropped connection); the
                 // call has been made all the same.
-                let _ = tx.send(f());
+                let _ = tx.send(out);
             }))
             .map_err(|_| ApiError::new(Code::StoreError, "the thread of store calls has ended"))?;
-        rx.await
-            .map_err(|_| ApiError::new(Code::StoreError, "the store call failed (it panicked)"))
+        rx.await.map_err(|_| panicked())
     }
+}
+
+/// Where a call that found `before` calls begun runs, at `now` (in
+/// nanoseconds, as `queue_until`, until when calls go to the queue): true
+/// for the caller's thread. Also answers the new `queue_until`. One other
+/// call is no crowd: the event feed's read of the history meets a lone
+/// client's call now and then.
+fn route(before: usize, now: u64, queue_until: u64) -> (bool, u64) {
+    let until = match before {
+        0 | 1 => queue_until,
+        _ => queue_until.max(now + BUSY_SPELL.as_nanos() as u64),
+    };
+    (before == 0 && now >= until, until)
 }
 
 #[cfg(test)]
@@ -90,20 +149,76 @@ mod tests {
     }
 
     #[test]
-    fn one_thread_runs_the_calls_in_order_on_one_thread() {
-        let calls = Calls::new(StoreCalls::OneThread).unwrap();
-        runtime().block_on(async {
+    fn a_lone_call_runs_here_and_a_crowd_queues_for_a_spell() {
+        let spell = BUSY_SPELL.as_nanos() as u64;
+        // Alone, no spell: here.
+        assert_eq!(route(0, 1_000, 0), (true, 0));
+        // One call begun: the queue, and no spell.
+        assert_eq!(route(1, 1_000, 0), (false, 0));
+        // Two begun: the queue, and a spell from now.
+        assert_eq!(route(2, 1_000, 0), (false, 1_000 + spell));
+        // Alone again, within the spell: still the queue.
+        assert_eq!(
+            route(0, 1_000 + spell - 1, 1_000 + spell),
+            (false, 1_000 + spell)
+        );
+        // Alone, the spell over: here.
+        assert_eq!(
+            route(0, 1_000 + spell, 1_000 + spell),
+            (true, 1_000 + spell)
+        );
+        // A later crowd never shortens a spell.
+        assert_eq!(route(5, 10, 1_000 + spell), (false, 1_000 + spell));
+    }
+
+    #[test]
+    fn calls_made_while_one_runs_go_to_the_one_thread_in_order() {
+        let calls = Arc::new(Calls::new(StoreCalls::OneThread).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let name = || std::thread::current().name().map(String::from);
+        rt.block_on(async {
+            // A lone call runs on the caller's thread.
+            let here = std::thread::current().id();
+            assert_eq!(
+                calls
+                    .run(move || std::thread::current().id())
+                    .await
+                    .unwrap(),
+                here
+            );
+            // One that blocks, so that the next ones find it begun.
+            let (started_tx, started) = std::sync::mpsc::channel();
+            let (go, go_rx) = std::sync::mpsc::channel::<()>();
+            let first = tokio::spawn({
+                let calls = calls.clone();
+                async move {
+                    calls
+                        .run(move || {
+                            started_tx.send(()).unwrap();
+                            go_rx.recv().unwrap();
+                            "first"
+                        })
+                        .await
+                }
+            });
+            tokio::task::spawn_blocking(move || started.recv().unwrap())
+                .await
+                .unwrap();
             let mut seen = Vec::new();
             for i in 0..5 {
-                let (n, thread) = calls
-                    .run(move || (i, std::thread::current().id()))
-                    .await
-                    .unwrap();
-                assert_eq!(n, i);
-                seen.push(thread);
+                let (n, thread) = calls.run(move || (i, name())).await.unwrap();
+                seen.push((n, thread));
             }
-            assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
-            assert_ne!(seen[0], std::thread::current().id());
+            let store_calls = Some("store-calls".to_string());
+            assert_eq!(
+                seen,
+                (0..5).map(|i| (i, store_calls.clone())).collect::<Vec<_>>()
+            );
+            go.send(()).unwrap();
+            assert_eq!(first.await.unwrap().unwrap(), "first");
         });
     }
 
