@@ -242,8 +242,10 @@ fn backslashes_and_quotes_survive_any_string_setting() {
     let server = PgServer::shared();
     for url in [
         server.fresh_schema_url(),
+        // No listener of its own: one per server is what the listener's
+        // test counts on.
         format!(
-            "{}&options=-c%20standard_conforming_strings%3Doff",
+            "{}&options=-c%20standard_conforming_strings%3Doff&listen=off",
             server.fresh_schema_url()
         ),
     ] {
