@@ -567,7 +567,7 @@ impl Pool {
 /// One transaction. Statements without results are kept and sent with the
 /// next statement that reads, or with `COMMIT`, in one round trip (as
 /// literals, in the simple query protocol); `BEGIN` goes with the key locks
-/// or with the first of them.
+/// or with the first statement kept.
 pub(crate) struct Tx<'c> {
     c: &'c mut Client,
     shown: &'c str,
@@ -830,9 +830,9 @@ impl Tx<'_> {
 
     /// Keeps the key locks of `claims` (exclusive on each key, shared on its
     /// ancestors), sorted, for the next round trip, after `first` (a lock
-    /// call) if given: one statement, whose calls PostgreSQL makes from left
-    /// to right. Every statement after it sees what the transactions it
-    /// waited for wrote.
+    /// call) if given: one statement (one per [`LOCKS_PER_SELECT`] locks),
+    /// whose calls PostgreSQL makes from left to right. Every statement after
+    /// it sees what the transactions it waited for wrote.
     fn keep_locks(&mut self, ns: i32, claims: &[(Key, Scope)], first: Option<String>) {
         self.ahead.clear();
         let mut ids: BTreeMap<i32, bool> = BTreeMap::new();
@@ -858,8 +858,12 @@ impl Tx<'_> {
             return;
         }
         self.open();
-        self.pending
-            .push_str(&format!("SELECT {};\n", calls.join(", ")));
+        // A target list holds at most 1664 entries; 64 deep keys can need
+        // more locks than that. The statements run in order too.
+        for chunk in calls.chunks(LOCKS_PER_SELECT) {
+            self.pending
+                .push_str(&format!("SELECT {};\n", chunk.join(", ")));
+        }
     }
 
     /// Whether the key locks taken so far include every one that `claims`
@@ -1037,6 +1041,10 @@ impl Tx<'_> {
     }
 }
 
+/// The most lock calls in one `SELECT` (PostgreSQL takes at most 1664
+/// entries in a target list).
+const LOCKS_PER_SELECT: usize = 1000;
+
 /// Draws `$1` fences (see [`Tx::draw_fences`]).
 const FENCES: &str = "SELECT nextval('fences') FROM generate_series(1, $1)";
 
@@ -1060,7 +1068,8 @@ pub(crate) const EVENTS_LOCK: i32 = 1;
 struct Answer {
     /// The database's clock.
     now: Now,
-    /// Every `(tag, number)` row of the kept statements.
+    /// Every `(tag, number)` row of the clock's statement (the queue probe,
+    /// the fences).
     tagged: Vec<(char, i64)>,
     /// The rows of each read, in order.
     reads: Vec<Vec<SimpleQueryRow>>,

@@ -268,3 +268,37 @@ fn backslashes_and_quotes_survive_any_string_setting() {
         assert_eq!(h.metadata.as_ref(), Some(&metadata), "{url}");
     }
 }
+
+/// A request of 64 keys in separate trees, 26 levels deep, needs more key
+/// locks (one per key and per ancestor) than one SQL select list takes.
+#[test]
+fn a_request_with_more_locks_than_one_select_takes_is_granted() {
+    use locksmith_testkit::{by_handle, request};
+    let store = PgStore::open(&PgServer::shared().fresh_schema_url(), Options::default()).unwrap();
+    let deep = |i: usize| {
+        let mut k = format!("t{i}");
+        for level in 0..25 {
+            k.push_str(&format!("/{}", (b'a' + level as u8) as char));
+        }
+        k
+    };
+    let keys: Vec<String> = (0..64).map(deep).collect();
+    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let attempt = locksmith_core::Store::acquire(&store, &request("deep", &names), None).unwrap();
+    let locksmith_core::Attempt::Granted(grant) = attempt else {
+        panic!("not granted: {attempt:?}");
+    };
+    assert_eq!(grant.locks.len(), 64);
+    let released = locksmith_core::Store::release_grant(
+        &store,
+        &by_handle(&keys[0], &grant),
+        locksmith_core::ReleaseReason::Completed,
+    )
+    .unwrap();
+    assert!(
+        matches!(released, locksmith_core::Release::Released { .. }),
+        "{released:?}"
+    );
+    let left = locksmith_core::Store::list(&store, &Default::default()).unwrap();
+    assert!(left.is_empty(), "still held: {}", left.len());
+}
