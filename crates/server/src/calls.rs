@@ -87,12 +87,15 @@ impl Calls {
     /// Runs `f` where store calls run and answers what it returns.
     ///
     /// With [`StoreCalls::OneThread`], while calls come one at a time, a
-    /// call runs at once on the caller's thread: nothing would run before
-    /// it, and the two hand-overs between threads were most of a lone
-    /// client's wait. A call that finds another begun goes to the queue, in
-    /// order; one that finds two or more begun sends every call for
-    /// [`BUSY_SPELL`] after it there too: calls that crowd in run back to
-    /// back on the one thread, not in turns for the connection.
+    /// call runs at once on the caller's thread (through
+    /// [`tokio::task::block_in_place`], on a runtime of several threads):
+    /// no other call of this runner is begun, and the two hand-overs between
+    /// threads were most of a lone client's wait. A call that finds another
+    /// begun goes to the queue, whose calls run in the order they came; one
+    /// that finds two or more begun sends every call for [`BUSY_SPELL`]
+    /// after it there too: calls that crowd in run back to back on the one
+    /// thread, not in turns for the connection. (Long polls and the sweeper
+    /// call the store outside this runner, on blocking threads.)
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -106,8 +109,12 @@ impl Calls {
         let done = Done(self.in_flight.clone());
         let (here, until) = route(before, now, self.queue_until.load(Ordering::Relaxed));
         self.queue_until.fetch_max(until, Ordering::Relaxed);
-        if here {
-            let out = catch_unwind(AssertUnwindSafe(f)).map_err(|_| panicked());
+        if here && multi_thread() {
+            // The runtime moves this thread's other tasks elsewhere first: a
+            // call that waits long (another process holding the store's
+            // write gate) stalls nothing but itself.
+            let out = tokio::task::block_in_place(|| catch_unwind(AssertUnwindSafe(f)))
+                .map_err(|_| panicked());
             drop(done);
             return out;
         }
@@ -123,6 +130,13 @@ impl Calls {
             .map_err(|_| ApiError::new(Code::StoreError, "the thread of store calls has ended"))?;
         rx.await.map_err(|_| panicked())
     }
+}
+
+/// Whether the caller runs on a runtime of several threads, where
+/// [`tokio::task::block_in_place`] may be used.
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Where a call that found `before` calls begun runs, at `now` (in
@@ -224,18 +238,32 @@ mod tests {
 
     #[test]
     fn a_call_that_panics_fails_alone() {
+        // On a runtime of one thread a call always goes to the queue; on one
+        // of several, a lone call runs where it arrived.
+        let one = runtime();
+        let several = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
         for how in [StoreCalls::OneThread, StoreCalls::Parallel] {
-            let calls = Calls::new(how).unwrap();
-            runtime().block_on(async {
-                let failed = calls.run(|| -> u8 { panic!("a store call broke") }).await;
-                let e = failed.expect_err("the panic is an error");
-                assert_eq!(e.problem.code, Code::StoreError.name(), "{how:?}");
+            for rt in [&one, &several] {
+                let calls = Calls::new(how).unwrap();
+                rt.block_on(async {
+                    let failed = calls.run(|| -> u8 { panic!("a store call broke") }).await;
+                    let e = failed.expect_err("the panic is an error");
+                    assert_eq!(e.problem.code, Code::StoreError.name(), "{how:?}");
+                    assert_eq!(
+                        calls.run(|| 7).await.unwrap(),
+                        7,
+                        "{how:?}: the next call runs"
+                    );
+                });
                 assert_eq!(
-                    calls.run(|| 7).await.unwrap(),
-                    7,
-                    "{how:?}: the next call runs"
+                    calls.in_flight.load(Ordering::Acquire),
+                    0,
+                    "{how:?}: every call counted out"
                 );
-            });
+            }
         }
     }
 }
