@@ -6,7 +6,8 @@
 //! threads, each call first waits for that mutex and is then handed it
 //! by a wake-up of the kernel; on a busy machine most of a call's time is
 //! that hand-over. One thread that takes the calls from a queue runs them
-//! back to back instead, while the queue fills behind it.
+//! back to back instead, while the queue fills behind it; a call that comes
+//! alone runs at once where it arrived (see [`Calls::run`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub(crate) struct Calls {
     born: Instant,
 }
 
-/// How long calls keep going to the queue after two overlapped.
+/// How long every call goes to the queue after one found two or more begun.
 const BUSY_SPELL: Duration = Duration::from_millis(50);
 
 /// Counts a call out of [`Calls::in_flight`] when it ends, also by a panic.
