@@ -238,6 +238,7 @@ locksmith_testkit::handover_tests!(harness);
 /// (`standard_conforming_strings` off).
 #[test]
 fn backslashes_and_quotes_survive_any_string_setting() {
+    use locksmith_core::Store;
     use locksmith_testkit::{key, request};
     let server = PgServer::shared();
     for url in [
@@ -256,12 +257,12 @@ fn backslashes_and_quotes_survive_any_string_setting() {
         let mut req = request(owner, &["text/k"]);
         req.holder.task = Some(task.to_string());
         req.holder.metadata = Some(metadata.clone());
-        let granted = locksmith_core::Store::acquire(&store, &req, None).unwrap();
+        let granted = store.acquire(&req, None).unwrap();
         assert!(
             matches!(granted, locksmith_core::Attempt::Granted(_)),
             "{url}: {granted:?}"
         );
-        let st = locksmith_core::Store::status(&store, &key("text/k")).unwrap();
+        let st = store.status(&key("text/k")).unwrap();
         let h = &st.holders[0];
         assert_eq!(h.owner, owner, "{url}");
         assert_eq!(h.task.as_deref(), Some(task), "{url}");
@@ -273,6 +274,7 @@ fn backslashes_and_quotes_survive_any_string_setting() {
 /// locks (one per key and per ancestor) than one SQL select list takes.
 #[test]
 fn a_request_with_more_locks_than_one_select_takes_is_granted() {
+    use locksmith_core::Store;
     use locksmith_testkit::{by_handle, request};
     let store = PgStore::open(&PgServer::shared().fresh_schema_url(), Options::default()).unwrap();
     let deep = |i: usize| {
@@ -284,21 +286,21 @@ fn a_request_with_more_locks_than_one_select_takes_is_granted() {
     };
     let keys: Vec<String> = (0..64).map(deep).collect();
     let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let attempt = locksmith_core::Store::acquire(&store, &request("deep", &names), None).unwrap();
+    let attempt = store.acquire(&request("deep", &names), None).unwrap();
     let locksmith_core::Attempt::Granted(grant) = attempt else {
         panic!("not granted: {attempt:?}");
     };
     assert_eq!(grant.locks.len(), 64);
-    let released = locksmith_core::Store::release_grant(
-        &store,
-        &by_handle(&keys[0], &grant),
-        locksmith_core::ReleaseReason::Completed,
-    )
-    .unwrap();
+    let released = store
+        .release_grant(
+            &by_handle(&keys[0], &grant),
+            locksmith_core::ReleaseReason::Completed,
+        )
+        .unwrap();
     assert!(
         matches!(released, locksmith_core::Release::Released { .. }),
         "{released:?}"
     );
-    let left = locksmith_core::Store::list(&store, &Default::default()).unwrap();
+    let left = store.list(&Default::default()).unwrap();
     assert!(left.is_empty(), "still held: {}", left.len());
 }

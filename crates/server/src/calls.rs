@@ -163,6 +163,14 @@ mod tests {
             .unwrap()
     }
 
+    /// A runtime of two threads, where a lone call runs where it arrived.
+    fn several() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn a_lone_call_runs_here_and_a_crowd_queues_for_a_spell() {
         let spell = BUSY_SPELL.as_nanos() as u64;
@@ -189,10 +197,7 @@ mod tests {
     #[test]
     fn calls_made_while_one_runs_go_to_the_one_thread_in_order() {
         let calls = Arc::new(Calls::new(StoreCalls::OneThread).unwrap());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
+        let rt = several();
         let name = || std::thread::current().name().map(String::from);
         rt.block_on(async {
             // A lone call runs on the caller's thread.
@@ -242,10 +247,7 @@ mod tests {
         // On a runtime of one thread a call always goes to the queue; on one
         // of several, a lone call runs where it arrived.
         let one = runtime();
-        let several = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
+        let several = several();
         for how in [StoreCalls::OneThread, StoreCalls::Parallel] {
             for rt in [&one, &several] {
                 let calls = Calls::new(how).unwrap();
