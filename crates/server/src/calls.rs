@@ -88,10 +88,13 @@ impl Calls {
     /// Runs `f` where store calls run and answers what it returns.
     ///
     /// With [`StoreCalls::OneThread`], while calls come one at a time, a
-    /// call runs at once on the caller's thread (through
-    /// [`tokio::task::block_in_place`], on a runtime of several threads):
-    /// no other call of this runner is begun, and the two hand-overs between
-    /// threads were most of a lone client's wait. A call that finds another
+    /// call runs at once on the caller's thread, on a runtime of several
+    /// threads: no other call of this runner is begun, and the two
+    /// hand-overs between threads were most of a lone client's wait. A call
+    /// that has to wait there (for another process at the write gate, or
+    /// for the connection) first hands the thread's other tasks and the
+    /// runtime's I/O to another thread, inside the store; a call that does
+    /// not wait pays nothing for it. A call that finds another
     /// begun goes to the queue, whose calls run in the order they came; one
     /// that finds two or more begun sends every call for [`BUSY_SPELL`]
     /// after it there too: calls that crowd in run back to back on the one
@@ -111,11 +114,7 @@ impl Calls {
         let (here, until) = route(before, now, self.queue_until.load(Ordering::Relaxed));
         self.queue_until.fetch_max(until, Ordering::Relaxed);
         if here && multi_thread() {
-            // The runtime moves this thread's other tasks elsewhere first: a
-            // call that waits long (another process holding the store's
-            // write gate) stalls nothing but itself.
-            let out = tokio::task::block_in_place(|| catch_unwind(AssertUnwindSafe(f)))
-                .map_err(|_| panicked());
+            let out = catch_unwind(AssertUnwindSafe(f)).map_err(|_| panicked());
             drop(done);
             return out;
         }
@@ -133,8 +132,8 @@ impl Calls {
     }
 }
 
-/// Whether the caller runs on a runtime of several threads, where
-/// [`tokio::task::block_in_place`] may be used.
+/// Whether the caller runs on a runtime of several threads, whose other
+/// workers carry on while this one makes a call.
 fn multi_thread() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)

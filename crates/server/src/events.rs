@@ -77,6 +77,27 @@ pub(crate) fn after(
     Ok(events)
 }
 
+/// The events after `since`, for the subscribers. With none, only the
+/// newest id is read (one row, not every event), and a later subscriber
+/// starts from it. One that comes during that read misses nothing: if it
+/// is there once the id has been read, the events are read after all; if
+/// it comes later, every event up to that id was committed before it came,
+/// and it gets the ones after.
+fn unheard(
+    feed: &Feed,
+    store: &dyn locksmith_core::Store,
+    since: i64,
+) -> Result<Vec<Event>, locksmith_core::StoreError> {
+    if feed.tx.receiver_count() == 0 {
+        let top = newest(store)?;
+        if feed.tx.receiver_count() == 0 {
+            feed.last.fetch_max(top, Ordering::AcqRel);
+            return Ok(Vec::new());
+        }
+    }
+    after(store, since)
+}
+
 /// Runs until aborted: sends each new history event once, in order.
 pub(crate) async fn pump(st: Arc<State>) {
     let start = match st.store_call(newest).await {
@@ -90,7 +111,11 @@ pub(crate) async fn pump(st: Arc<State>) {
             () = tokio::time::sleep(LOOK_EVERY) => {}
         }
         let since = st.feed.last();
-        let fresh = match st.store_call(move |store| after(store, since)).await {
+        let feed = st.clone();
+        let fresh = match st
+            .store_call(move |store| unheard(&feed.feed, store, since))
+            .await
+        {
             Ok(Ok(events)) => events,
             Ok(Err(e)) => {
                 tracing::warn!(event = "events_read_failed", error = %e, "cannot read the history for the event stream");

@@ -89,14 +89,18 @@ impl Gate {
     pub(crate) fn enter(&self, timeout: Duration) -> Result<GateGuard<'_>, StoreError> {
         let started = Instant::now();
         {
-            let taken = self.here.taken.lock().unwrap_or_else(|p| p.into_inner());
-            let (mut taken, waited) = self
-                .here
-                .freed
-                .wait_timeout_while(taken, timeout, |t| *t)
-                .unwrap_or_else(|p| p.into_inner());
-            if waited.timed_out() && *taken {
-                return Err(busy(timeout));
+            let mut taken = self.here.taken.lock().unwrap_or_else(|p| p.into_inner());
+            if *taken {
+                let waited;
+                (taken, waited) = crate::wait::long(|| {
+                    self.here
+                        .freed
+                        .wait_timeout_while(taken, timeout, |t| *t)
+                        .unwrap_or_else(|p| p.into_inner())
+                });
+                if waited.timed_out() && *taken {
+                    return Err(busy(timeout));
+                }
             }
             *taken = true;
         }
@@ -141,24 +145,37 @@ pub(crate) struct GateGuard<'a> {
 /// so a writer whose holder was stopped mid-transaction (Ctrl-Z, a paused
 /// container) gets a clear `Busy` instead of hanging.
 fn flock_within(file: &fs::File, timeout: Duration) -> Result<bool, StoreError> {
+    if let Some(locked) = try_flock(file) {
+        return Ok(locked);
+    }
+    crate::wait::long(|| {
+        let started = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            if started.elapsed() >= timeout {
+                return Err(busy(timeout));
+            }
+            tries += 1;
+            if tries < 4 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(u64::from(tries.min(100))));
+            }
+            if let Some(locked) = try_flock(file) {
+                return Ok(locked);
+            }
+        }
+    })
+}
+
+/// One try at the kernel's lock on the gate: `Some(true)` taken,
+/// `Some(false)` the gate cannot be used, `None` another holds it.
+fn try_flock(file: &fs::File) -> Option<bool> {
     use rustix::fs::{FlockOperation, flock};
-    let started = Instant::now();
-    let mut tries = 0u32;
-    loop {
-        match flock(file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(true),
-            Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return Ok(false),
-        }
-        if started.elapsed() >= timeout {
-            return Err(busy(timeout));
-        }
-        tries += 1;
-        if tries < 4 {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(Duration::from_micros(u64::from(tries.min(100))));
-        }
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Some(true),
+        Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => None,
+        Err(_) => Some(false),
     }
 }
 

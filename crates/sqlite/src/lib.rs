@@ -17,6 +17,7 @@ mod read;
 mod retention;
 mod rows;
 mod tables;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -172,8 +173,16 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The connection; another thread's call may hold it, waiting at the
+    /// gate behind another process, so a wait for it is a [`wait::long`].
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                wait::long(|| self.conn.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+        }
     }
 
     /// Runs `f` in one immediate (write) transaction and commits it, then

@@ -25,7 +25,7 @@ pub struct Server {
     pub clock: Option<ManualClock>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// The settings of a server on a hand-driven clock: no sweeper, the test
@@ -120,8 +120,14 @@ impl Server {
             clock,
             stop: Some(stop),
             thread: Some(thread),
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The folder of the server's embedded store.
+    #[allow(dead_code)]
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// A client store of this server.

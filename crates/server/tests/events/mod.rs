@@ -154,6 +154,29 @@ fn events_arrive_live_and_resume_after_the_last_id() {
 }
 
 #[test]
+fn a_stream_opened_after_unwatched_changes_starts_at_the_present() {
+    let server = Server::start_real(Settings::default());
+    let store = server.client();
+    for i in 0..3 {
+        store
+            .acquire(&request("A", &[&format!("job/old/{i}")]), None)
+            .unwrap();
+    }
+    // With nobody watching, the stream keeps only its place in the history;
+    // it looks at least every 250 ms.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut sub = Subscriber::open(server.addr, "/v1/events?prefix=job", None);
+    std::thread::sleep(Duration::from_millis(100));
+    store.acquire(&request("B", &["job/new"]), None).unwrap();
+    let (_, name, data) = sub.event();
+    assert_eq!(
+        (name.as_str(), data["key"].as_str()),
+        ("acquired", Some("job/new")),
+        "only what happened after the stream opened"
+    );
+}
+
+#[test]
 fn a_pruned_id_gets_a_reset() {
     let server = Server::start_manual();
     let store = server.client();

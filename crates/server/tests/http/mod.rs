@@ -515,6 +515,47 @@ fn health_readiness_and_metrics() {
 }
 
 #[test]
+fn a_call_waiting_at_the_write_gate_holds_up_no_other_request() {
+    // The lone write over HTTP waits at the gate itself, or for the
+    // connection, which a call from another thread holds at the gate.
+    for behind_another_call in [false, true] {
+        let server = Server::start_real(Settings::default());
+        let store = server.client();
+        store.acquire(&request("A", &["first"]), None).unwrap();
+        // Another process in the middle of a write: the gate's kernel lock held.
+        let gate = std::fs::File::open(server.dir().join("locksmith.db-gate")).unwrap();
+        rustix::fs::flock(&gate, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let direct = behind_another_call.then(|| {
+            let inside = server.store.clone();
+            std::thread::spawn(move || inside.acquire(&request("C", &["third"]), None))
+        });
+        // Time for each write to reach its wait (only an order: were one
+        // later, the checks below would prove less, not fail).
+        std::thread::sleep(Duration::from_millis(200));
+        let writer = std::thread::spawn(move || store.acquire(&request("B", &["second"]), None));
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..20 {
+            let started = Instant::now();
+            assert_eq!(raw(server.addr, "GET", "/healthz", &[], "").0, 200);
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "a health check waited {:?} behind a store call",
+                started.elapsed()
+            );
+        }
+        assert!(!writer.is_finished(), "the write waits");
+        drop(gate);
+        for w in [Some(writer), direct].into_iter().flatten() {
+            let got = w.join().unwrap().unwrap();
+            assert!(
+                matches!(got, locksmith_core::Attempt::Granted(_)),
+                "{got:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn stopping_answers_every_waiter_and_finishes() {
     let mut server = Server::start_real(Settings::default());
     let store = server.client();
