@@ -674,6 +674,15 @@ pub trait Store: Send + Sync + 'static {
     fn prune_history(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
+    /// Runs `calls`, which call this store from this thread, so that their
+    /// writes commit at once (a group commit). Each call still stands or
+    /// falls alone: one that fails changes nothing. Their answers hold only
+    /// if this answers `Ok`; on an error none of their writes was kept.
+    /// Stores without it run the calls one by one, each its own commit.
+    fn together(&self, calls: &mut dyn FnMut()) -> Result<(), StoreError> {
+        calls();
+        Ok(())
+    }
 }
 
 /// Serde helpers: durations as whole milliseconds.

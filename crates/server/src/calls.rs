@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use locksmith_core::Code;
+use locksmith_core::{Code, Store, StoreError};
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::error::ApiError;
 
@@ -27,11 +28,22 @@ pub enum StoreCalls {
     #[default]
     Parallel,
     /// One after another on one thread: for a store whose calls cannot
-    /// overlap anyway (the embedded store, one connection).
+    /// overlap anyway (the embedded store, one connection). The calls that
+    /// queued up while one ran commit together ([`Store::together`]).
     OneThread,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A queued call. Given no error, it makes the store call and answers how
+/// to hand its answer over once the calls run with it have committed; given
+/// the error of a group that could not begin, it tells its caller that.
+type Job = Box<dyn FnOnce(Option<&StoreError>) -> Option<Answer> + Send>;
+
+/// Hands a call's answer to its caller, given whether the calls run with
+/// it were kept (`Ok`) or not (the commit's error).
+type Answer = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+/// At most this many queued calls commit together.
+const TOGETHER_MAX: usize = 64;
 
 /// The runner of store calls; the thread of [`StoreCalls::OneThread`]
 /// ends when this is dropped and its queue is empty.
@@ -58,21 +70,20 @@ impl Drop for Done {
 }
 
 impl Calls {
-    pub(crate) fn new(how: StoreCalls) -> Result<Calls, String> {
+    /// A runner of calls of `store`, `how` it takes them; the calls of
+    /// each commit of its thread are counted in `per_commit`.
+    pub(crate) fn new(
+        how: StoreCalls,
+        store: Arc<dyn Store>,
+        per_commit: Histogram,
+    ) -> Result<Calls, String> {
         let queue = match how {
             StoreCalls::Parallel => None,
             StoreCalls::OneThread => {
                 let (tx, rx) = mpsc::channel::<Job>();
                 std::thread::Builder::new()
                     .name("store-calls".into())
-                    .spawn(move || {
-                        while let Ok(job) = rx.recv() {
-                            // A call that panics answers its caller with an
-                            // error (its answer channel is dropped) and
-                            // leaves the thread to the next call.
-                            let _ = catch_unwind(AssertUnwindSafe(job));
-                        }
-                    })
+                    .spawn(move || run_queue(&rx, &*store, &per_commit))
                     .map_err(|e| format!("cannot start the thread of store calls: {e}"))?;
                 Some(tx)
             }
@@ -120,16 +131,80 @@ impl Calls {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         queue
-            .send(Box::new(move || {
+            .send(Box::new(move |refused: Option<&StoreError>| {
+                if let Some(e) = refused {
+                    drop(done);
+                    let _ = tx.send(Err(not_kept(e)));
+                    return None;
+                }
                 let out = f();
-                drop(done);
-                // The caller may have gone (a dropped connection); the
-                // call has been made all the same.
-                let _ = tx.send(out);
+                Some(Box::new(move |kept: Result<(), &StoreError>| {
+                    drop(done);
+                    // The caller may have gone (a dropped connection); the
+                    // call has been made all the same.
+                    let _ = tx.send(kept.map(|()| out).map_err(not_kept));
+                }) as Answer)
             }))
             .map_err(|_| ApiError::new(Code::StoreError, "the thread of store calls has ended"))?;
-        rx.await.map_err(|_| panicked())
+        rx.await.unwrap_or_else(|_| Err(panicked()))
     }
+}
+
+/// The thread of [`StoreCalls::OneThread`]: takes a call, and with it every
+/// call queued meanwhile (up to [`TOGETHER_MAX`]), runs them in order in
+/// one commit, then answers them. A lone call commits by itself; a group
+/// the store cannot begin makes none of its calls.
+fn run_queue(rx: &mpsc::Receiver<Job>, store: &dyn Store, per_commit: &Histogram) {
+    while let Ok(first) = rx.recv() {
+        let jobs: Vec<Job> = std::iter::once(first)
+            .chain(rx.try_iter().take(TOGETHER_MAX - 1))
+            .collect();
+        per_commit.observe(jobs.len() as f64);
+        let mut answers = Vec::with_capacity(jobs.len());
+        let kept = if jobs.len() == 1 {
+            run_all(jobs, &mut answers);
+            Ok(())
+        } else {
+            let mut left = Some(jobs);
+            let kept = catch_unwind(AssertUnwindSafe(|| {
+                store.together(&mut || run_all(left.take().unwrap_or_default(), &mut answers))
+            }))
+            .unwrap_or_else(|_| Err(StoreError::backend("a group commit failed (it panicked)")));
+            match (left, &kept) {
+                // The group could not begin (its gate stayed taken, say):
+                // none of its calls ran, and each caller is told why.
+                (Some(jobs), Err(e)) => {
+                    for job in jobs {
+                        let _ = catch_unwind(AssertUnwindSafe(|| job(Some(e))));
+                    }
+                }
+                (Some(jobs), Ok(())) => run_all(jobs, &mut answers),
+                (None, _) => {}
+            }
+            kept
+        };
+        for answer in answers {
+            answer(kept.as_ref().map(|_| ()));
+        }
+    }
+}
+
+/// Makes each call; one that panics answers its caller with an error (its
+/// answer channel is dropped) and leaves the thread to the next call.
+fn run_all(jobs: Vec<Job>, answers: &mut Vec<Answer>) {
+    for job in jobs {
+        if let Ok(Some(answer)) = catch_unwind(AssertUnwindSafe(|| job(None))) {
+            answers.push(answer);
+        }
+    }
+}
+
+/// The answer of a call whose group commit failed: its writes were not kept.
+fn not_kept(e: &StoreError) -> ApiError {
+    ApiError::new(
+        e.code(),
+        format!("the store did not keep this call's changes: {e}; nothing changed, try again"),
+    )
 }
 
 /// Whether the caller runs on a runtime of several threads, whose other
@@ -155,11 +230,144 @@ fn route(before: usize, now: u64, queue_until: u64) -> (bool, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use locksmith_core::Attempt;
+    use locksmith_sqlite::SqliteStore;
+    use locksmith_testkit::{key, request};
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
+    }
+
+    const SECONDS: Duration = Duration::from_secs(30);
+
+    fn counts() -> Histogram {
+        Histogram::new([1.0, 2.0, 4.0])
+    }
+
+    /// A fresh embedded store in `dir`, whose writers wait `busy` at most.
+    fn store(dir: &tempfile::TempDir, busy: Duration) -> Arc<SqliteStore> {
+        let opts = locksmith_sqlite::Options {
+            busy_timeout: busy,
+            ..Default::default()
+        };
+        Arc::new(SqliteStore::open(&dir.path().join("locksmith.db"), opts).unwrap())
+    }
+
+    /// Queues a call that holds the thread of `calls` until `go` is sent,
+    /// then `n` more that acquire `q/0` … for owner `A`, each answering
+    /// its store's answer and whether `other` saw `q/0` held meanwhile.
+    /// Answers them once all are queued. On a runtime of one thread,
+    /// where every call goes to the queue.
+    #[allow(clippy::type_complexity)]
+    async fn queue_behind_one(
+        calls: &Arc<Calls>,
+        store: &Arc<SqliteStore>,
+        other: &Arc<SqliteStore>,
+        n: usize,
+        go: mpsc::Receiver<()>,
+    ) -> Vec<tokio::task::JoinHandle<Result<(Result<Attempt, StoreError>, bool), ApiError>>> {
+        let (started_tx, started) = mpsc::channel();
+        let first = calls.clone();
+        tokio::spawn(async move {
+            first
+                .run(move || {
+                    started_tx.send(()).unwrap();
+                    go.recv().unwrap();
+                })
+                .await
+        });
+        tokio::task::yield_now().await;
+        started.recv().unwrap();
+        let queued: Vec<_> = (0..n)
+            .map(|i| {
+                let (calls, s, o) = (calls.clone(), store.clone(), other.clone());
+                tokio::spawn(async move {
+                    calls
+                        .run(move || {
+                            let got = s.acquire(&request("A", &[&format!("q/{i}")]), None);
+                            let seen = !o.status(&key("q/0")).unwrap().holders.is_empty();
+                            (got, seen)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for _ in 0..1000 {
+            if calls.in_flight.load(Ordering::Acquire) == n + 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(calls.in_flight.load(Ordering::Acquire), n + 1, "all queued");
+        queued
+    }
+
+    #[test]
+    fn calls_queued_while_one_runs_commit_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, other) = (store(&dir, SECONDS), store(&dir, SECONDS));
+        let calls = Arc::new(Calls::new(StoreCalls::OneThread, store.clone(), counts()).unwrap());
+        let (go, go_rx) = mpsc::channel();
+        runtime().block_on(async {
+            let queued = queue_behind_one(&calls, &store, &other, 4, go_rx).await;
+            go.send(()).unwrap();
+            for q in queued {
+                let (got, seen) = q.await.unwrap().unwrap();
+                assert!(matches!(got, Ok(Attempt::Granted(_))), "{got:?}");
+                // Another connection saw none of the group's writes before
+                // the group's one commit.
+                assert!(!seen, "a write of the group was visible before its commit");
+            }
+        });
+        for i in 0..4 {
+            let k = key(&format!("q/{i}"));
+            assert_eq!(other.status(&k).unwrap().holders.len(), 1, "q/{i} kept");
+        }
+    }
+
+    #[test]
+    fn a_group_that_cannot_begin_tells_every_caller_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = Duration::from_millis(100);
+        let (store, other) = (store(&dir, short), store(&dir, short));
+        let calls = Arc::new(Calls::new(StoreCalls::OneThread, store.clone(), counts()).unwrap());
+        let (go, go_rx) = mpsc::channel();
+        // Another process in the middle of a write: the gate's kernel lock held.
+        let gate = std::fs::File::open(dir.path().join("locksmith.db-gate")).unwrap();
+        rustix::fs::flock(&gate, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        runtime().block_on(async {
+            let queued = queue_behind_one(&calls, &store, &other, 3, go_rx).await;
+            go.send(()).unwrap();
+            for q in queued {
+                let e = q.await.unwrap().expect_err("the gate stays taken");
+                assert_eq!(e.problem.code, Code::Unavailable.name());
+                let text = serde_json::to_string(&e.problem).unwrap();
+                assert!(text.contains("write gate"), "{text}");
+            }
+        });
+        assert!(other.status(&key("q/0")).unwrap().holders.is_empty());
+        drop(gate);
+        runtime().block_on(async {
+            let s = store.clone();
+            let got = calls
+                .run(move || s.acquire(&request("A", &["q/0"]), None))
+                .await
+                .unwrap();
+            assert!(matches!(got, Ok(Attempt::Granted(_))), "{got:?}");
+        });
+    }
+
+    #[test]
+    fn a_call_whose_group_was_not_kept_is_told_so_with_the_cause() {
+        let e = not_kept(&StoreError::Busy("the disk is full".into()));
+        assert_eq!(e.problem.code, Code::Unavailable.name());
+        let text = serde_json::to_string(&e.problem).unwrap();
+        assert!(
+            text.contains("did not keep") && text.contains("the disk is full"),
+            "{text}"
+        );
     }
 
     /// A runtime of two threads, where a lone call runs where it arrived.
@@ -195,7 +403,9 @@ mod tests {
 
     #[test]
     fn calls_made_while_one_runs_go_to_the_one_thread_in_order() {
-        let calls = Arc::new(Calls::new(StoreCalls::OneThread).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let calls =
+            Arc::new(Calls::new(StoreCalls::OneThread, store(&dir, SECONDS), counts()).unwrap());
         let rt = several();
         let name = || std::thread::current().name().map(String::from);
         rt.block_on(async {
@@ -249,7 +459,8 @@ mod tests {
         let several = several();
         for how in [StoreCalls::OneThread, StoreCalls::Parallel] {
             for rt in [&one, &several] {
-                let calls = Calls::new(how).unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let calls = Calls::new(how, store(&dir, SECONDS), counts()).unwrap();
                 rt.block_on(async {
                     let failed = calls.run(|| -> u8 { panic!("a store call broke") }).await;
                     let e = failed.expect_err("the panic is an error");

@@ -122,14 +122,15 @@ impl State {
             Some(p) => tokens::Tokens::load(p)?,
             None => tokens::Tokens::default(),
         };
+        let metrics = Metrics::new();
         Ok(Arc::new(State {
-            calls: calls::Calls::new(settings.store_calls)?,
+            calls: calls::Calls::new(settings.store_calls, store.clone(), metrics.group.clone())?,
             tokens: RwLock::new(tokens),
             feed: events::Feed::default(),
             store,
             notifier,
             settings,
-            metrics: Metrics::new(),
+            metrics,
             parked: poll::Parked::default(),
             stopping,
             stop,

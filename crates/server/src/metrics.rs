@@ -34,6 +34,8 @@ pub struct Metrics {
     unhealthy: Gauge,
     last_fence: Gauge,
     success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Calls per commit of the thread of store calls.
+    pub(crate) group: Histogram,
     /// Serialises encoding: the registry is read by one scrape at a time.
     encode: Mutex<()>,
 }
@@ -57,6 +59,7 @@ impl Metrics {
         let forced = Counter::default();
         let wait = Histogram::new(exponential_buckets(0.0005, 2.0, 22));
         let hold = Histogram::new(exponential_buckets(0.01, 2.0, 24));
+        let group = Histogram::new(exponential_buckets(1.0, 2.0, 7));
         let (held, waiting, unhealthy, last_fence) = (
             Gauge::default(),
             Gauge::default(),
@@ -103,6 +106,11 @@ impl Metrics {
             "Time a released lock was held",
             hold.clone(),
         );
+        registry.register(
+            "locksmith_store_calls_per_commit",
+            "Calls the embedded store's thread of calls committed at once (queued while one ran)",
+            group.clone(),
+        );
         registry.register("locksmith_held_locks", "Locks held now", held.clone());
         registry.register("locksmith_waiters", "Requests queued now", waiting.clone());
         registry.register(
@@ -135,6 +143,7 @@ impl Metrics {
             unhealthy,
             last_fence,
             success,
+            group,
             encode: Mutex::new(()),
         }
     }

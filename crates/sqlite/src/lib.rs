@@ -19,8 +19,9 @@ mod rows;
 mod tables;
 mod wait;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use locksmith_core::decide::Policy;
@@ -35,6 +36,7 @@ use locksmith_core::{
     WakeSource, validate,
 };
 use locksmith_host::SystemClock;
+use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use rusqlite::Connection;
 
 use tables::Tables;
@@ -92,7 +94,7 @@ impl Default for Options {
 
 /// The embedded store over one SQLite file.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: ReentrantMutex<Held>,
     clock: Arc<dyn Clock>,
     opts: Options,
     path: PathBuf,
@@ -140,7 +142,10 @@ impl SqliteStore {
         let (conn, store_id) =
             open::open(path, &opts, &host, clock.now()).map_err(|e| open::explain_full(e, path))?;
         let store = SqliteStore {
-            conn: Mutex::new(conn),
+            conn: ReentrantMutex::new(Held {
+                db: conn,
+                together: RefCell::new(None),
+            }),
             clock,
             opts,
             path: path.to_path_buf(),
@@ -175,13 +180,12 @@ impl SqliteStore {
 
     /// The connection; another thread's call may hold it, waiting at the
     /// gate behind another process, so a wait for it is a [`wait::long`].
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    /// The thread that holds it may take it again (calls made inside
+    /// [`Store::together`]).
+    fn conn(&self) -> ReentrantMutexGuard<'_, Held> {
         match self.conn.try_lock() {
-            Ok(c) => c,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                wait::long(|| self.conn.lock().unwrap_or_else(|p| p.into_inner()))
-            }
+            Some(c) => c,
+            None => wait::long(|| self.conn.lock()),
         }
     }
 
@@ -199,24 +203,66 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &Ctx<'_>) -> Result<(T, Vec<String>), StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self.conn();
-        // Writers queue at the gate (this process's turn, then the kernel's
-        // lock) instead of sleeping in SQLite's busy handler, whose back-off
-        // sets the tail latency under contention.
-        let gate = match &self.gate {
-            Some(g) => Some(g.enter(self.opts.busy_timeout)?),
-            None => None,
-        };
-        let tx = Txn::begin(&conn, "BEGIN IMMEDIATE")?;
+        let held = self.conn();
+        if held.together.borrow().is_some() {
+            // Inside a group commit: this call's writes stand or fall alone
+            // within it, and its wake-ups wait for the commit.
+            let call = Savepoint::begin(&held.db)?;
+            let (out, wakes) = f(&held.db, &self.ctx())?;
+            call.release()?;
+            if let Some(w) = held.together.borrow_mut().as_mut() {
+                w.extend(wakes);
+            }
+            return Ok(out);
+        }
+        let gate = self.enter_gate()?;
+        let tx = Txn::begin(&held.db, "BEGIN IMMEDIATE")?;
         let ctx = self.ctx();
-        let (out, wakes) = f(&conn, &ctx)?;
+        let (out, wakes) = f(&held.db, &ctx)?;
         tx.commit()?;
         drop(gate);
-        drop(conn);
+        drop(held);
         for address in wakes {
             self.waker.wake(&address);
         }
         Ok(out)
+    }
+
+    /// Writers queue at the gate (this process's turn, then the kernel's
+    /// lock) instead of sleeping in SQLite's busy handler, whose back-off
+    /// sets the tail latency under contention.
+    fn enter_gate(&self) -> Result<Option<gate::GateGuard<'_>>, StoreError> {
+        match &self.gate {
+            Some(g) => g.enter(self.opts.busy_timeout).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Store::together`]: one write transaction around `calls`, each
+    /// write in it a savepoint; the wake-ups they name go out after the
+    /// commit.
+    fn write_together(&self, calls: &mut dyn FnMut()) -> Result<(), StoreError> {
+        let held = self.conn();
+        if held.together.borrow().is_some() {
+            calls();
+            return Ok(());
+        }
+        let gate = self.enter_gate()?;
+        let tx = Txn::begin(&held.db, "BEGIN IMMEDIATE")?;
+        *held.together.borrow_mut() = Some(Vec::new());
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(calls));
+        let wakes = held.together.borrow_mut().take().unwrap_or_default();
+        if let Err(panic) = ran {
+            drop(tx);
+            std::panic::resume_unwind(panic);
+        }
+        tx.commit()?;
+        drop(gate);
+        drop(held);
+        for address in wakes {
+            self.waker.wake(&address);
+        }
+        Ok(())
     }
 
     /// What a transaction knows besides the database, read at its start.
@@ -235,10 +281,53 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &Ctx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self.conn();
-        let _tx = Txn::begin(&conn, "BEGIN").map_err(|e| open::explain_full(e, &self.path))?;
+        let held = self.conn();
+        // Inside a group commit the reads see its writes so far.
+        let _tx = match held.together.borrow().is_some() {
+            true => None,
+            false => {
+                Some(Txn::begin(&held.db, "BEGIN").map_err(|e| open::explain_full(e, &self.path))?)
+            }
+        };
         let ctx = self.ctx();
-        f(&conn, &ctx).map_err(|e| open::explain_full(e, &self.path))
+        f(&held.db, &ctx).map_err(|e| open::explain_full(e, &self.path))
+    }
+}
+
+/// The connection and, during a group commit ([`Store::together`]), the
+/// wake-ups its calls named so far.
+struct Held {
+    db: Connection,
+    together: RefCell<Option<Vec<String>>>,
+}
+
+/// One call's writes inside a group commit: undone if dropped unreleased
+/// (the call failed or panicked), so that the others still commit.
+struct Savepoint<'c>(Option<&'c Connection>);
+
+impl<'c> Savepoint<'c> {
+    fn begin(conn: &'c Connection) -> Result<Savepoint<'c>, StoreError> {
+        Txn::run(conn, "SAVEPOINT call")?;
+        Ok(Savepoint(Some(conn)))
+    }
+
+    fn release(mut self) -> Result<(), StoreError> {
+        match self.0.take() {
+            Some(conn) => Txn::run(conn, "RELEASE call").inspect_err(|_| {
+                let _ = Txn::run(conn, "ROLLBACK TO call");
+                let _ = Txn::run(conn, "RELEASE call");
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            let _ = Txn::run(conn, "ROLLBACK TO call");
+            let _ = Txn::run(conn, "RELEASE call");
+        }
     }
 }
 
@@ -277,7 +366,7 @@ impl Drop for Txn<'_> {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         if self.opts.short_lived {
-            open::before_close(&self.conn(), &self.path);
+            open::before_close(&self.conn().db, &self.path);
         }
     }
 }
@@ -392,5 +481,10 @@ impl Store for SqliteStore {
             .write(|tx, ctx| Ok((retention::prune_history(tx, ctx.now, ctx.opts)?, Vec::new())))?;
         locksmith_host::life::tidy(open::folder(&self.path));
         Ok(pruned)
+    }
+
+    fn together(&self, calls: &mut dyn FnMut()) -> Result<(), StoreError> {
+        self.write_together(calls)
+            .map_err(|e| open::explain_full(e, &self.path))
     }
 }

@@ -677,3 +677,51 @@ fn history_is_pruned_only_by_the_stores_retention_and_never_by_readers() {
 }
 
 locksmith_testkit::handover_tests!(harness);
+
+#[test]
+fn calls_made_together_commit_at_once_and_a_failed_group_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = open(&db_path(&dir), &clock).unwrap();
+    // Another connection, as another process has.
+    let other = open(&db_path(&dir), &clock).unwrap();
+    let held = |s: &SqliteStore, k: &str| {
+        !s.status(&locksmith_testkit::key(k))
+            .unwrap()
+            .holders
+            .is_empty()
+    };
+    let mut seen_inside = Vec::new();
+    store
+        .together(&mut || {
+            store.acquire(&request("A", &["g/1"]), None).unwrap();
+            // A refusal is an answer like any other; it changes nothing.
+            let busy = store.acquire(&request("B", &["g/1"]), None).unwrap();
+            assert!(matches!(busy, locksmith_core::Attempt::Blocked(_)));
+            store.acquire(&request("B", &["g/2"]), None).unwrap();
+            // The calls see each other's writes; the other connection sees
+            // none of them before the commit.
+            seen_inside = vec![held(&store, "g/2"), held(&other, "g/1")];
+        })
+        .unwrap();
+    assert_eq!(seen_inside, [true, false]);
+    assert!(held(&other, "g/1") && held(&other, "g/2"), "all committed");
+
+    // A group that fails partway (here a panic) keeps none of its writes.
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.together(&mut || {
+            store.acquire(&request("C", &["g/3"]), None).unwrap();
+            panic!("the group breaks off");
+        })
+    }));
+    assert!(failed.is_err());
+    assert!(!held(&store, "g/3") && !held(&other, "g/3"), "rolled back");
+    // And the store goes on, alone or in a group.
+    store.acquire(&request("C", &["g/3"]), None).unwrap();
+    store
+        .together(&mut || {
+            store.acquire(&request("D", &["g/4"]), None).unwrap();
+        })
+        .unwrap();
+    assert!(held(&other, "g/3") && held(&other, "g/4"));
+}

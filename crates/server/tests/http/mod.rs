@@ -194,6 +194,104 @@ fn the_library_waits_through_the_server_and_keeps_fifo_order() {
 }
 
 #[test]
+fn a_crowd_of_clients_keeps_one_holder_at_a_time_and_every_grant() {
+    // Enough clients at once that the server commits their calls in groups.
+    let server = Server::start_real(Settings::default());
+    let (clients, rounds) = (12, 40);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = server.url.clone();
+            std::thread::spawn(move || {
+                let s = locksmith_remote::HttpStore::open(&url, None).unwrap();
+                let owner = format!("c{c}");
+                let mut shared = Vec::new();
+                for r in 0..rounds {
+                    // Its own key: always granted, and released by its handle.
+                    let own = format!("own/{c}/{}", r % 3);
+                    let g = match s.acquire(&request(&owner, &[&own]), None).unwrap() {
+                        locksmith_core::Attempt::Granted(g) => g,
+                        other => panic!("{own}: {other:?}"),
+                    };
+                    let done = s
+                        .release(
+                            &by_handle(&own, &g),
+                            locksmith_core::ReleaseReason::Completed,
+                        )
+                        .unwrap();
+                    assert!(
+                        matches!(done, locksmith_core::Release::Released { .. }),
+                        "{own}: {done:?}"
+                    );
+                    // One key for all, fail-fast: granted only while free.
+                    if let locksmith_core::Attempt::Granted(g) =
+                        s.acquire(&request(&owner, &["shared"]), None).unwrap()
+                    {
+                        shared.push(g.locks[0].fence.0);
+                        let done = s
+                            .release(
+                                &by_handle("shared", &g),
+                                locksmith_core::ReleaseReason::Completed,
+                            )
+                            .unwrap();
+                        assert!(
+                            matches!(done, locksmith_core::Release::Released { .. }),
+                            "shared: {done:?}"
+                        );
+                    }
+                }
+                shared
+            })
+        })
+        .collect();
+    let mut fences: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let store = server.client();
+    // Every grant of the shared key is in the history, each released
+    // before the next: acquired and released alternate.
+    let events: Vec<EventKind> = store
+        .history(&HistoryFilter {
+            key: Some("shared".into()),
+            limit: 100_000,
+            ..HistoryFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|e| e.kind)
+        .filter(|k| matches!(k, EventKind::Acquired | EventKind::Released))
+        .collect();
+    assert!(
+        !fences.is_empty(),
+        "the shared key was granted at least once"
+    );
+    assert_eq!(events.len(), 2 * fences.len(), "{events:?}");
+    for pair in events.chunks(2) {
+        assert_eq!(pair, [EventKind::Acquired, EventKind::Released]);
+    }
+    let granted = fences.len();
+    fences.sort_unstable();
+    fences.dedup();
+    assert_eq!(fences.len(), granted, "no fence was given twice");
+    assert!(
+        store.list(&ListFilter::default()).unwrap().is_empty(),
+        "nothing left held"
+    );
+    // And some of it was committed in groups.
+    let text = raw(server.addr, "GET", "/metrics", &[], "").2;
+    let number = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{prefix}: {text}"))
+    };
+    let commits = number("locksmith_store_calls_per_commit_count ");
+    let alone = number("locksmith_store_calls_per_commit_bucket{le=\"1.0\"} ");
+    assert!(commits > alone, "no commit held two calls or more: {text}");
+}
+
+#[test]
 fn a_client_that_disconnects_while_waiting_leaves_the_queue() {
     let server = Server::start_real(Settings::default());
     let store = server.client();
