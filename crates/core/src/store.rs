@@ -600,6 +600,31 @@ impl AcquireError {
     }
 }
 
+thread_local! {
+    static ON_ASYNC_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `call`, which makes store calls right on a worker thread of a
+/// multi-threaded Tokio runtime (as `locksmith serve` makes a lone call).
+/// A store that has to wait long in it (for another process) first hands
+/// the worker's other tasks to another thread; see [`on_async_worker`].
+pub fn call_on_async_worker<T>(call: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ON_ASYNC_WORKER.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(ON_ASYNC_WORKER.with(|c| c.replace(true)));
+    call()
+}
+
+/// Whether this thread's store calls run inside [`call_on_async_worker`]:
+/// elsewhere a store's waits simply block the thread.
+pub fn on_async_worker() -> bool {
+    ON_ASYNC_WORKER.with(|c| c.get())
+}
+
 /// A lock store: the one seam between the rules and their persistence.
 ///
 /// Every write happens in one transaction on the store's own clock: the

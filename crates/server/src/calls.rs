@@ -125,7 +125,8 @@ impl Calls {
         let (here, until) = route(before, now, self.queue_until.load(Ordering::Relaxed));
         self.queue_until.fetch_max(until, Ordering::Relaxed);
         if here && multi_thread() {
-            let out = catch_unwind(AssertUnwindSafe(f)).map_err(|_| panicked());
+            let call = || locksmith_core::store::call_on_async_worker(f);
+            let out = catch_unwind(AssertUnwindSafe(call)).map_err(|_| panicked());
             drop(done);
             return out;
         }

@@ -77,25 +77,23 @@ pub(crate) fn after(
     Ok(events)
 }
 
-/// The events after `since`, for the subscribers. With none, only the
-/// newest id is read (one row, not every event), and a later subscriber
-/// starts from it. One that comes during that read misses nothing: if it
-/// is there once the id has been read, the events are read after all; if
-/// it comes later, every event up to that id was committed before it came,
-/// and it gets the ones after.
+/// What the pump read: the events after its place, or, with nobody
+/// subscribed, only the newest id (one row, not every event).
+enum Read {
+    Events(Vec<Event>),
+    Newest(i64),
+}
+
+/// The events after `since`, or only the newest id while nobody listens.
 fn unheard(
     feed: &Feed,
     store: &dyn locksmith_core::Store,
     since: i64,
-) -> Result<Vec<Event>, locksmith_core::StoreError> {
+) -> Result<Read, locksmith_core::StoreError> {
     if feed.tx.receiver_count() == 0 {
-        let top = newest(store)?;
-        if feed.tx.receiver_count() == 0 {
-            feed.last.fetch_max(top, Ordering::AcqRel);
-            return Ok(Vec::new());
-        }
+        return newest(store).map(Read::Newest);
     }
-    after(store, since)
+    after(store, since).map(Read::Events)
 }
 
 /// Runs until aborted: sends each new history event once, in order.
@@ -116,7 +114,17 @@ pub(crate) async fn pump(st: Arc<State>) {
             .store_call(move |store| unheard(&feed.feed, store, since))
             .await
         {
-            Ok(Ok(events)) => events,
+            Ok(Ok(Read::Events(events))) => events,
+            Ok(Ok(Read::Newest(top))) => {
+                // A later subscriber starts there. This answer comes after
+                // the commit of the read and of the calls queued with it; a
+                // subscriber that came meanwhile may want events up to
+                // `top`, so then the place stays where it was.
+                if st.feed.tx.receiver_count() == 0 {
+                    st.feed.last.fetch_max(top, Ordering::AcqRel);
+                }
+                continue;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(event = "events_read_failed", error = %e, "cannot read the history for the event stream");
                 continue;

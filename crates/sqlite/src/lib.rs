@@ -206,7 +206,13 @@ impl SqliteStore {
         let held = self.conn();
         if held.together.borrow().is_some() {
             // Inside a group commit: this call's writes stand or fall alone
-            // within it, and its wake-ups wait for the commit.
+            // within it, and its wake-ups wait for the commit. After an
+            // error that made SQLite roll the whole group back (a full
+            // disk, say), a savepoint would be a transaction of its own:
+            // the rest of the group is refused instead.
+            if held.db.is_autocommit() {
+                return Err(group_lost());
+            }
             let call = Savepoint::begin(&held.db)?;
             let (out, wakes) = f(&held.db, &self.ctx())?;
             call.release()?;
@@ -256,6 +262,9 @@ impl SqliteStore {
             drop(tx);
             std::panic::resume_unwind(panic);
         }
+        if held.db.is_autocommit() {
+            return Err(group_lost());
+        }
         tx.commit()?;
         drop(gate);
         drop(held);
@@ -292,6 +301,13 @@ impl SqliteStore {
         let ctx = self.ctx();
         f(&held.db, &ctx).map_err(|e| open::explain_full(e, &self.path))
     }
+}
+
+/// The error of a group commit that SQLite rolled back by itself.
+fn group_lost() -> StoreError {
+    StoreError::backend(
+        "the database undid a group of calls after an error in one of them; none of the group was kept",
+    )
 }
 
 /// The connection and, during a group commit ([`Store::together`]), the

@@ -126,11 +126,11 @@ pub(crate) fn explain_full(e: StoreError, path: &Path) -> StoreError {
 fn busy_handler(attempt: i32) -> bool {
     let attempt = attempt as u64;
     let limit = BUSY_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed);
-    match attempt {
+    crate::wait::long(|| match attempt {
         0..20 => std::thread::yield_now(),
         20..200 => std::thread::sleep(std::time::Duration::from_micros(50)),
         _ => std::thread::sleep(std::time::Duration::from_millis(1)),
-    }
+    });
     // ~200 attempts cover the first ~10 ms; afterwards each attempt is ~1 ms.
     attempt < 200 + limit
 }
