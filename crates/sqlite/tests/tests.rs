@@ -726,46 +726,16 @@ fn calls_made_together_commit_at_once_and_a_failed_group_keeps_nothing() {
     assert!(held(&other, "g/3") && held(&other, "g/4"));
 }
 
-/// A small tmpfs of its own, unmounted on drop; `None` where mounting is
-/// not allowed (not root).
-struct SmallDisk(TempDir);
-
-impl SmallDisk {
-    fn mount() -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk(dir))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_group_that_meets_a_full_disk_keeps_none_of_its_calls() {
-    let Some(disk) = SmallDisk::mount() else {
+    let Some(disk) = locksmith_testkit::disk::SmallDisk::mount() else {
         eprintln!("skipped: mounting a small tmpfs needs root");
         return;
     };
     let clock = ManualClock::new();
-    let store = open(&disk.0.path().join("locksmith.db"), &clock).unwrap();
+    let store = open(&disk.path().join("locksmith.db"), &clock).unwrap();
     store.acquire(&request("A", &["kept"]), None).unwrap();
-    // Fill the disk to the last byte.
-    let fill = disk.0.path().join("fill");
-    let mut f = fs::File::create(&fill).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while std::io::Write::write_all(&mut f, &block).is_ok() {}
-    drop(f);
+    let fill = disk.fill();
     let mut answers = Vec::new();
     let group = store.together(&mut || {
         for i in 0..20 {

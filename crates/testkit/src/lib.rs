@@ -12,6 +12,7 @@
 //! ```
 
 pub mod conformance;
+pub mod disk;
 pub mod handover;
 pub mod memory;
 pub mod pg;

@@ -490,52 +490,22 @@ fn stats_show_waits_and_the_success_rate() {
     assert!(text.contains("waited          1 requests"), "{text}");
 }
 
-/// A small tmpfs of its own, unmounted on drop; `None` where mounting is
-/// not allowed (not root).
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn mount() -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk(dir))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_named_and_loses_nothing() {
-    let Some(disk) = SmallDisk::mount() else {
+    let Some(disk) = locksmith_testkit::disk::SmallDisk::mount() else {
         eprintln!("skipped: mounting a small tmpfs needs root");
         return;
     };
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_locksmith"))
             .args(args)
-            .env("LOCKSMITH_HOME", disk.0.path())
+            .env("LOCKSMITH_HOME", disk.path())
             .env("LOCKSMITH_OWNER", "tester")
             .output()
             .unwrap()
     };
     assert_eq!(code(&run(&["acquire", "kept", "--ttl", "1h"])), 0);
-    // Fill the disk to the last byte.
-    let fill = disk.0.path().join("fill");
-    let mut f = std::fs::File::create(&fill).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while std::io::Write::write_all(&mut f, &block).is_ok() {}
-    drop(f);
+    let fill = disk.fill();
     let out = run(&["acquire", "new", "--ttl", "1h"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("is full"), "{}", stderr(&out));
