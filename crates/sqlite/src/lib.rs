@@ -221,10 +221,25 @@ impl SqliteStore {
             }
             return Ok(out);
         }
-        let gate = self.enter_gate()?;
+        self.transaction(held, |h| f(&h.db, &self.ctx()))
+    }
+
+    /// Runs `body` in one immediate (write) transaction on the connection
+    /// `held` and commits it, then wakes the waiters it named. Writers
+    /// queue at the gate (this process's turn, then the kernel's lock)
+    /// instead of sleeping in SQLite's busy handler, whose back-off sets
+    /// the tail latency under contention.
+    fn transaction<T>(
+        &self,
+        held: ReentrantMutexGuard<'_, Held>,
+        body: impl FnOnce(&Held) -> Result<(T, Vec<String>), StoreError>,
+    ) -> Result<T, StoreError> {
+        let gate = match &self.gate {
+            Some(g) => Some(g.enter(self.opts.busy_timeout)?),
+            None => None,
+        };
         let tx = Txn::begin(&held.db, "BEGIN IMMEDIATE")?;
-        let ctx = self.ctx();
-        let (out, wakes) = f(&held.db, &ctx)?;
+        let (out, wakes) = body(&held)?;
         tx.commit()?;
         drop(gate);
         drop(held);
@@ -232,16 +247,6 @@ impl SqliteStore {
             self.waker.wake(&address);
         }
         Ok(out)
-    }
-
-    /// Writers queue at the gate (this process's turn, then the kernel's
-    /// lock) instead of sleeping in SQLite's busy handler, whose back-off
-    /// sets the tail latency under contention.
-    fn enter_gate(&self) -> Result<Option<gate::GateGuard<'_>>, StoreError> {
-        match &self.gate {
-            Some(g) => g.enter(self.opts.busy_timeout).map(Some),
-            None => Ok(None),
-        }
     }
 
     /// [`Store::together`]: one write transaction around `calls`, each
@@ -253,25 +258,19 @@ impl SqliteStore {
             calls();
             return Ok(());
         }
-        let gate = self.enter_gate()?;
-        let tx = Txn::begin(&held.db, "BEGIN IMMEDIATE")?;
-        *held.together.borrow_mut() = Some(Vec::new());
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(calls));
-        let wakes = held.together.borrow_mut().take().unwrap_or_default();
-        if let Err(panic) = ran {
-            drop(tx);
-            std::panic::resume_unwind(panic);
-        }
-        if held.db.is_autocommit() {
-            return Err(group_lost());
-        }
-        tx.commit()?;
-        drop(gate);
-        drop(held);
-        for address in wakes {
-            self.waker.wake(&address);
-        }
-        Ok(())
+        self.transaction(held, |h| {
+            *h.together.borrow_mut() = Some(Vec::new());
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(calls));
+            let wakes = h.together.borrow_mut().take().unwrap_or_default();
+            // A panic unwinds through the transaction, which rolls it back.
+            if let Err(panic) = ran {
+                std::panic::resume_unwind(panic);
+            }
+            if h.db.is_autocommit() {
+                return Err(group_lost());
+            }
+            Ok(((), wakes))
+        })
     }
 
     /// What a transaction knows besides the database, read at its start.
@@ -292,11 +291,10 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let held = self.conn();
         // Inside a group commit the reads see its writes so far.
-        let _tx = match held.together.borrow().is_some() {
-            true => None,
-            false => {
-                Some(Txn::begin(&held.db, "BEGIN").map_err(|e| open::explain_full(e, &self.path))?)
-            }
+        let _tx = if held.together.borrow().is_some() {
+            None
+        } else {
+            Some(Txn::begin(&held.db, "BEGIN").map_err(|e| open::explain_full(e, &self.path))?)
         };
         let ctx = self.ctx();
         f(&held.db, &ctx).map_err(|e| open::explain_full(e, &self.path))
@@ -327,14 +325,14 @@ impl<'c> Savepoint<'c> {
         Ok(Savepoint(Some(conn)))
     }
 
+    /// Keeps the call's writes in the group; if that fails, the drop
+    /// undoes them.
     fn release(mut self) -> Result<(), StoreError> {
-        match self.0.take() {
-            Some(conn) => Txn::run(conn, "RELEASE call").inspect_err(|_| {
-                let _ = Txn::run(conn, "ROLLBACK TO call");
-                let _ = Txn::run(conn, "RELEASE call");
-            }),
-            None => Ok(()),
+        if let Some(conn) = self.0 {
+            Txn::run(conn, "RELEASE call")?;
+            self.0 = None;
         }
+        Ok(())
     }
 }
 
