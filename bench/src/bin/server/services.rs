@@ -138,8 +138,9 @@ fn wait_ready(
 }
 
 /// `locksmith serve --listen 127.0.0.1:0` over a fresh `$LOCKSMITH_HOME`,
-/// with the store's defaults; ready once it prints its address.
-pub(super) fn locksmith(bin: &Path) -> Result<Service, String> {
+/// with the store's defaults or with `durability = full`; ready once it
+/// prints its address.
+pub(super) fn locksmith(bin: &Path, full: bool) -> Result<Service, String> {
     let dir = data_dir("locksmith-server-ls-")?;
     let log = dir.path().join("serve.log");
     let err = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -147,6 +148,7 @@ pub(super) fn locksmith(bin: &Path) -> Result<Service, String> {
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("LOCKSMITH_HOME", dir.path().join("home"))
         .env_remove("LOCKSMITH_STORE")
+        .env("LOCKSMITH_DURABILITY", if full { "full" } else { "normal" })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(err)
