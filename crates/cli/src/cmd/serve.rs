@@ -81,6 +81,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     // The server keeps its locks in the store; --server is for its clients.
     let store = ctx.local()?;
     let shown = ctx.store_shown();
+    // What a commit survives: told at the start, since with `normal` a
+    // power loss here may undo the newest grants while holders on other
+    // machines keep working (docs/http.md, "Durability").
+    let durability = match store {
+        crate::Opened::Local(_) => match ctx.config.options()?.durability {
+            locksmith::Durability::Normal => "normal",
+            locksmith::Durability::Full => "full",
+        },
+        _ => "the database's",
+    };
     init_logs(&a.log_format, &a.log_level);
     let settings = Settings {
         poll_cap,
@@ -118,6 +128,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             event = "listening",
             address = %bound,
             store = %shown,
+            durability,
             tokens = state.has_tokens(),
             insecure = a.insecure,
             "serving"

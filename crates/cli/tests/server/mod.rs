@@ -59,11 +59,6 @@ impl Served {
         c
     }
 
-    fn stop(mut self) -> std::process::ExitStatus {
-        kill_process(Pid::from_child(&self.child), Signal::TERM).unwrap();
-        self.child.wait().unwrap()
-    }
-
     /// Stops the server and returns its log.
     fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
         kill_process(Pid::from_child(&self.child), Signal::TERM).unwrap();
@@ -178,7 +173,9 @@ fn commands_answer_the_same_through_a_server() {
     assert!(!client.file("locksmith.db").exists());
     let (status, log) = served.stop_with_log();
     assert!(status.success());
-    // The log tells what happened, never a lease handle.
+    // The log tells what happened, never a lease handle; its first line
+    // says what a commit survives.
+    assert!(log.contains("durability=\"normal\""), "{log}");
     assert!(log.contains("event=\"acquired\""), "{log}");
     assert!(!log.contains("lh1."), "a lease handle in the log: {log}");
 }
@@ -266,9 +263,17 @@ fn serve_refuses_other_addresses_without_insecure_and_stops_on_sigterm() {
     let out = home.run(&["serve", "--listen", "0.0.0.0:0"]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("--insecure"), "{}", stderr(&out));
+    // The store's durability from the config file, told in the first log line.
+    std::fs::write(home.file("locksmith.toml"), "durability = \"full\"\n").unwrap();
     let served = Served::start(&home, &["--log-format", "json"]);
-    let status = served.stop();
+    let (status, log) = served.stop_with_log();
     assert!(status.success(), "{status:?}");
+    let serving: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["event"] == "listening")
+        .unwrap_or_else(|| panic!("no listening line in {log}"));
+    assert_eq!(serving["durability"], "full", "{log}");
 }
 
 #[test]
