@@ -722,7 +722,7 @@ fn report(r: &Report<'_>) {
                     format!("≥ 0.5×: {}", met(x >= 0.5)),
                     match durable {
                         true => format!("≥ 1.0× while durable: {}", met(x >= 1.0)),
-                        false => "– (not durable: see `locksmith-full`)".into(),
+                        false => "– (not durable; judged on `locksmith-full`)".into(),
                     },
                 ]);
             }

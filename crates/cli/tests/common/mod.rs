@@ -27,6 +27,7 @@ impl Env {
             .env("LOCKSMITH_HOME", self.home.path())
             .env("LOCKSMITH_OWNER", "tester")
             .env_remove("LOCKSMITH_STALE_AFTER")
+            .env_remove("LOCKSMITH_DURABILITY")
             .stdin(Stdio::null());
         c
     }

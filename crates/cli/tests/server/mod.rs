@@ -263,7 +263,8 @@ fn serve_refuses_other_addresses_without_insecure_and_stops_on_sigterm() {
     let out = home.run(&["serve", "--listen", "0.0.0.0:0"]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("--insecure"), "{}", stderr(&out));
-    // The store's durability from the config file, told in the first log line.
+    // The store's durability from the config file, told in the log line
+    // that says where the server listens.
     std::fs::write(home.file("locksmith.toml"), "durability = \"full\"\n").unwrap();
     let served = Served::start(&home, &["--log-format", "json"]);
     let (status, log) = served.stop_with_log();
