@@ -55,6 +55,16 @@ pub enum Durability {
     Full,
 }
 
+impl Durability {
+    /// The setting's value as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Normal => "normal",
+            Durability::Full => "full",
+        }
+    }
+}
+
 /// Settings of the embedded store.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -176,6 +186,11 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What a commit of this store survives.
+    pub fn durability(&self) -> Durability {
+        self.opts.durability
     }
 
     /// The connection; another thread's call may hold it, waiting at the

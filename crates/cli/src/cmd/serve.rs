@@ -84,11 +84,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     // What a commit survives: told at the start, since with `normal` a
     // power loss here may undo the newest grants while holders on other
     // machines keep working (docs/http.md, "Durability").
-    let durability = match store {
-        crate::Opened::Local(_) => match ctx.config.options()?.durability {
-            locksmith::Durability::Normal => "normal",
-            locksmith::Durability::Full => "full",
-        },
+    let durability = match &store {
+        crate::Opened::Local(s) => s.durability().name(),
         _ => "the database's",
     };
     init_logs(&a.log_format, &a.log_level);
